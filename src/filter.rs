@@ -1,0 +1,419 @@
+//! The request path, top to bottom: host check → classify → policy → token
+//! freshness → credentials and identity headers → forward, or reply with a
+//! Kubernetes Status. The host (proxy-wasm, or a mock in tests) is reached
+//! only through [`RequestHeaders`].
+
+use crate::config::{ClientAuthorization, Config};
+use crate::identity::Identity;
+use crate::policy::{host_accepted, Effect, RuleRef};
+use crate::request_info::{classify, RequestInfo};
+use crate::status::{Details, Status};
+use crate::token::Freshness;
+
+/// The request headers of the stream being handled.
+pub trait RequestHeaders {
+    fn header(&self, name: &str) -> Option<String>;
+    fn header_names(&self) -> Vec<String>;
+    fn set_header(&mut self, name: &str, value: &str);
+    fn remove_header(&mut self, name: &str);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Forward,
+    Reply(Status),
+}
+
+/// Why podward answered a request itself: a bounded set, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    HostNotAccepted,
+    Unclassifiable,
+    PolicyDenied,
+    TokenExpired,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::HostNotAccepted => "host_not_accepted",
+            Refusal::Unclassifiable => "unclassifiable",
+            Refusal::PolicyDenied => "policy_denied",
+            Refusal::TokenExpired => "token_expired",
+        }
+    }
+}
+
+/// What podward made of a request, for metrics and the access log.
+#[derive(Debug)]
+pub struct Handled<'r> {
+    pub outcome: Outcome,
+    pub refusal: Option<Refusal>,
+    pub request: Option<RequestInfo<'r>>,
+    pub rule: Option<&'r RuleRef>,
+}
+
+impl<'r> Handled<'r> {
+    fn refused(
+        refusal: Refusal,
+        status: Status,
+        request: Option<RequestInfo<'r>>,
+        rule: Option<&'r RuleRef>,
+    ) -> Self {
+        Handled {
+            outcome: Outcome::Reply(status),
+            refusal: Some(refusal),
+            request,
+            rule,
+        }
+    }
+}
+
+const IMPERSONATE_PREFIX: &str = "impersonate-";
+
+pub fn handle<'r>(
+    config: &'r Config,
+    identity: &Identity,
+    now_s: u64,
+    method: &str,
+    path: &'r str,
+    headers: &mut impl RequestHeaders,
+) -> Handled<'r> {
+    let host = headers.header(":authority").unwrap_or_default();
+    if !host_accepted(&config.accept_hosts, &host) {
+        let message = format!(
+            "host {:?} is not accepted by podward (accept_hosts: {})",
+            host,
+            config.accept_hosts.join(", ")
+        );
+        let status = Status::forbidden(message, Details::default());
+        return Handled::refused(Refusal::HostNotAccepted, status, None, None);
+    }
+
+    let request = match classify(method, path) {
+        Ok(request) => request,
+        Err(why) => {
+            let status = Status::bad_request(format!("podward refused the request path: {why}"));
+            return Handled::refused(Refusal::Unclassifiable, status, None, None);
+        }
+    };
+
+    let decision = config.policy.decide(&request, &identity.namespace);
+    if decision.effect == Effect::Deny {
+        let status = forbidden(&request, decision.rule, &identity.namespace);
+        return Handled::refused(
+            Refusal::PolicyDenied,
+            status,
+            Some(request),
+            Some(decision.rule),
+        );
+    }
+
+    if let Freshness::Expired { expired_for_s } = identity
+        .token
+        .freshness(now_s, config.token.expiry_skew_seconds)
+    {
+        let message = format!(
+            "podward: the service-account token expired {expired_for_s}s ago (allowing {}s skew) \
+             and the kubelet has not written a new one",
+            config.token.expiry_skew_seconds
+        );
+        let status = Status::unavailable(message, 1);
+        return Handled::refused(
+            Refusal::TokenExpired,
+            status,
+            Some(request),
+            Some(decision.rule),
+        );
+    }
+
+    if !config.allow_impersonation {
+        for name in headers.header_names() {
+            if name.to_ascii_lowercase().starts_with(IMPERSONATE_PREFIX) {
+                headers.remove_header(&name);
+            }
+        }
+    }
+    let keep_client_credentials = config.token.client_authorization
+        == ClientAuthorization::Preserve
+        && headers.header("authorization").is_some();
+    if !keep_client_credentials {
+        headers.set_header("authorization", identity.token.authorization());
+    }
+    for (name, value) in &identity.headers {
+        headers.set_header(name, value);
+    }
+    if let Some(suffix) = &identity.user_agent_suffix {
+        let user_agent = match headers.header("user-agent") {
+            Some(client) if !client.is_empty() => format!("{client} {suffix}"),
+            _ => suffix.clone(),
+        };
+        headers.set_header("user-agent", &user_agent);
+    }
+    Handled {
+        outcome: Outcome::Forward,
+        refusal: None,
+        request: Some(request),
+        rule: Some(decision.rule),
+    }
+}
+
+/// Worded like the API server's own 403 (`pods "web" is forbidden: …`), so
+/// that kubectl users recognise it, but naming podward's rule, not RBAC.
+fn forbidden(request: &RequestInfo, rule: &RuleRef, self_namespace: &str) -> Status {
+    let who =
+        format!("podward policy rule \"{rule}\" forbids this pod (namespace {self_namespace:?})");
+    if !request.is_resource_request {
+        let message = format!(
+            "forbidden: {who} to {} path {:?}",
+            request.verb, request.path
+        );
+        return Status::forbidden(message, Details::default());
+    }
+    let qualified = if request.api_group.is_empty() {
+        request.resource.to_string()
+    } else {
+        format!("{}.{}", request.resource, request.api_group)
+    };
+    let subject = if request.name.is_empty() {
+        format!("{qualified} is forbidden")
+    } else {
+        format!("{qualified} {:?} is forbidden", request.name)
+    };
+    let scope = if request.namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace {:?}", request.namespace)
+    };
+    let message = format!(
+        "{subject}: {who} to {} resource {:?} in API group {:?} {scope}",
+        request.verb,
+        request.resource_with_subresource().to_string(),
+        request.api_group,
+    );
+    let details = Details {
+        name: request.name.to_string(),
+        group: request.api_group.to_string(),
+        kind: request.resource.to_string(),
+        retry_after_seconds: None,
+    };
+    Status::forbidden(message, details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{build, tests::standard_pod};
+    use crate::token::Token;
+    use std::collections::BTreeMap;
+
+    /// A request's headers as Envoy holds them: lower-case names.
+    #[derive(Default)]
+    struct MockHeaders(BTreeMap<String, String>);
+
+    impl RequestHeaders for MockHeaders {
+        fn header(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+        fn header_names(&self) -> Vec<String> {
+            self.0.keys().cloned().collect()
+        }
+        fn set_header(&mut self, name: &str, value: &str) {
+            self.0.insert(name.to_string(), value.to_string());
+        }
+        fn remove_header(&mut self, name: &str) {
+            self.0.remove(name);
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> MockHeaders {
+        MockHeaders(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn identity(config: &Config, token: &str) -> Identity {
+        build(
+            config,
+            Token::parse(token.as_bytes()).unwrap(),
+            &standard_pod(),
+        )
+        .0
+    }
+
+    fn run(config_json: &str, method: &str, path: &str, request: &mut MockHeaders) -> Outcome {
+        let config = Config::parse(config_json.as_bytes()).unwrap();
+        let identity = identity(&config, "pod-token");
+        handle(&config, &identity, 0, method, path, request).outcome
+    }
+
+    fn status_of(outcome: Outcome) -> Status {
+        match outcome {
+            Outcome::Reply(status) => status,
+            Outcome::Forward => panic!("expected a reply, the request was forwarded"),
+        }
+    }
+
+    #[test]
+    fn forwards_with_token_and_identity() {
+        let mut request = headers(&[(":authority", "localhost:8001"), ("user-agent", "curl/8.0")]);
+        let outcome = run("", "GET", "/api/v1/namespaces/default/pods", &mut request);
+        assert_eq!(outcome, Outcome::Forward);
+        assert_eq!(request.0["authorization"], "Bearer pod-token");
+        assert_eq!(request.0["x-pod-name"], "web-0");
+        assert_eq!(request.0["x-pod-labels"], "app=web,tier=front%20end");
+        assert!(request.0["user-agent"].starts_with("curl/8.0 podward/"));
+    }
+
+    #[test]
+    fn the_app_cannot_spoof_identity_or_impersonate() {
+        let mut request = headers(&[
+            (":authority", "127.0.0.1:8001"),
+            ("authorization", "Bearer stolen"),
+            ("x-pod-name", "someone-else"),
+            ("impersonate-user", "admin"),
+            ("Impersonate-Group", "system:masters"),
+            ("impersonate-extra-scopes", "all"),
+        ]);
+        run("", "GET", "/api", &mut request);
+        assert_eq!(request.0["authorization"], "Bearer pod-token");
+        assert_eq!(request.0["x-pod-name"], "web-0");
+        let leftover: Vec<_> = request
+            .0
+            .keys()
+            .filter(|k| k.to_lowercase().starts_with("impersonate"))
+            .collect();
+        assert!(leftover.is_empty(), "{leftover:?}");
+    }
+
+    #[test]
+    fn configured_to_preserve_client_credentials_and_impersonation() {
+        let config =
+            r#"{"token": {"client_authorization": "preserve"}, "allow_impersonation": true}"#;
+        let mut request = headers(&[
+            (":authority", "localhost"),
+            ("authorization", "Bearer app-own"),
+            ("impersonate-user", "jane"),
+        ]);
+        run(config, "GET", "/api", &mut request);
+        assert_eq!(request.0["authorization"], "Bearer app-own");
+        assert_eq!(request.0["impersonate-user"], "jane");
+        let mut request = headers(&[(":authority", "localhost")]);
+        run(config, "GET", "/api", &mut request);
+        assert_eq!(request.0["authorization"], "Bearer pod-token");
+    }
+
+    #[test]
+    fn refusals_add_no_credentials() {
+        let cases = [
+            (
+                "evil.example:8001",
+                "GET",
+                "/api",
+                403,
+                "host \"evil.example:8001\" is not accepted",
+            ),
+            (
+                "localhost",
+                "GET",
+                "/api/v1/namespaces/x/pods/%2e%2e/exec",
+                400,
+                "podward refused the request path",
+            ),
+            (
+                "localhost",
+                "POST",
+                "/api/v1/namespaces/default/pods/web/exec",
+                403,
+                "pods \"web\" is forbidden",
+            ),
+        ];
+        for (host, method, path, code, message) in cases {
+            let mut request = headers(&[(":authority", host)]);
+            let status = status_of(run("", method, path, &mut request));
+            assert_eq!(status.code, code, "{path}");
+            assert!(status.message.contains(message), "{}", status.message);
+            assert!(!request.0.contains_key("authorization"), "{path}");
+            assert!(!request.0.contains_key("x-pod-name"), "{path}");
+        }
+    }
+
+    #[test]
+    fn forbidden_reads_like_the_api_server() {
+        {
+            let mut request = headers(&[(":authority", "localhost")]);
+            let path = "/api/v1/namespaces/default/pods/web/exec";
+            let status = status_of(run("", "POST", path, &mut request));
+            assert_eq!(
+                status.message,
+                "pods \"web\" is forbidden: podward policy rule \"kubectl-proxy/no-exec-or-attach\" \
+                 forbids this pod (namespace \"team-a\") to create resource \"pods/exec\" \
+                 in API group \"\" in the namespace \"default\""
+            );
+            assert_eq!(
+                (status.details.name.as_str(), status.details.kind.as_str()),
+                ("web", "pods")
+            );
+        }
+        let read_only = r#"{"policy": {"preset": "read-only"}}"#;
+        let mut request = headers(&[(":authority", "localhost")]);
+        let status = status_of(run(
+            read_only,
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            &mut request,
+        ));
+        assert_eq!(
+            status.message,
+            "deployments.apps is forbidden: podward policy rule \"read-only/default\" forbids this pod \
+             (namespace \"team-a\") to create resource \"deployments\" in API group \"apps\" in the namespace \"default\""
+        );
+        let status = status_of(run(read_only, "DELETE", "/api/v1/nodes/n1", &mut request));
+        assert!(
+            status.message.ends_with("at the cluster scope"),
+            "{}",
+            status.message
+        );
+        let status = status_of(run(read_only, "POST", "/logs", &mut request));
+        assert!(status
+            .message
+            .starts_with("forbidden: podward policy rule \"read-only/default\""));
+        assert!(
+            status.message.ends_with("to post path \"/logs\""),
+            "{}",
+            status.message
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_not_sent() {
+        use base64::Engine;
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1000,"iat":0}"#);
+        let config = Config::parse(b"").unwrap();
+        let identity = identity(&config, &format!("h.{payload}.s"));
+        for (now, forwarded) in [(989, true), (990, false), (5000, false)] {
+            let mut request = headers(&[(":authority", "localhost")]);
+            let handled = handle(&config, &identity, now, "GET", "/api", &mut request);
+            assert_eq!(handled.outcome == Outcome::Forward, forwarded, "now {now}");
+            assert_eq!(
+                request.0.contains_key("authorization"),
+                forwarded,
+                "now {now}"
+            );
+            if !forwarded {
+                assert_eq!(handled.refusal, Some(Refusal::TokenExpired));
+                let status = status_of(handled.outcome);
+                assert_eq!(status.code, 503);
+                assert!(
+                    status.message.contains("token expired"),
+                    "{}",
+                    status.message
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The proxy-wasm adapter: the only code that calls the host. It keeps the
+//! pod's sources fresh on a tick, holds requests that arrive before the first
+//! token, and hands each request to [`filter::handle`].
+//!
+//! All contexts of one VM run on one thread and share [`Shared`]. A borrow of
+//! it is never held across a host call that can call back into the VM
+//! (`send_http_response`, `resume_http_request`).
+
+use crate::config::Config;
+use crate::filter::{self, Outcome, RequestHeaders};
+use crate::identity::{self, Identity};
+use crate::refresh::{self, PodSources, Refresher, STARTUP_RETRY_MS};
+use crate::status::Status;
+use crate::token::Freshness;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Debug);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+struct Shared {
+    config: Config,
+    refresher: Refresher,
+    identity: Option<Rc<Identity>>,
+    /// Requests held until the first token: (context id, give-up time in ms).
+    waiting: Vec<(u32, u64)>,
+    /// Token-file freshness last reported, so each change is logged once.
+    reported_freshness: Option<Freshness>,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    /// Outstanding fetches: dispatch token → file index.
+    fetches: HashMap<u32, usize>,
+}
+
+fn now_ms() -> u64 {
+    let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        let (Some(shared), Some(index)) = (&self.shared, self.fetches.remove(&token_id)) else {
+            return;
+        };
+        let fetched = match self.get_http_call_response_header(":status").as_deref() {
+            Some("200") => Ok(self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default()),
+            Some(status) => Err(format!("file source answered HTTP {status}")),
+            None => Err("file source did not answer (timeout or reset)".into()),
+        };
+        let ready_now = {
+            let mut state = shared.borrow_mut();
+            match state.refresher.complete(index, fetched) {
+                refresh::Outcome::Unchanged => {}
+                refresh::Outcome::Failed(problem) => {
+                    log::warn!(
+                        "podward: keeping the last good content; could not refresh {problem}"
+                    )
+                }
+                refresh::Outcome::Changed => {
+                    log::info!(
+                        "podward: {} changed",
+                        state.refresher.path(index).unwrap_or_default()
+                    );
+                    rebuild_identity(&mut state);
+                }
+            }
+            state.identity.is_some()
+        };
+        if ready_now {
+            release_waiting(shared);
+        }
+    }
+}
+
+/// Rebuilt whenever a source changes, so requests only copy prepared headers.
+fn rebuild_identity(state: &mut Shared) {
+    if !state.refresher.is_ready() {
+        return;
+    }
+    let Some(token) = state.refresher.token().cloned() else {
+        return;
+    };
+    let sources = PodSources {
+        refresher: &state.refresher,
+        env: |name: &str| std::env::var(name).ok(),
+    };
+    let (identity, omissions) = identity::build(&state.config, token, &sources);
+    for omission in omissions {
+        log::warn!(
+            "podward: header {} not sent: {}",
+            omission.header,
+            omission.reason
+        );
+    }
+    state.identity = Some(Rc::new(identity));
+}
+
+fn release_waiting(shared: &Rc<RefCell<Shared>>) {
+    let waiting = std::mem::take(&mut shared.borrow_mut().waiting);
+    for (context_id, _) in waiting {
+        // The client may have gone away while it waited.
+        if hostcalls::set_effective_context(context_id).is_ok() && serve(shared) == Action::Continue
+        {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+fn give_up_on_late_waiters(shared: &Rc<RefCell<Shared>>, now: u64) {
+    let (late, reason) = {
+        let mut state = shared.borrow_mut();
+        let (late, still): (Vec<_>, Vec<_>) = state
+            .waiting
+            .iter()
+            .partition(|(_, give_up)| *give_up <= now);
+        state.waiting = still;
+        let reason = state
+            .refresher
+            .token_failure()
+            .unwrap_or("the file source has not answered yet")
+            .to_string();
+        (late, reason)
+    };
+    for (context_id, _) in late {
+        if hostcalls::set_effective_context(context_id).is_ok() {
+            let message = format!("podward has no service-account token to send: {reason}");
+            reply(&Status::unavailable(message, 1));
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(config) => config,
+            Err(error) => {
+                log::error!("invalid podward config: {error}");
+                return false;
+            }
+        };
+        let refresher = Refresher::new(&config.files(), config.refresh_interval_ms);
+        let tick = config.refresh_interval_ms.min(STARTUP_RETRY_MS);
+        self.shared = Some(Rc::new(RefCell::new(Shared {
+            config,
+            refresher,
+            identity: None,
+            waiting: Vec::new(),
+            reported_freshness: None,
+        })));
+        self.set_tick_period(Duration::from_millis(tick));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = now_ms();
+        give_up_on_late_waiters(&shared, now);
+        let (due, source) = {
+            let mut state = shared.borrow_mut();
+            report_freshness(&mut state, now / 1000);
+            (state.refresher.due(now), state.config.file_source.clone())
+        };
+        for (index, path) in due {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", path.as_str()),
+                (":authority", source.authority.as_str()),
+            ];
+            let timeout = Duration::from_millis(source.timeout_ms);
+            match self.dispatch_http_call(&source.cluster, headers, None, vec![], timeout) {
+                Ok(token_id) => {
+                    self.fetches.insert(token_id, index);
+                }
+                Err(status) => {
+                    let failure = Err(format!(
+                        "could not call cluster {}: {status:?}",
+                        source.cluster
+                    ));
+                    if let refresh::Outcome::Failed(problem) =
+                        shared.borrow_mut().refresher.complete(index, failure)
+                    {
+                        log::warn!("podward: {problem}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(Request { context_id, shared }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Logs when the token on hand crosses the kubelet's renewal point or expires
+/// without a new one arriving: the signs of a broken rotation.
+fn report_freshness(state: &mut Shared, now_s: u64) {
+    let skew = state.config.token.expiry_skew_seconds;
+    let Some(freshness) = state.refresher.token().map(|t| t.freshness(now_s, skew)) else {
+        return;
+    };
+    let changed = std::mem::discriminant(&freshness)
+        != state.reported_freshness.as_ref().map_or(
+            std::mem::discriminant(&Freshness::Fresh),
+            std::mem::discriminant,
+        );
+    state.reported_freshness = Some(freshness);
+    if !changed {
+        return;
+    }
+    match freshness {
+        Freshness::Fresh => log::info!("podward: the token on hand is fresh"),
+        Freshness::Stale { expires_in_s } => log::warn!(
+            "podward: the token expires in {expires_in_s}s and the kubelet has not replaced it"
+        ),
+        Freshness::Expired { expired_for_s } => log::error!(
+            "podward: the token expired {expired_for_s}s ago; requests get 503 until a new one arrives"
+        ),
+    }
+}
+
+struct Request {
+    context_id: u32,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        {
+            let mut state = self.shared.borrow_mut();
+            if state.identity.is_none() {
+                let give_up = now_ms() + state.config.startup_wait_ms;
+                state.waiting.push((self.context_id, give_up));
+                return Action::Pause;
+            }
+        }
+        serve(&self.shared)
+    }
+}
+
+/// Runs the request path for the effective context and carries out its outcome.
+fn serve(shared: &RefCell<Shared>) -> Action {
+    let reply_with = {
+        let state = shared.borrow();
+        let Some(identity) = state.identity.clone() else {
+            return Action::Pause;
+        };
+        let mut headers = HostHeaders;
+        let method = headers.header(":method").unwrap_or_default();
+        let path = headers.header(":path").unwrap_or_default();
+        let now_s = now_ms() / 1000;
+        let handled = filter::handle(
+            &state.config,
+            &identity,
+            now_s,
+            &method,
+            &path,
+            &mut headers,
+        );
+        match handled.outcome {
+            Outcome::Forward => None,
+            Outcome::Reply(status) => Some(status),
+        }
+    };
+    match reply_with {
+        None => Action::Continue,
+        Some(status) => {
+            reply(&status);
+            Action::Pause
+        }
+    }
+}
+
+fn reply(status: &Status) {
+    let retry_after = status.details.retry_after_seconds.map(|s| s.to_string());
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(seconds) = &retry_after {
+        headers.push(("retry-after", seconds));
+    }
+    let body = status.to_json();
+    if let Err(error) = hostcalls::send_http_response(status.code, headers, Some(body.as_bytes())) {
+        log::warn!("podward: could not send a {} reply: {error:?}", status.code);
+    }
+}
+
+/// The effective context's request headers.
+struct HostHeaders;
+
+impl RequestHeaders for HostHeaders {
+    fn header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn header_names(&self) -> Vec<String> {
+        hostcalls::get_map(MapType::HttpRequestHeaders)
+            .map(|pairs| pairs.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default()
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+}

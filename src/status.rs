@@ -1,0 +1,126 @@
+//! The Kubernetes `Status` object podward answers with when it does not forward
+//! a request. kubectl and client-go print its `message`, so every reply podward
+//! makes itself reads like one from the API server.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u32,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Details,
+}
+
+/// `StatusDetails`: only the fields podward can fill in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
+    pub name: String,
+    pub group: String,
+    pub kind: String,
+    pub retry_after_seconds: Option<u32>,
+}
+
+impl Status {
+    pub fn forbidden(message: String, details: Details) -> Status {
+        Status {
+            code: 403,
+            reason: "Forbidden",
+            message,
+            details,
+        }
+    }
+
+    pub fn bad_request(message: String) -> Status {
+        Status {
+            code: 400,
+            reason: "BadRequest",
+            message,
+            details: Details::default(),
+        }
+    }
+
+    /// 503 with a retry hint: the cause (no token yet, token expired) is
+    /// expected to clear once the kubelet writes a fresh token.
+    pub fn unavailable(message: String, retry_after_seconds: u32) -> Status {
+        Status {
+            code: 503,
+            reason: "ServiceUnavailable",
+            message,
+            details: Details {
+                retry_after_seconds: Some(retry_after_seconds),
+                ..Details::default()
+            },
+        }
+    }
+
+    /// Field order and omissions as the API server writes them.
+    pub fn to_json(&self) -> String {
+        let mut details = String::new();
+        let fields = [
+            ("name", &self.details.name),
+            ("group", &self.details.group),
+            ("kind", &self.details.kind),
+        ];
+        for (key, value) in fields.iter().filter(|(_, value)| !value.is_empty()) {
+            details.push_str(&format!(",\"{key}\":{}", json_string(value)));
+        }
+        if let Some(seconds) = self.details.retry_after_seconds {
+            details.push_str(&format!(",\"retryAfterSeconds\":{seconds}"));
+        }
+        let details = match details.strip_prefix(',') {
+            Some(fields) => format!(",\"details\":{{{fields}}}"),
+            None => String::new(),
+        };
+        format!(
+            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\
+             \"message\":{},\"reason\":\"{}\"{details},\"code\":{}}}",
+            json_string(&self.message),
+            self.reason,
+            self.code
+        )
+    }
+}
+
+fn json_string(text: &str) -> String {
+    // Serialising a `&str` cannot fail.
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn forbidden_matches_the_api_server_shape() {
+        let status = Status::forbidden(
+            "pods \"web\" is forbidden: \"quoted\"".into(),
+            Details {
+                name: "web".into(),
+                kind: "pods".into(),
+                ..Details::default()
+            },
+        );
+        let body: Value = serde_json::from_str(&status.to_json()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "pods \"web\" is forbidden: \"quoted\"", "reason": "Forbidden",
+                "details": {"name": "web", "kind": "pods"}, "code": 403
+            })
+        );
+    }
+
+    #[test]
+    fn unavailable_carries_a_retry_hint_and_no_empty_details() {
+        let body: Value =
+            serde_json::from_str(&Status::unavailable("no token".into(), 1).to_json()).unwrap();
+        assert_eq!(body["code"], 503);
+        assert_eq!(body["reason"], "ServiceUnavailable");
+        assert_eq!(body["details"], json!({"retryAfterSeconds": 1}));
+        let body: Value =
+            serde_json::from_str(&Status::bad_request("bad path".into()).to_json()).unwrap();
+        assert_eq!(body.get("details"), None);
+        assert_eq!(body["code"], 400);
+    }
+}

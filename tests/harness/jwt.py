@@ -1,0 +1,64 @@
+"""Tokens shaped like the projected, bound service-account tokens the kubelet puts in a pod.
+
+The signature is random bytes: a proxy reads the claims without verifying them, and the stand-in
+API server accepts tokens by value, so nothing here needs a real key.
+"""
+
+import base64
+import json
+import os
+import time
+import uuid
+
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+DEFAULT_AUDIENCE = "https://kubernetes.default.svc"
+# Kubernetes' kid is a hash of the signing key; one fixed fake "key" per test run is enough.
+KEY_ID = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
+def make_token(namespace: str, service_account: str, pod: str, pod_uid: str | None = None,
+               node: str = "node-1", lifetime_seconds: int = 3607, now: float | None = None,
+               audience: str = DEFAULT_AUDIENCE) -> str:
+    iat = int(time.time() if now is None else now)
+    claims = {
+        "aud": [audience],
+        "exp": iat + lifetime_seconds,
+        "iat": iat,
+        "iss": ISSUER,
+        "jti": str(uuid.uuid4()),
+        "kubernetes.io": {
+            "namespace": namespace,
+            "node": {"name": node, "uid": str(uuid.uuid4())},
+            "pod": {"name": pod, "uid": pod_uid or str(uuid.uuid4())},
+            "serviceaccount": {"name": service_account, "uid": str(uuid.uuid4())},
+            # The API server sets warnafter to the requested lifetime (3607 s by default).
+            "warnafter": iat + min(lifetime_seconds, 3607),
+        },
+        "nbf": iat,
+        "sub": f"system:serviceaccount:{namespace}:{service_account}",
+    }
+    header = {"alg": "RS256", "kid": KEY_ID}
+    return ".".join([_b64(_compact_json(header)), _b64(_compact_json(claims)), _b64(os.urandom(256))])
+
+
+def claims_of(token: str) -> dict:
+    """The payload of a JWT, not verified. Raises ValueError if the token is not JWT-shaped."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT")
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"undecodable JWT payload: {e}") from None
+    if not isinstance(claims, dict):
+        raise ValueError("JWT payload is not an object")
+    return claims
+
+
+def _compact_json(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
