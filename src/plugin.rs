@@ -14,7 +14,7 @@ use crate::status::Status;
 use crate::token::Freshness;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -28,6 +28,11 @@ proxy_wasm::main! {{
 struct Shared {
     config: Config,
     refresher: Refresher,
+    /// Outstanding fetches: dispatch token → file index.
+    fetches: HashMap<u32, usize>,
+    /// Set by the first request. The VM on Envoy's main thread never serves
+    /// one and cannot reach the internal listener, so it never fetches.
+    active: bool,
     identity: Option<Rc<Identity>>,
     /// Requests held until the first token: (context id, give-up time in ms).
     waiting: Vec<(u32, u64)>,
@@ -38,8 +43,6 @@ struct Shared {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
-    /// Outstanding fetches: dispatch token → file index.
-    fetches: HashMap<u32, usize>,
 }
 
 fn now_ms() -> u64 {
@@ -50,38 +53,93 @@ fn now_ms() -> u64 {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        let (Some(shared), Some(index)) = (&self.shared, self.fetches.remove(&token_id)) else {
+        if let Some(shared) = &self.shared {
+            finish_fetch(shared, token_id, body_size);
+        }
+    }
+}
+
+/// Starts the fetches that are due, from the effective context: the root on a
+/// tick, or the first request of a VM so that it need not wait for a tick.
+/// No borrow is held while dispatching: a call can fail back into the VM at once.
+fn start_due_fetches(shared: &RefCell<Shared>) {
+    let (due, source) = {
+        let mut state = shared.borrow_mut();
+        (
+            state.refresher.due(now_ms()),
+            state.config.file_source.clone(),
+        )
+    };
+    let timeout = Duration::from_millis(source.timeout_ms);
+    for (index, path) in due {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", source.authority.as_str()),
+        ];
+        let dispatched =
+            hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], timeout);
+        let mut state = shared.borrow_mut();
+        match dispatched {
+            Ok(token_id) => {
+                state.fetches.insert(token_id, index);
+            }
+            Err(status) => {
+                let failure = Err(format!(
+                    "could not call cluster {}: {status:?}",
+                    source.cluster
+                ));
+                report(state.refresher.complete(index, failure));
+            }
+        }
+    }
+}
+
+fn finish_fetch(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usize) {
+    let header = |name| {
+        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+            .ok()
+            .flatten()
+    };
+    let fetched = match header(":status").as_deref() {
+        Some("200") => Ok(
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        ),
+        Some(status) => Err(format!("file source answered HTTP {status}")),
+        None => Err("file source did not answer (timeout or reset)".into()),
+    };
+    let ready = {
+        let mut state = shared.borrow_mut();
+        let Some(index) = state.fetches.remove(&token_id) else {
             return;
         };
-        let fetched = match self.get_http_call_response_header(":status").as_deref() {
-            Some("200") => Ok(self
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default()),
-            Some(status) => Err(format!("file source answered HTTP {status}")),
-            None => Err("file source did not answer (timeout or reset)".into()),
-        };
-        let ready_now = {
-            let mut state = shared.borrow_mut();
-            match state.refresher.complete(index, fetched) {
-                refresh::Outcome::Unchanged => {}
-                refresh::Outcome::Failed(problem) => {
-                    log::warn!(
-                        "podward: keeping the last good content; could not refresh {problem}"
-                    )
-                }
-                refresh::Outcome::Changed => {
-                    log::info!(
-                        "podward: {} changed",
-                        state.refresher.path(index).unwrap_or_default()
-                    );
-                    rebuild_identity(&mut state);
-                }
-            }
-            state.identity.is_some()
-        };
-        if ready_now {
-            release_waiting(shared);
+        let outcome = state.refresher.complete(index, fetched);
+        if outcome == refresh::Outcome::Changed {
+            log::info!(
+                "podward: {} changed",
+                state.refresher.path(index).unwrap_or_default()
+            );
+            rebuild_identity(&mut state);
         }
+        report(outcome);
+        state.identity.is_some()
+    };
+    if ready {
+        release_waiting(shared);
+    }
+}
+
+/// Failures are logged when they start or change, not on every retry.
+fn report(outcome: refresh::Outcome) {
+    if let refresh::Outcome::Failed {
+        message,
+        repeated: false,
+    } = outcome
+    {
+        log::warn!("podward: keeping the last good content; could not refresh {message}");
     }
 }
 
@@ -152,11 +210,15 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let refresher = Refresher::new(&config.files(), config.refresh_interval_ms);
+        // A fetch gets its timeout plus a second of grace before it counts as lost.
+        let lost_after_ms = config.file_source.timeout_ms + 1000;
+        let refresher = Refresher::new(&config.files(), config.refresh_interval_ms, lost_after_ms);
         let tick = config.refresh_interval_ms.min(STARTUP_RETRY_MS);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config,
             refresher,
+            fetches: HashMap::new(),
+            active: false,
             identity: None,
             waiting: Vec::new(),
             reported_freshness: None,
@@ -171,34 +233,13 @@ impl RootContext for Root {
         };
         let now = now_ms();
         give_up_on_late_waiters(&shared, now);
-        let (due, source) = {
+        let active = {
             let mut state = shared.borrow_mut();
             report_freshness(&mut state, now / 1000);
-            (state.refresher.due(now), state.config.file_source.clone())
+            state.active
         };
-        for (index, path) in due {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", path.as_str()),
-                (":authority", source.authority.as_str()),
-            ];
-            let timeout = Duration::from_millis(source.timeout_ms);
-            match self.dispatch_http_call(&source.cluster, headers, None, vec![], timeout) {
-                Ok(token_id) => {
-                    self.fetches.insert(token_id, index);
-                }
-                Err(status) => {
-                    let failure = Err(format!(
-                        "could not call cluster {}: {status:?}",
-                        source.cluster
-                    ));
-                    if let refresh::Outcome::Failed(problem) =
-                        shared.borrow_mut().refresher.complete(index, failure)
-                    {
-                        log::warn!("podward: {problem}");
-                    }
-                }
-            }
+        if active {
+            start_due_fetches(&shared);
         }
     }
 
@@ -244,19 +285,33 @@ struct Request {
     shared: Rc<RefCell<Shared>>,
 }
 
-impl Context for Request {}
-
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        {
+        let first_request = {
             let mut state = self.shared.borrow_mut();
-            if state.identity.is_none() {
+            if state.identity.is_some() {
+                None
+            } else {
                 let give_up = now_ms() + state.config.startup_wait_ms;
                 state.waiting.push((self.context_id, give_up));
-                return Action::Pause;
+                Some(!std::mem::replace(&mut state.active, true))
+            }
+        };
+        match first_request {
+            None => serve(&self.shared),
+            Some(first) => {
+                if first {
+                    start_due_fetches(&self.shared);
+                }
+                Action::Pause
             }
         }
-        serve(&self.shared)
+    }
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        finish_fetch(&self.shared, token_id, body_size);
     }
 }
 

@@ -16,7 +16,8 @@ struct FileSlot {
     path: String,
     content: Option<Vec<u8>>,
     attempted: bool,
-    in_flight: bool,
+    /// When the fetch in flight started, if one is.
+    in_flight_since: Option<u64>,
     last_failure: Option<String>,
 }
 
@@ -24,6 +25,8 @@ struct FileSlot {
 pub struct Refresher {
     files: Vec<FileSlot>,
     interval_ms: u64,
+    /// A fetch unanswered for this long is lost (its context went away).
+    lost_after_ms: u64,
     next_due_ms: u64,
     token: Option<Token>,
 }
@@ -34,12 +37,16 @@ pub enum Outcome {
     Unchanged,
     Changed,
     /// The last good content stays in use; the message is safe to log.
-    Failed(String),
+    /// `repeated`: the previous fetch of this file failed the same way.
+    Failed {
+        message: String,
+        repeated: bool,
+    },
 }
 
 impl Refresher {
     /// `paths[0]` is the token; the rest are identity files.
-    pub fn new(paths: &[&str], interval_ms: u64) -> Refresher {
+    pub fn new(paths: &[&str], interval_ms: u64, lost_after_ms: u64) -> Refresher {
         Refresher {
             files: paths
                 .iter()
@@ -47,11 +54,12 @@ impl Refresher {
                     path: path.to_string(),
                     content: None,
                     attempted: false,
-                    in_flight: false,
+                    in_flight_since: None,
                     last_failure: None,
                 })
                 .collect(),
             interval_ms,
+            lost_after_ms,
             next_due_ms: 0,
             token: None,
         }
@@ -63,21 +71,29 @@ impl Refresher {
         if now_ms < self.next_due_ms {
             return Vec::new();
         }
-        let pause = if self.is_ready() {
-            self.interval_ms
-        } else {
-            STARTUP_RETRY_MS.min(self.interval_ms)
-        };
-        self.next_due_ms = now_ms.saturating_add(pause);
-        self.files
+        let lost_after_ms = self.lost_after_ms;
+        let due: Vec<(usize, String)> = self
+            .files
             .iter_mut()
             .enumerate()
-            .filter(|(_, slot)| !slot.in_flight)
+            .filter(|(_, slot)| {
+                slot.in_flight_since
+                    .is_none_or(|since| now_ms.saturating_sub(since) >= lost_after_ms)
+            })
             .map(|(index, slot)| {
-                slot.in_flight = true;
+                slot.in_flight_since = Some(now_ms);
                 (index, slot.path.clone())
             })
-            .collect()
+            .collect();
+        if !due.is_empty() {
+            let pause = if self.is_ready() {
+                self.interval_ms
+            } else {
+                STARTUP_RETRY_MS.min(self.interval_ms)
+            };
+            self.next_due_ms = now_ms.saturating_add(pause);
+        }
+        due
     }
 
     /// Records a fetch's result: the body of a 200, or why there is none.
@@ -85,7 +101,7 @@ impl Refresher {
         let Some(slot) = self.files.get_mut(index) else {
             return Outcome::Unchanged;
         };
-        slot.in_flight = false;
+        slot.in_flight_since = None;
         slot.attempted = true;
         let is_new = |content: &Vec<u8>| slot.content.as_ref() != Some(content);
         let checked = match fetched {
@@ -99,8 +115,9 @@ impl Refresher {
             Ok(checked) => checked,
             Err(reason) => {
                 let message = format!("{}: {reason}", slot.path);
+                let repeated = slot.last_failure.as_ref() == Some(&message);
                 slot.last_failure = Some(message.clone());
-                return Outcome::Failed(message);
+                return Outcome::Failed { message, repeated };
             }
         };
         slot.last_failure = None;
@@ -167,14 +184,17 @@ mod tests {
 
     #[test]
     fn fetches_everything_then_waits_for_the_interval() {
-        let mut refresher = Refresher::new(&[TOKEN, LABELS], 1000);
+        let mut refresher = Refresher::new(&[TOKEN, LABELS], 1000, 5000);
         assert_eq!(paths(refresher.due(0)), [TOKEN, LABELS]);
         assert_eq!(refresher.due(50), []);
         assert_eq!(refresher.complete(0, Ok(b"t1".to_vec())), Outcome::Changed);
         assert!(!refresher.is_ready(), "labels not tried yet");
         assert_eq!(
             refresher.complete(1, Err("HTTP 404".into())),
-            Outcome::Failed(format!("{LABELS}: HTTP 404"))
+            Outcome::Failed {
+                message: format!("{LABELS}: HTTP 404"),
+                repeated: false
+            }
         );
         assert!(
             refresher.is_ready(),
@@ -196,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_file_still_in_flight_is_not_fetched_twice() {
-        let mut refresher = Refresher::new(&[TOKEN, LABELS], 10);
+        let mut refresher = Refresher::new(&[TOKEN, LABELS], 10, 5000);
         refresher.due(0);
         refresher.complete(1, Ok(Vec::new()));
         assert_eq!(paths(refresher.due(10)), [LABELS]);
@@ -204,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_last_good_token_survives_bad_reads() {
-        let mut refresher = Refresher::new(&[TOKEN], 1000);
+        let mut refresher = Refresher::new(&[TOKEN], 1000, 5000);
         refresher.due(0);
         refresher.complete(0, Ok(b"good-token\n".to_vec()));
         for bad in [
@@ -214,7 +234,7 @@ mod tests {
         ] {
             refresher.due(u64::MAX);
             let outcome = refresher.complete(0, bad);
-            assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+            assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
             assert_eq!(
                 refresher.token().unwrap().authorization(),
                 "Bearer good-token"
@@ -226,17 +246,41 @@ mod tests {
 
     #[test]
     fn failure_messages_never_contain_the_token() {
-        let mut refresher = Refresher::new(&[TOKEN], 1000);
+        let mut refresher = Refresher::new(&[TOKEN], 1000, 5000);
         refresher.due(0);
-        let Outcome::Failed(message) = refresher.complete(0, Ok(b"secret part".to_vec())) else {
+        let Outcome::Failed { message, .. } = refresher.complete(0, Ok(b"secret part".to_vec()))
+        else {
             panic!("a token with a space must be refused");
         };
         assert!(!message.contains("secret"), "{message}");
     }
 
     #[test]
+    fn a_fetch_lost_with_its_context_is_retried() {
+        let mut refresher = Refresher::new(&[TOKEN], 10, 5000);
+        assert_eq!(paths(refresher.due(0)), [TOKEN]);
+        assert_eq!(refresher.due(4999), []);
+        assert_eq!(paths(refresher.due(5000)), [TOKEN]);
+    }
+
+    #[test]
+    fn repeated_failures_are_marked() {
+        let mut refresher = Refresher::new(&[TOKEN], 10, 5000);
+        let mut fail = |now, reason: &str| {
+            refresher.due(now);
+            match refresher.complete(0, Err(reason.into())) {
+                Outcome::Failed { repeated, .. } => repeated,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!fail(0, "HTTP 503"));
+        assert!(fail(100, "HTTP 503"));
+        assert!(!fail(200, "HTTP 404"));
+    }
+
+    #[test]
     fn never_ready_without_a_token() {
-        let mut refresher = Refresher::new(&[TOKEN], 1000);
+        let mut refresher = Refresher::new(&[TOKEN], 1000, 5000);
         refresher.due(0);
         refresher.complete(0, Err("HTTP 404".into()));
         assert!(!refresher.is_ready());
@@ -251,7 +295,7 @@ mod tests {
 
     #[test]
     fn sources_serve_the_last_good_content() {
-        let mut refresher = Refresher::new(&[TOKEN, LABELS], 1000);
+        let mut refresher = Refresher::new(&[TOKEN, LABELS], 1000, 5000);
         refresher.due(0);
         refresher.complete(1, Ok(b"a=\"1\"".to_vec()));
         refresher.due(2000);

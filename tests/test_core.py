@@ -1,0 +1,245 @@
+"""The core promise, against real Envoy and real TLS: the app speaks plain HTTP
+to 127.0.0.1, podward adds the current token and the pod's identity, Envoy
+verifies the API server, and nothing is ever forwarded without credentials."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pathlib
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import assert_status, request
+from harness.apiserver import SENT_AT_ANNOTATION
+
+# The ambassador example's requests (Kubernetes in Action, ch. 8).
+AMBASSADOR_PATHS = ["/", "/apis/batch", "/apis/batch/v1", "/api/v1/namespaces/default/pods"]
+
+
+def direct(apiserver, pki, path: str, token: str) -> tuple:
+    """The same request sent straight to the API server, with the token."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=pki.ca_cert)
+    connection = http.client.HTTPSConnection("127.0.0.1", apiserver.port, context=context, timeout=10)
+    connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    response = connection.getresponse()
+    return response.status, response.getheader("content-type"), response.read()
+
+
+@pytest.mark.parametrize("path", AMBASSADOR_PATHS)
+def test_ambassador_requests_answer_as_the_api_server_does(podward, pod, apiserver, pki, path):
+    response = request(podward, "GET", path)
+    status, content_type, body = direct(apiserver, pki, path, pod.token)
+    assert (response.status, response.headers["content-type"]) == (status, content_type) == (200, "application/json")
+    forwarded, straight = response.json(), json.loads(body)
+    # resourceVersion moves with every write; everything else must match.
+    for document in (forwarded, straight):
+        document.get("metadata", {}).pop("resourceVersion", None)
+    assert forwarded == straight
+
+
+def test_token_and_downward_headers_arrive_upstream(podward, pod, apiserver):
+    response = request(podward, "GET", "/api/v1/namespaces/default/pods", headers={"User-Agent": "app/1.0"})
+    assert response.status == 200
+    received = apiserver.requests[-1]
+    assert received.header("authorization") == f"Bearer {pod.token}"
+    expected = {
+        "x-pod-name": "curl-with-ambassador",
+        "x-pod-namespace": "default",
+        "x-pod-uid": pod.env["POD_UID"],
+        "x-pod-ip": "10.244.0.7",
+        "x-pod-host-ip": "192.168.49.2",
+        "x-pod-node-name": "node-1",
+        "x-pod-service-account": "default",
+        "x-pod-cpu-request": "100",
+        "x-pod-cpu-limit": "500",
+        "x-pod-memory-request": "33554432",
+        "x-pod-memory-limit": "67108864",
+        # Baggage-style maps, percent-encoded where a header needs it.
+        "x-pod-labels": "app=curl-with-ambassador,tier=front%20end",
+        "x-pod-annotations": "example.com/note=line%20one%0Aline%20two,owner=team-a",
+    }
+    assert {name: received.header(name) for name in expected} == expected
+    assert received.header("user-agent").startswith("app/1.0 podward/")
+    assert received.header("user-agent").endswith("(pod default/curl-with-ambassador)")
+
+
+def test_encoded_headers_decode_to_the_original_values(podward, pod, apiserver):
+    annotations = {"note": "multi\nline \"quoted\" \u00e9t\u00e9 100%", "tab": "a\tb"}
+    pod.write_podinfo({"app": "x"}, annotations)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        request(podward, "GET", "/version")
+        header = apiserver.requests[-1].header("x-pod-annotations")
+        if "note=" in header:
+            break
+        time.sleep(0.1)
+    decoded = {}
+    for entry in header.split(","):
+        key, value = entry.split("=", 1)
+        decoded[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+    assert decoded == annotations
+
+
+def test_rotation_under_steady_load_fails_nothing_and_lands_within_the_bound(podward, pod, apiserver):
+    """kubelet-style rotation (new ..data dir, atomic rename) in the middle of a request loop."""
+    old_token = pod.token
+    connection = http.client.HTTPConnection("127.0.0.1", podward.settings.listen_port, timeout=10)
+    failures, sent = [], 0
+    rotated_at = new_token = None
+    start = time.monotonic()
+    while time.monotonic() - start < 5:
+        if rotated_at is None and time.monotonic() - start > 1.5:
+            new_token = pod.issue_token()
+            apiserver.accept(new_token)
+            rotated_at = time.time()
+        connection.request("GET", "/api/v1/namespaces/default/pods")
+        response = connection.getresponse()
+        response.read()
+        sent += 1
+        if response.status != 200:
+            failures.append(response.status)
+    connection.close()
+    assert sent > 200 and failures == []
+    after = [r for r in apiserver.requests if r.received_at > rotated_at]
+    first_new = min(r.received_at for r in after if r.token == new_token)
+    assert first_new - rotated_at < 2.0, "the new token must be in use within the 2 s bound"
+    late_old = [r for r in after if r.token == old_token and r.received_at > rotated_at + 2.0]
+    assert late_old == [], "no request may carry the old token after the bound"
+
+
+def test_a_labels_update_shows_up_in_the_headers(podward, pod, apiserver):
+    pod.write_podinfo({"app": "curl-with-ambassador", "version": "v2"}, {})
+    changed_at = time.monotonic()
+    while time.monotonic() - changed_at < 3:
+        request(podward, "GET", "/version")
+        if apiserver.requests[-1].header("x-pod-labels") == "app=curl-with-ambassador,version=v2":
+            break
+        time.sleep(0.05)
+    assert apiserver.requests[-1].header("x-pod-labels") == "app=curl-with-ambassador,version=v2"
+    assert apiserver.requests[-1].header("x-pod-annotations") == ""
+    assert time.monotonic() - changed_at < 2.5
+
+
+@pytest.mark.parametrize("token_file", [None, "", "  \n"], ids=["missing", "empty", "blank"])
+def test_no_token_means_503_status_and_the_api_server_is_never_contacted(pod, start_envoy, apiserver, token_file):
+    pod.write_service_account(token_file)
+    envoy = start_envoy(pod, {"startup_wait_ms": 500})
+    apiserver.clear_requests()
+    status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/pods"), 503, "ServiceUnavailable")
+    assert "no service-account token" in status["message"]
+    expected_cause = "HTTP 404" if token_file is None else "the token file is empty"
+    assert expected_cause in status["message"]
+    assert status["details"]["retryAfterSeconds"] == 1
+    assert apiserver.requests == []
+
+
+def test_requests_before_the_first_token_wait_for_it(pod, start_envoy, apiserver):
+    pod.write_service_account(None)
+    envoy = start_envoy(pod, {"startup_wait_ms": 5000})
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(request(envoy, "GET", "/api/v1/namespaces/default/pods")))
+    waiter.start()
+    time.sleep(1.0)
+    apiserver.accept(pod.issue_token())
+    waiter.join(timeout=10)
+    assert results and results[0].status == 200
+    assert apiserver.requests[-1].token == pod.token
+
+
+def test_an_expired_token_is_refused_with_the_cause(pod, start_envoy, apiserver):
+    expired = pod.issue_token(lifetime_seconds=3600, now=time.time() - 7200)
+    apiserver.accept(expired)
+    envoy = start_envoy(pod)
+    apiserver.clear_requests()
+    status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/pods"), 503, "ServiceUnavailable")
+    assert "token expired" in status["message"]
+    assert apiserver.requests == []
+
+
+def test_the_client_authorization_header_is_replaced_by_default(podward, pod, apiserver):
+    request(podward, "GET", "/api", headers={"Authorization": "Bearer app-supplied"})
+    assert apiserver.requests[-1].token == pod.token
+
+
+def test_the_client_authorization_header_can_be_preserved(pod, start_envoy, apiserver):
+    envoy = start_envoy(pod, {"token": {"client_authorization": "preserve"}})
+    response = request(envoy, "GET", "/api", headers={"Authorization": "Bearer app-supplied"})
+    assert_status(response, 401, "Unauthorized")
+    assert apiserver.requests[-1].token == "app-supplied"
+    assert request(envoy, "GET", "/api").status == 200
+
+
+@pytest.mark.parametrize(
+    "plugin_config, field",
+    [
+        ({"refresh_interval_ms": "1s"}, "refresh_interval_ms"),
+        ({"token": {"paht": "/x"}}, "token"),
+        ({"identity_headers": [{"header": "Bad Header", "env": "POD_NAME"}]}, "identity_headers[0].header"),
+        ({"policy": {"preset": "no-such-preset"}}, "policy.preset"),
+    ],
+)
+def test_a_bad_config_stops_envoy_and_names_the_field(pod, tmp_path, apiserver, pki, plugin_config, field):
+    from harness.envoy import Envoy, local_settings
+
+    envoy = Envoy(local_settings(pod, apiserver.port, pki.ca_cert, plugin_config), tmp_path / "bad", env=pod.env)
+    assert envoy.run_to_exit() != 0
+    errors = [line for line in envoy.log().splitlines() if "invalid podward config" in line]
+    assert errors, envoy.log()[-3000:]
+    assert f"field `{field}`" in errors[0]
+
+
+def test_a_wrong_ca_gives_503_and_no_response_from_the_impostor(pod, start_envoy, pki, apiserver):
+    envoy = start_envoy(pod, ca_file=pki.wrong_ca)
+    response = request(envoy, "GET", "/api/v1/namespaces/default/pods")
+    assert response.status == 503
+    assert b"PodList" not in response.body
+    stats = envoy.stats()
+    assert stats["cluster.kubernetes.ssl.fail_verify_error"] >= 1
+
+
+def test_a_watch_streams_events_unbuffered_for_more_than_20_seconds(podward, apiserver):
+    stop_ticker = apiserver.start_ticker(1.0, name="watch-ticker")
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", podward.settings.listen_port, timeout=30)
+        connection.request("GET", "/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name%3Dwatch-ticker")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("transfer-encoding") == "chunked"
+        delays, start = [], time.monotonic()
+        while time.monotonic() - start < 22:
+            line = response.readline()
+            assert line, "the watch ended early"
+            event = json.loads(line)
+            sent_at = event["object"]["metadata"].get("annotations", {}).get(SENT_AT_ANNOTATION)
+            if sent_at and event["type"] == "MODIFIED":
+                delays.append(time.time() - float(sent_at))
+        connection.close()
+    finally:
+        stop_ticker()
+    assert len(delays) >= 18
+    assert max(delays) < 0.1, f"events were held back: {max(delays):.3f}s"
+
+
+def test_the_token_never_reaches_the_log_even_at_debug(pod, start_envoy, apiserver):
+    envoy = start_envoy(pod, extra_args=("--component-log-level", "wasm:trace"))
+    first = pod.token
+    request(envoy, "GET", "/api/v1/namespaces/default/pods")
+    second = pod.issue_token()
+    apiserver.accept(second)
+    time.sleep(1.5)
+    request(envoy, "GET", "/api/v1/namespaces/default/pods")
+    pod.write_service_account("not a valid token")
+    time.sleep(1.5)
+    request(envoy, "POST", "/api/v1/namespaces/default/pods/x/exec")
+    envoy.stop()
+    log = envoy.log()
+    assert "wasm log" in log and "changed" in log
+    for secret in (first, second, "not a valid token"):
+        for piece in (secret, secret.split(".")[-1]):
+            assert piece not in log
