@@ -50,6 +50,10 @@ RESOURCE_ENV = {
 }
 ENV_KEYS = [*POD_FIELD_ENV, *RESOURCE_ENV]
 
+# Tag keys podward folds into its metric names (src/metrics.rs TAG_KEYS); each
+# gets a regex that lifts `key=.=value;.;` out of the name into a tag.
+METRIC_TAG_KEYS = ["verb", "group", "resource", "code", "rule", "reason", "file"]
+
 # A watch may stay quiet for long; kube-apiserver ends watches after 30-60 min
 # (--min-request-timeout 1800 s, randomised up to double), so idle streams are
 # only cut after that.
@@ -166,6 +170,9 @@ def access_log() -> dict:
         "duration_ms": "%DURATION%",
         "bytes_sent": "%BYTES_SENT%",
         "user_agent": "%REQ(USER-AGENT)%",
+        "pod": "%ENVIRONMENT(POD_NAMESPACE)%/%ENVIRONMENT(POD_NAME)%",
+        # podward's reading of the request and its decision (JSON text).
+        "podward": "%FILTER_STATE(wasm.podward:PLAIN)%",
     }
     return {
         "name": "envoy.access_loggers.stdout",
@@ -254,6 +261,9 @@ def bootstrap(settings: Settings) -> dict:
         # File-based config needs a node identity; it names nothing outside the pod.
         "node": {"id": "podward", "cluster": "podward"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
+        "stats_config": {"stats_tags": [
+            {"tag_name": key, "regex": f"({key}=\\.=(.*?);\\.;)"} for key in METRIC_TAG_KEYS
+        ]},
         "bootstrap_extensions": [{
             "name": "envoy.bootstrap.internal_listener",
             "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),

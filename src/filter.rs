@@ -7,7 +7,7 @@ use crate::config::{ClientAuthorization, Config};
 use crate::identity::Identity;
 use crate::policy::{host_accepted, Effect, RuleRef};
 use crate::request_info::{classify, RequestInfo};
-use crate::status::{Details, Status};
+use crate::status::{json_string, Details, Status};
 use crate::token::Freshness;
 
 /// The request headers of the stream being handled.
@@ -54,6 +54,33 @@ pub struct Handled<'r> {
 }
 
 impl<'r> Handled<'r> {
+    /// One JSON object for the access log: what the API server will see the
+    /// request as, and podward's decision. Never any header value.
+    pub fn access_record(&self) -> String {
+        let decision = match (&self.outcome, self.refusal) {
+            (Outcome::Forward, _) => "forward",
+            (Outcome::Reply(_), Some(refusal)) => refusal.as_str(),
+            (Outcome::Reply(_), None) => "reply",
+        };
+        let rule = self.rule.map(|rule| rule.to_string()).unwrap_or_default();
+        let mut fields = vec![("decision", decision), ("rule", rule.as_str())];
+        if let Some(request) = &self.request {
+            fields.extend([
+                ("verb", request.verb),
+                ("group", request.api_group),
+                ("resource", request.resource),
+                ("subresource", request.subresource),
+                ("namespace", request.namespace),
+                ("name", &request.name),
+            ]);
+        }
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(key, value)| format!("\"{key}\":{}", json_string(value)))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+
     fn refused(
         refusal: Refusal,
         status: Status,
@@ -386,6 +413,36 @@ mod tests {
             "{}",
             status.message
         );
+    }
+
+    #[test]
+    fn the_access_record_describes_the_request_and_decision() {
+        let config = Config::parse(b"").unwrap();
+        let identity = identity(&config, "secret-token");
+        let cases = [
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/web",
+                r#"{"decision":"forward","rule":"kubectl-proxy/default","verb":"get","group":"","resource":"pods","subresource":"","namespace":"default","name":"web"}"#,
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/x/pods/p/exec",
+                r#"{"decision":"policy_denied","rule":"kubectl-proxy/no-exec-or-attach","verb":"create","group":"","resource":"pods","subresource":"exec","namespace":"x","name":"p"}"#,
+            ),
+            (
+                "GET",
+                "/a/%2e%2e/b",
+                r#"{"decision":"unclassifiable","rule":""}"#,
+            ),
+        ];
+        for (method, path, expected) in cases {
+            let mut request = headers(&[(":authority", "localhost")]);
+            let handled = handle(&config, &identity, 0, method, path, &mut request);
+            let record = handled.access_record();
+            assert_eq!(record, expected);
+            assert!(!record.contains("secret-token"));
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::filter::{self, Outcome, RequestHeaders};
 use crate::identity::{self, Identity};
 use crate::refresh::{self, PodSources, Refresher, STARTUP_RETRY_MS};
 use crate::status::Status;
+use crate::telemetry::{Telemetry, NO_TOKEN};
 use crate::token::Freshness;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -38,6 +39,9 @@ struct Shared {
     waiting: Vec<(u32, u64)>,
     /// Token-file freshness last reported, so each change is logged once.
     reported_freshness: Option<Freshness>,
+    telemetry: Telemetry,
+    /// The metric series of each request in flight, counted when it ends.
+    request_series: HashMap<u32, usize>,
 }
 
 #[derive(Default)]
@@ -89,7 +93,8 @@ fn start_due_fetches(shared: &RefCell<Shared>) {
                     "could not call cluster {}: {status:?}",
                     source.cluster
                 ));
-                report(state.refresher.complete(index, failure));
+                let outcome = state.refresher.complete(index, failure);
+                report(&state.telemetry, index, outcome);
             }
         }
     }
@@ -124,7 +129,7 @@ fn finish_fetch(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usize) {
             );
             rebuild_identity(&mut state);
         }
-        report(outcome);
+        report(&state.telemetry, index, outcome);
         state.identity.is_some()
     };
     if ready {
@@ -132,14 +137,18 @@ fn finish_fetch(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usize) {
     }
 }
 
-/// Failures are logged when they start or change, not on every retry.
-fn report(outcome: refresh::Outcome) {
-    if let refresh::Outcome::Failed {
-        message,
-        repeated: false,
-    } = outcome
-    {
-        log::warn!("podward: keeping the last good content; could not refresh {message}");
+/// Every refresh is counted; failures are logged when they start or change,
+/// not on every retry.
+fn report(telemetry: &Telemetry, index: usize, outcome: refresh::Outcome) {
+    match outcome {
+        refresh::Outcome::Unchanged => {}
+        refresh::Outcome::Changed => telemetry.refreshed(index, true),
+        refresh::Outcome::Failed { message, repeated } => {
+            telemetry.refreshed(index, false);
+            if !repeated {
+                log::warn!("podward: keeping the last good content; could not refresh {message}");
+            }
+        }
     }
 }
 
@@ -170,7 +179,8 @@ fn release_waiting(shared: &Rc<RefCell<Shared>>) {
     let waiting = std::mem::take(&mut shared.borrow_mut().waiting);
     for (context_id, _) in waiting {
         // The client may have gone away while it waited.
-        if hostcalls::set_effective_context(context_id).is_ok() && serve(shared) == Action::Continue
+        if hostcalls::set_effective_context(context_id).is_ok()
+            && serve(shared, context_id) == Action::Continue
         {
             let _ = hostcalls::resume_http_request();
         }
@@ -194,6 +204,7 @@ fn give_up_on_late_waiters(shared: &Rc<RefCell<Shared>>, now: u64) {
     };
     for (context_id, _) in late {
         if hostcalls::set_effective_context(context_id).is_ok() {
+            shared.borrow().telemetry.local_reply(NO_TOKEN, None);
             let message = format!("podward has no service-account token to send: {reason}");
             reply(&Status::unavailable(message, 1));
         }
@@ -213,6 +224,7 @@ impl RootContext for Root {
         // A fetch gets its timeout plus a second of grace before it counts as lost.
         let lost_after_ms = config.file_source.timeout_ms + 1000;
         let refresher = Refresher::new(&config.files(), config.refresh_interval_ms, lost_after_ms);
+        let telemetry = Telemetry::new(&config);
         let tick = config.refresh_interval_ms.min(STARTUP_RETRY_MS);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config,
@@ -222,6 +234,8 @@ impl RootContext for Root {
             identity: None,
             waiting: Vec::new(),
             reported_freshness: None,
+            telemetry,
+            request_series: HashMap::new(),
         })));
         self.set_tick_period(Duration::from_millis(tick));
         true
@@ -257,9 +271,13 @@ impl RootContext for Root {
 /// without a new one arriving: the signs of a broken rotation.
 fn report_freshness(state: &mut Shared, now_s: u64) {
     let skew = state.config.token.expiry_skew_seconds;
-    let Some(freshness) = state.refresher.token().map(|t| t.freshness(now_s, skew)) else {
+    let Some(token) = state.refresher.token() else {
         return;
     };
+    if let Some(exp) = token.claims.exp {
+        state.telemetry.token_expires_in(exp.saturating_sub(now_s));
+    }
+    let freshness = token.freshness(now_s, skew);
     let changed = std::mem::discriminant(&freshness)
         != state.reported_freshness.as_ref().map_or(
             std::mem::discriminant(&Freshness::Fresh),
@@ -271,9 +289,12 @@ fn report_freshness(state: &mut Shared, now_s: u64) {
     }
     match freshness {
         Freshness::Fresh => log::info!("podward: the token on hand is fresh"),
-        Freshness::Stale { expires_in_s } => log::warn!(
-            "podward: the token expires in {expires_in_s}s and the kubelet has not replaced it"
-        ),
+        Freshness::Stale { expires_in_s } => {
+            state.telemetry.token_went_stale();
+            log::warn!(
+                "podward: the token expires in {expires_in_s}s and the kubelet has not replaced it"
+            )
+        }
         Freshness::Expired { expired_for_s } => log::error!(
             "podward: the token expired {expired_for_s}s ago; requests get 503 until a new one arrives"
         ),
@@ -298,7 +319,7 @@ impl HttpContext for Request {
             }
         };
         match first_request {
-            None => serve(&self.shared),
+            None => serve(&self.shared, self.context_id),
             Some(first) => {
                 if first {
                     start_due_fetches(&self.shared);
@@ -306,6 +327,20 @@ impl HttpContext for Request {
                 Action::Pause
             }
         }
+    }
+
+    fn on_log(&mut self) {
+        let mut state = self.shared.borrow_mut();
+        let Some(series) = state.request_series.remove(&self.context_id) else {
+            return;
+        };
+        // Envoy hands integer properties over as 8 little-endian bytes.
+        let code = hostcalls::get_property(vec!["response", "code"])
+            .ok()
+            .flatten()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes);
+        state.telemetry.request_done(series, code);
     }
 }
 
@@ -316,9 +351,9 @@ impl Context for Request {
 }
 
 /// Runs the request path for the effective context and carries out its outcome.
-fn serve(shared: &RefCell<Shared>) -> Action {
+fn serve(shared: &RefCell<Shared>, context_id: u32) -> Action {
     let reply_with = {
-        let state = shared.borrow();
+        let mut state = shared.borrow_mut();
         let Some(identity) = state.identity.clone() else {
             return Action::Pause;
         };
@@ -326,17 +361,25 @@ fn serve(shared: &RefCell<Shared>) -> Action {
         let method = headers.header(":method").unwrap_or_default();
         let path = headers.header(":path").unwrap_or_default();
         let now_s = now_ms() / 1000;
-        let handled = filter::handle(
-            &state.config,
-            &identity,
-            now_s,
-            &method,
-            &path,
-            &mut headers,
-        );
+        let Shared {
+            config,
+            telemetry,
+            request_series,
+            ..
+        } = &mut *state;
+        let handled = filter::handle(config, &identity, now_s, &method, &path, &mut headers);
+        if let Some(request) = &handled.request {
+            request_series.insert(context_id, telemetry.requests().series_for(request));
+        }
+        publish_for_access_log(&handled);
         match handled.outcome {
             Outcome::Forward => None,
-            Outcome::Reply(status) => Some(status),
+            Outcome::Reply(status) => {
+                if let Some(refusal) = handled.refusal {
+                    telemetry.local_reply(refusal.as_str(), handled.rule);
+                }
+                Some(status)
+            }
         }
     };
     match reply_with {
@@ -346,6 +389,13 @@ fn serve(shared: &RefCell<Shared>) -> Action {
             Action::Pause
         }
     }
+}
+
+/// What podward made of the request, as filter state `wasm.podward` (JSON),
+/// for Envoy's access log: `%FILTER_STATE(wasm.podward:PLAIN)%`.
+fn publish_for_access_log(handled: &filter::Handled) {
+    let record = handled.access_record();
+    let _ = hostcalls::set_property(vec!["podward"], Some(record.as_bytes()));
 }
 
 fn reply(status: &Status) {

@@ -230,11 +230,12 @@ impl Policy {
         }
     }
 
-    /// Whether any rule refers to the pod's own namespace.
-    pub fn uses_self_namespace(&self) -> bool {
+    /// Every rule that can decide, the default included.
+    pub fn rule_refs(&self) -> impl Iterator<Item = &RuleRef> {
         self.rules
             .iter()
-            .any(|(_, rule)| rule.namespaces.iter().any(|ns| ns == SELF_NAMESPACE))
+            .map(|(rule_ref, _)| rule_ref)
+            .chain(std::iter::once(&self.default_rule))
     }
 }
 
@@ -643,7 +644,6 @@ mod tests {
                 "{method} {path}"
             );
         }
-        assert!(p.uses_self_namespace());
     }
 
     #[test]

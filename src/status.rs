@@ -80,7 +80,8 @@ impl Status {
     }
 }
 
-fn json_string(text: &str) -> String {
+/// `text` as a JSON string literal, quotes and escapes included.
+pub fn json_string(text: &str) -> String {
     // Serialising a `&str` cannot fail.
     serde_json::to_string(text).unwrap_or_default()
 }
