@@ -1,0 +1,73 @@
+"""What an operator sees: Prometheus metrics from /stats/prometheus and the
+JSON access log, moving as the requests and rotations that were made."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from conftest import request
+from harness.jwt import claims_of
+
+
+def metric(envoy, series: str) -> float:
+    text = envoy.prometheus()
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{series} missing; podward series:\n" + "\n".join(
+        line for line in text.splitlines() if line.startswith("podward"))
+    return float(match.group(1))
+
+
+def wait_for(condition, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_expiry_gauge_matches_the_tokens_exp(podward, pod):
+    request(podward, "GET", "/version")
+    expected = claims_of(pod.token)["exp"] - time.time()
+    wait_for(lambda: metric(podward, "podward_token_expiry_seconds{}") > 0)
+    assert abs(metric(podward, "podward_token_expiry_seconds{}") - expected) <= 3
+
+
+def test_refresh_counters_move_with_rotations_and_failures(podward, pod, apiserver):
+    request(podward, "GET", "/version")
+    assert metric(podward, "podward_token_refreshes_total{}") == 1
+    apiserver.accept(pod.issue_token())
+    wait_for(lambda: metric(podward, "podward_token_refreshes_total{}") == 2)
+    pod.write_service_account(None)
+    wait_for(lambda: metric(podward, "podward_token_refresh_failures_total{}") >= 1)
+    pod.write_podinfo({"app": "changed"}, {})
+    wait_for(lambda: metric(podward, 'podward_file_refreshes_total{file="/podinfo/labels"}') == 2)
+    assert "could not refresh /serviceaccount/token: file source answered HTTP 404" in podward.log()
+    # The last good token is still in use.
+    assert request(podward, "GET", "/api/v1/namespaces/default/pods").status == 200
+
+
+def test_a_token_past_its_renewal_point_is_flagged(pod, start_envoy, apiserver):
+    # Issued 50 minutes ago with a 1 h lifetime: past the kubelet's 80 % mark.
+    apiserver.accept(pod.issue_token(lifetime_seconds=3600, now=time.time() - 3000))
+    envoy = start_envoy(pod)
+    assert request(envoy, "GET", "/version").status == 200
+    wait_for(lambda: metric(envoy, "podward_token_stale_total{}") == 1)
+    assert "and the kubelet has not replaced it" in envoy.log()
+
+
+def test_the_access_log_carries_podwards_reading_of_each_request(podward):
+    request(podward, "GET", "/api/v1/namespaces/default/pods/demo-1")
+    request(podward, "POST", "/api/v1/namespaces/default/pods/demo-1/attach")
+    podward.stop()
+    records = [json.loads(line) for line in podward.log().splitlines() if line.startswith("{")]
+    by_path = {record["path"]: record for record in records}
+    allowed = by_path["/api/v1/namespaces/default/pods/demo-1"]
+    assert allowed["code"] == 200 and allowed["pod"] == "default/curl-with-ambassador"
+    assert json.loads(allowed["podward"]) == {
+        "decision": "forward", "rule": "kubectl-proxy/default", "verb": "get", "group": "",
+        "resource": "pods", "subresource": "", "namespace": "default", "name": "demo-1"}
+    denied = by_path["/api/v1/namespaces/default/pods/demo-1/attach"]
+    assert denied["code"] == 403
+    assert json.loads(denied["podward"])["decision"] == "policy_denied"
+    assert json.loads(denied["podward"])["rule"] == "kubectl-proxy/no-exec-or-attach"

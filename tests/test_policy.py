@@ -1,0 +1,176 @@
+"""Policy and hardening through real Envoy: podward lends the pod's identity
+only as far as the policy allows, and no path trick gets around a deny rule."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import kubernetes.client
+import pytest
+
+from conftest import assert_status, request
+
+EXEC_PATH = "/api/v1/namespaces/default/pods/demo-0/exec"
+# A request the API server would route to exec or attach (its routes are
+# case-sensitive): what the deny rule exists to stop.
+INTERACTIVE = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach)(/|\?|$)")
+
+
+def reached_interactive(apiserver) -> list:
+    return [r.path for r in apiserver.requests if INTERACTIVE.search(r.path)]
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+@pytest.mark.parametrize("subresource", ["exec", "attach"])
+def test_kubectl_proxy_preset_denies_exec_and_attach(podward, apiserver, method, subresource):
+    path = f"/api/v1/namespaces/default/pods/demo-0/{subresource}?command=sh&stdin=true"
+    status = assert_status(request(podward, method, path), 403, "Forbidden")
+    assert status["message"].startswith('pods "demo-0" is forbidden: podward policy rule '
+                                        '"kubectl-proxy/no-exec-or-attach"')
+    assert status["details"] == {"name": "demo-0", "kind": "pods"}
+    assert apiserver.requests == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/demo-0/exec/",
+        "/api/v1/namespaces/default/pods/x/../demo-0/exec",
+        "/api/v1/namespaces/default/pods/demo-0/./exec",
+        "/api/v1/namespaces/default/pods/demo-0/%2e%2e/demo-0/exec",
+        "/api/v1/namespaces/default/pods/demo-0/%65xec",
+        "/api//v1/namespaces/default/pods/demo-0//exec",
+        "//api/v1/namespaces/default/pods/demo-0/exec",
+        "/api/v1/namespaces/default/pods/demo-0%2Fexec",
+        "/api/v1/namespaces/default/pods/demo-0%2fexec",
+        "/api/v1/namespaces/default/pods/demo-0/EXEC",
+        "/API/v1/namespaces/default/pods/demo-0/exec",
+        "/api/v1/namespaces/default/pods/demo-0/exec?x=/../../version",
+        "/api/v1/namespaces/default/pods/demo-0/exec;x=y",
+        "/api/v1/namespaces/default/pods/demo-0/exec%00",
+        "/api/v1/namespaces/default/pods/demo-0/exec%3Fcommand=sh",
+        "/api/v1/namespaces/default/pods/demo-0/exec\\",
+        "/api/v1/watch/namespaces/default/pods/demo-0/exec",
+        "/api/v1/namespaces/default/pods/demo-0/exec?watch=1&fieldSelector=metadata.name%3Ddemo-0",
+        "/api/v1/namespaces/default/pods/" + "a" * 9000 + "/exec",
+    ],
+)
+def test_path_tricks_never_reach_exec(podward, apiserver, path):
+    response = request(podward, "POST", path)
+    assert response.status in (400, 403, 404, 414, 431), (response.status, response.body[:300])
+    assert reached_interactive(apiserver) == []
+    if response.status in (400, 403) and response.headers.get("content-type") == "application/json":
+        assert response.json()["kind"] == "Status"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/namespaces/default/pods/demo-0/EXEC",
+                                  "/API/v1/namespaces/default/pods/demo-0/exec"])
+def test_a_case_trick_reaches_nothing_the_api_server_would_run(podward, apiserver, path):
+    # The API server's routes are case-sensitive: these are 404s there.
+    assert_status(request(podward, "POST", path), 404, "NotFound")
+
+
+def test_only_local_hosts_are_accepted(podward, apiserver):
+    for host in ("localhost:8001", "127.0.0.1", "[::1]:8001"):
+        assert request(podward, "GET", "/version", headers={"Host": host}).status == 200
+    apiserver.clear_requests()
+    for host in ("evil.example", "localhost.evil.example:8001", "127.0.0.1.nip.io"):
+        status = assert_status(request(podward, "GET", "/version", headers={"Host": host}), 403, "Forbidden")
+        assert "not accepted" in status["message"]
+    assert apiserver.requests == []
+
+
+def test_impersonation_headers_are_stripped(podward, pod, apiserver):
+    headers = {"Impersonate-User": "admin", "Impersonate-Group": "system:masters",
+               "Impersonate-Uid": "1", "Impersonate-Extra-Scopes": "all"}
+    assert request(podward, "GET", "/api/v1/namespaces/default/pods", headers=headers).status == 200
+    received = apiserver.requests[-1]
+    assert [name for name, _ in received.headers if name.lower().startswith("impersonate-")] == []
+    assert received.token == pod.token
+
+
+def test_impersonation_can_be_allowed(pod, start_envoy, apiserver):
+    envoy = start_envoy(pod, {"allow_impersonation": True})
+    request(envoy, "GET", "/version", headers={"Impersonate-User": "jane"})
+    assert apiserver.requests[-1].header("impersonate-user") == "jane"
+
+
+def test_read_only_preset(pod, start_envoy, apiserver):
+    envoy = start_envoy(pod, {"policy": {"preset": "read-only"}})
+    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+    assert request(envoy, "GET", "/apis").status == 200
+    apiserver.clear_requests()
+    status = assert_status(request(envoy, "DELETE", "/api/v1/namespaces/default/pods/demo-0"), 403, "Forbidden")
+    assert '"read-only/default"' in status["message"]
+    assert_status(request(envoy, "POST", "/api/v1/namespaces/default/pods/demo-0/portforward"), 403, "Forbidden")
+    assert apiserver.requests == []
+
+
+def test_own_namespace_preset_uses_the_pods_namespace(pod, start_envoy, apiserver):
+    envoy = start_envoy(pod, {"policy": {"preset": "own-namespace"}})
+    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+    assert request(envoy, "GET", "/api/v1/nodes").status == 200
+    apiserver.clear_requests()
+    for method, path in [("GET", "/api/v1/namespaces/kube-system/pods"), ("GET", "/api/v1/pods"),
+                         ("DELETE", "/api/v1/namespaces/default"), ("DELETE", "/api/v1/nodes/node-1")]:
+        assert_status(request(envoy, method, path), 403, "Forbidden")
+    assert apiserver.requests == []
+
+
+def test_custom_rules_before_a_preset(pod, start_envoy, apiserver):
+    policy = {"preset": "read-only", "rules": [
+        {"name": "own-configmaps", "action": "allow", "verbs": ["create", "update", "patch", "delete"],
+         "apiGroups": [""], "resources": ["configmaps"], "namespaces": ["$self"]},
+        {"name": "no-secrets", "action": "deny", "verbs": ["*"], "apiGroups": [""], "resources": ["secrets"]},
+    ]}
+    envoy = start_envoy(pod, {"policy": policy})
+    body = b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"made-by-app"},"data":{"a":"1"}}'
+    created = request(envoy, "POST", "/api/v1/namespaces/default/configmaps", body=body,
+                      headers={"Content-Type": "application/json"})
+    assert created.status == 201
+    status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/secrets"), 403, "Forbidden")
+    assert '"rules/no-secrets"' in status["message"]
+    assert_status(request(envoy, "POST", "/api/v1/namespaces/kube-system/configmaps", body=body), 403, "Forbidden")
+
+
+def test_kubectl_prints_the_denial(pod, start_envoy):
+    envoy = start_envoy(pod, {"policy": {"preset": "read-only"}})
+    result = subprocess.run([os.environ["KUBECTL"], "--server", envoy.url, "delete", "pod", "demo-0", "--wait=false"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert 'Error from server (Forbidden): pods "demo-0" is forbidden: podward policy rule "read-only/default"' \
+        in result.stderr, result.stderr
+
+
+def test_the_python_client_sees_a_forbidden_status(pod, start_envoy):
+    envoy = start_envoy(pod, {"policy": {"preset": "read-only"}})
+    configuration = kubernetes.client.Configuration()
+    configuration.host = envoy.url
+    api = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
+    assert [p.metadata.name for p in api.list_namespaced_pod("default").items] == ["demo-0", "demo-1", "demo-2"]
+    with pytest.raises(kubernetes.client.ApiException) as denied:
+        api.delete_namespaced_pod("demo-1", "default")
+    assert denied.value.status == 403
+    assert "read-only/default" in denied.value.body
+
+
+def test_denials_and_requests_are_counted_and_logged(podward, apiserver):
+    request(podward, "GET", "/api/v1/namespaces/default/pods")
+    request(podward, "GET", "/api/v1/namespaces/default/pods/demo-0")
+    request(podward, "POST", EXEC_PATH)
+    request(podward, "GET", "/version", headers={"Host": "evil.example"})
+    metrics = podward.prometheus()
+
+    def value(series: str) -> float:
+        match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
+        assert match, f"{series} missing from:\n" + "\n".join(l for l in metrics.splitlines() if "podward" in l)
+        return float(match.group(1))
+
+    assert value('podward_requests_total{verb="list",group="core",resource="pods",code="2xx"}') == 1
+    assert value('podward_requests_total{verb="get",group="core",resource="pods",code="2xx"}') == 1
+    assert value('podward_requests_total{verb="create",group="core",resource="pods/exec",code="4xx"}') == 1
+    assert value('podward_policy_denied_total{rule="kubectl-proxy/no-exec-or-attach"}') == 1
+    assert value('podward_local_replies_total{reason="policy_denied"}') == 1
+    assert value('podward_local_replies_total{reason="host_not_accepted"}') == 1
