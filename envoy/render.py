@@ -150,12 +150,39 @@ def _app_listener(settings: Settings) -> dict:
         # exec, attach and port-forward: WebSocket (kubectl >= 1.30) and SPDY.
         upgrade_configs=[{"upgrade_type": "websocket"}, {"upgrade_type": "spdy/3.1"}],
         access_log=[access_log()],
+        local_reply_config=unreachable_api_server_reply(),
     )
     return {
         "name": "podward",
         "address": {"socket_address": {"address": settings.listen_address, "port_value": settings.listen_port}},
         "filter_chains": [{"filters": [manager]}],
     }
+
+
+# Envoy's response flags for "the API server could not be reached": no healthy
+# host, connection failure (TLS verification included), overflow, reset.
+UPSTREAM_FAILURE_FLAGS = ["UH", "UF", "UO", "URX", "UC", "UR", "LR"]
+
+
+def unreachable_api_server_reply() -> dict:
+    """Envoy's own 503s, as a Kubernetes Status that kubectl prints well.
+
+    Only replies carrying an upstream-failure flag are rewritten: podward's own
+    replies are Status objects already.
+    """
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "podward could not reach the API server: %LOCAL_REPLY_BODY% (Envoy response flags %RESPONSE_FLAGS%)",
+        "reason": "ServiceUnavailable",
+        "code": "%RESPONSE_CODE%",
+    }
+    return {"mappers": [{
+        "filter": {"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}},
+        "body_format_override": {"json_format": status, "content_type": "application/json"},
+    }]}
 
 
 def access_log() -> dict:

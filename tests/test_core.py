@@ -194,11 +194,11 @@ def test_a_bad_config_stops_envoy_and_names_the_field(pod, tmp_path, apiserver, 
     assert f"field `{field}`" in errors[0]
 
 
-def test_a_wrong_ca_gives_503_and_no_response_from_the_impostor(pod, start_envoy, pki, apiserver):
+def test_a_wrong_ca_gives_a_503_status_and_no_response_from_the_impostor(pod, start_envoy, pki, apiserver):
     envoy = start_envoy(pod, ca_file=pki.wrong_ca)
-    response = request(envoy, "GET", "/api/v1/namespaces/default/pods")
-    assert response.status == 503
-    assert b"PodList" not in response.body
+    status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/pods"), 503, "ServiceUnavailable")
+    assert status["message"].startswith("podward could not reach the API server")
+    assert "UF" in status["message"]
     stats = envoy.stats()
     assert stats["cluster.kubernetes.ssl.fail_verify_error"] >= 1
 
@@ -243,3 +243,14 @@ def test_the_token_never_reaches_the_log_even_at_debug(pod, start_envoy, apiserv
     for secret in (first, second, "not a valid token"):
         for piece in (secret, secret.split(".")[-1]):
             assert piece not in log
+
+
+def test_an_unreachable_api_server_gives_a_503_status(pod, tmp_path, pki):
+    from harness.envoy import Envoy, free_port, local_settings
+
+    envoy = Envoy(local_settings(pod, free_port(), pki.ca_cert), tmp_path / "down", env=pod.env).start()
+    try:
+        status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/pods"), 503, "ServiceUnavailable")
+        assert "podward could not reach the API server" in status["message"]
+    finally:
+        envoy.stop()
