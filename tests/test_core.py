@@ -254,3 +254,27 @@ def test_an_unreachable_api_server_gives_a_503_status(pod, tmp_path, pki):
         assert "podward could not reach the API server" in status["message"]
     finally:
         envoy.stop()
+
+
+def test_the_python_client_lists_pods_with_no_credentials(podward, pod, apiserver):
+    import kubernetes.client
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = podward.url
+    api = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
+    pods = api.list_namespaced_pod("default")
+    assert [p.metadata.name for p in pods.items] == ["demo-0", "demo-1", "demo-2"]
+    assert apiserver.requests[-1].token == pod.token
+
+
+def test_kubectl_gets_pods_through_the_sidecar(podward, pod, apiserver):
+    import os
+    import subprocess
+
+    result = subprocess.run([os.environ["KUBECTL"], "--server", podward.url, "get", "pods"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert [line.split()[0] for line in lines[1:]] == ["demo-0", "demo-1", "demo-2"]
+    assert all(r.token == pod.token for r in apiserver.requests)
