@@ -7,7 +7,7 @@
 //! without a namespace (cluster-scoped, or across all namespaces).
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
-use crate::request_info::RequestInfo;
+use crate::request_info::{RequestInfo, RESOURCE_VERBS};
 use serde_json::Value;
 use std::fmt;
 
@@ -153,17 +153,6 @@ pub struct Policy {
     default_rule: RuleRef,
 }
 
-const RESOURCE_VERBS: &[&str] = &[
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "proxy",
-];
 const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "delete", "options"];
 
 impl Policy {

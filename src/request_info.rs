@@ -37,6 +37,19 @@ pub const MAX_PATH_LEN: usize = 8192;
 /// 10,000 past which Go's `url.ParseQuery` (GODEBUG `urlmaxqueryparams`) gives up.
 pub const MAX_QUERY_LEN: usize = 8192;
 
+/// Every verb a resource request can have.
+pub const RESOURCE_VERBS: &[&str] = &[
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "proxy",
+];
+
 /// What the API server would make of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestInfo<'a> {
@@ -974,18 +987,7 @@ mod tests {
                 info.api_prefix == "api",
                 "{context}"
             );
-            let verbs = [
-                "get",
-                "list",
-                "watch",
-                "create",
-                "update",
-                "patch",
-                "delete",
-                "deletecollection",
-                "proxy",
-            ];
-            assert!(verbs.contains(&info.verb), "{context}");
+            assert!(RESOURCE_VERBS.contains(&info.verb), "{context}");
             assert!(
                 !matches!(info.verb, "get" | "delete") || !info.name.is_empty(),
                 "{context}"
