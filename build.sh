@@ -82,6 +82,7 @@ build() {
   fi
   setup_python
   "$VENV/bin/python" envoy/render.py --dist dist --wasm "$WASM"
+  "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
 # The logic's unit tests compiled to wasm, run by Node's WASI.

@@ -1,0 +1,268 @@
+"""What a platform team applies: every shipped Envoy config loads in the real
+Envoy, every committed file is what the generators produce now, every
+Kubernetes manifest passes the Kubernetes (or CRD) schema offline, and the
+module in the ConfigMaps is byte for byte the one that was built."""
+
+from __future__ import annotations
+
+import base64
+import filecmp
+import hashlib
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from harness.envoy import ENVOY_BINARY, REPO, WASM
+
+# envoy/ is on sys.path once harness.envoy is imported.
+import manifests  # noqa: E402
+import render  # noqa: E402
+
+ENVOY_DIR = REPO / "envoy"
+DIST = REPO / "dist"
+CONFIGMAP = DIST / manifests.CONFIGMAP_FILE
+KUSTOMIZE = DIST / "kustomize"
+# The oldest release with native sidecars on by default, and the newest schema shipped.
+KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
+# Kubernetes' limit on a ConfigMap's keys and values together (ValidateConfigMap).
+CONFIGMAP_PAYLOAD_LIMIT = 1024 * 1024
+
+
+def load_all(text: str) -> list:
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
+def kustomize(directory: pathlib.Path) -> list:
+    kubectl = os.environ.get("KUBECTL")
+    if not kubectl:
+        pytest.fail("KUBECTL is not set: run the tests with ./build.sh test")
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return load_all(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def base_resources() -> list:
+    return kustomize(KUSTOMIZE / "base")
+
+
+@pytest.fixture(scope="module")
+def overlay_resources() -> list:
+    return kustomize(KUSTOMIZE / "overlays" / "example")
+
+
+def only(resources: list, kind: str) -> dict:
+    [resource] = [r for r in resources if r["kind"] == kind]
+    return resource
+
+
+def module_digest() -> str:
+    return hashlib.sha256(WASM.read_bytes()).hexdigest()
+
+
+# --- Drift: committed files are what the generators produce now -------------
+
+def committed_files() -> dict:
+    generated = {
+        "sidecar.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.Settings())),
+        "pod.yaml": render.HEADER + render.to_yaml(render.example_pod()),
+    }
+    return {**generated, **manifests.committed_files(WASM.read_bytes())}
+
+
+@pytest.mark.parametrize("relative", sorted(committed_files()))
+def test_committed_file_is_what_the_generators_produce(relative):
+    assert (ENVOY_DIR / relative).read_text() == committed_files()[relative], \
+        f"envoy/{relative} is stale: run ./build.sh"
+
+
+def test_built_kustomize_tree_is_the_committed_one_plus_the_configmap():
+    comparison = filecmp.dircmp(ENVOY_DIR / "kustomize", KUSTOMIZE)
+    pending = [comparison]
+    while pending:
+        current = pending.pop()
+        assert not (current.left_only or current.diff_files), (current.left, current.left_only, current.diff_files)
+        pending.extend(current.subdirs.values())
+    assert (KUSTOMIZE / "base" / manifests.CONFIGMAP_FILE).read_bytes() == CONFIGMAP.read_bytes()
+
+
+# --- Envoy: every shipped bootstrap loads in the real binary ------------------
+
+def shipped_bootstraps() -> dict:
+    """Every envoy.yaml a pod can be given, by where it is shipped."""
+    overlay_patch = ENVOY_DIR / manifests.OVERLAY_DIR / "podward-policy.yaml"
+    return {
+        "envoy/sidecar.yaml": (ENVOY_DIR / "sidecar.yaml").read_text(),
+        "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text())[0]["data"]["envoy.yaml"],
+        "overlays/example/podward-policy.yaml": load_all(overlay_patch.read_text())[0]["data"]["envoy.yaml"],
+        # Not shipped as a bootstrap, but the WasmPlugin's pluginConfig must be
+        # one the filter accepts: validate mode runs the plugin's on_configure.
+        "istio/wasmplugin.yaml pluginConfig": render.to_yaml(render.bootstrap(
+            render.Settings(plugin_config=manifests.wasm_plugin(WASM.read_bytes())["spec"]["pluginConfig"]))),
+    }
+
+
+def in_pod_paths(root: pathlib.Path, ca_file: str) -> dict:
+    """The in-cluster directories, recreated under root with the files Envoy loads at start."""
+    directories = {
+        render.SERVICE_ACCOUNT_DIR: root / "serviceaccount",
+        render.PODINFO_DIR: root / "podinfo",
+        render.PODWARD_DIR: root / "podward",
+    }
+    for directory in directories.values():
+        directory.mkdir(parents=True)
+    shutil.copy(ca_file, directories[render.SERVICE_ACCOUNT_DIR] / "ca.crt")
+    shutil.copy(WASM, directories[render.PODWARD_DIR] / "podward.wasm")
+    return directories
+
+
+@pytest.mark.parametrize("shipped", sorted(shipped_bootstraps()))
+def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
+    # `--mode validate` opens the CA file and loads the module (and runs the
+    # plugin's on_configure), so the pod's absolute paths, which exist only in
+    # a pod, are rewritten to a copy of that layout: the test PKI's CA and the
+    # built podward.wasm. Nothing else in the config changes.
+    config = shipped_bootstraps()[shipped]
+    for in_pod, local in in_pod_paths(tmp_path / "pod", pki.ca_cert).items():
+        assert in_pod in config
+        config = config.replace(in_pod, str(local))
+    path = tmp_path / "envoy.yaml"
+    path.write_text(config)
+    result = subprocess.run([str(ENVOY_BINARY), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert f"configuration '{path}' OK" in result.stdout + result.stderr
+
+
+# --- Kubernetes: schemas, offline ---------------------------------------------
+
+def kubernetes_manifests(base: list, overlay: list) -> list:
+    shipped = {
+        "envoy/pod.yaml": load_all((ENVOY_DIR / "pod.yaml").read_text()),
+        "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text()),
+        "kubectl kustomize base": base,
+        "kubectl kustomize overlays/example": overlay,
+    }
+    return [(f"{where}: {r['kind']}/{r['metadata']['name']}", r) for where, docs in shipped.items() for r in docs]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, overlay_resources):
+    # kubernetes-validate ships the schemas; strict: unknown fields are errors.
+    for name, resource in kubernetes_manifests(base_resources, overlay_resources):
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{name} against {version}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
+def test_overlay_puts_everything_in_the_namespace_and_keeps_references(overlay_resources):
+    assert {r["metadata"]["namespace"] for r in overlay_resources} == {manifests.EXAMPLE_NAMESPACE}
+    names = {r["kind"]: r["metadata"]["name"] for r in overlay_resources}
+    assert all(name.startswith(manifests.EXAMPLE_PREFIX) for name in names.values())
+    spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == names["ServiceAccount"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["podward"]["configMap"]["name"] == names["ConfigMap"]
+    binding = only(overlay_resources, "RoleBinding")
+    assert binding["roleRef"]["name"] == names["Role"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": names["ServiceAccount"],
+                                    "namespace": manifests.EXAMPLE_NAMESPACE}]
+    # The cluster's CA ConfigMap is not ours: the prefix must not touch it.
+    ca_source = volumes["service-account"]["projected"]["sources"][1]
+    assert ca_source["configMap"]["name"] == "kube-root-ca.crt"
+
+
+def test_overlay_sets_token_audience_and_expiry_and_the_read_only_policy(overlay_resources):
+    spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
+    [sources] = [v["projected"]["sources"] for v in spec["volumes"] if v["name"] == "service-account"]
+    [token] = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
+    assert token == {"path": "token", **manifests.EXAMPLE_TOKEN}
+    envoy_yaml = only(overlay_resources, "ConfigMap")["data"]["envoy.yaml"]
+    expected = render.to_yaml(render.bootstrap(render.Settings(plugin_config=manifests.EXAMPLE_POLICY)))
+    assert envoy_yaml == expected
+
+
+def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(base_resources):
+    spec = only(base_resources, "Deployment")["spec"]["template"]["spec"]
+    pod_spec = render.example_pod()["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    [sidecar] = spec["initContainers"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["env"] == pod_spec["initContainers"][0]["env"]
+    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {render.SERVICE_ACCOUNT_DIR, render.PODINFO_DIR}
+    assert all("volumeMounts" not in container for container in spec["containers"])
+    assert spec["volumes"] == pod_spec["volumes"]
+
+
+def test_example_role_is_read_only_on_pods(base_resources):
+    role = only(base_resources, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+
+# --- The module in every ConfigMap is the one built ----------------------------
+
+def configmap_payload_bytes(configmap: dict) -> int:
+    data = sum(len(k) + len(v.encode()) for k, v in configmap.get("data", {}).items())
+    binary = sum(len(k) + len(base64.b64decode(v)) for k, v in configmap.get("binaryData", {}).items())
+    return data + binary
+
+
+@pytest.mark.parametrize("source", ["dist/podward-configmap.yaml", "kubectl kustomize overlays/example"])
+def test_configmap_module_round_trips_and_fits(source, overlay_resources):
+    if source.startswith("dist/"):
+        [configmap] = load_all(CONFIGMAP.read_text())
+        assert len(CONFIGMAP.read_bytes()) <= render.CONFIGMAP_LIMIT
+    else:
+        configmap = only(overlay_resources, "ConfigMap")
+    module = base64.b64decode(configmap["binaryData"]["podward.wasm"])
+    assert hashlib.sha256(module).hexdigest() == module_digest()
+    assert configmap_payload_bytes(configmap) <= CONFIGMAP_PAYLOAD_LIMIT
+
+
+# --- Istio WasmPlugin -----------------------------------------------------------
+
+def shipped_wasm_plugin() -> dict:
+    [plugin] = load_all((ENVOY_DIR / manifests.WASMPLUGIN_FILE).read_text())
+    return plugin
+
+
+# No registry package ships Istio's CRD schema for Python (cloudcoil-models-istio
+# has 1.24's as pydantic models, and a pytest plugin that breaks this suite), so
+# the shape is checked against the WasmPlugin API (istio/api
+# extensions/v1alpha1/wasm.proto) by hand.
+WASM_PLUGIN_SPEC_FIELDS = {"selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy",
+                           "imagePullSecret", "verificationKey", "pluginConfig", "pluginName", "phase",
+                           "priority", "failStrategy", "vmConfig", "match", "type"}
+
+
+def test_wasm_plugin_has_the_shape_of_istio_s_api():
+    plugin = shipped_wasm_plugin()
+    assert (plugin["apiVersion"], plugin["kind"]) == ("extensions.istio.io/v1alpha1", "WasmPlugin")
+    assert set(plugin) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = plugin["spec"]
+    assert set(spec) <= WASM_PLUGIN_SPEC_FIELDS
+    assert spec["phase"] in {"AUTHN", "AUTHZ", "STATS"}
+    assert spec["failStrategy"] in {"FAIL_CLOSE", "FAIL_RELOAD"}  # FAIL_OPEN would leak requests past policy
+    assert re.fullmatch(r"[a-f0-9]{64}", spec["sha256"])
+    assert spec["url"].split("://")[0] in {"file", "oci", "http", "https"}
+    assert 1 <= len(spec["pluginName"]) <= 256
+    assert all(set(env) == {"name", "valueFrom"} and env["valueFrom"] == "HOST" for env in spec["vmConfig"]["env"])
+    assert all(set(match) <= {"mode", "ports"} for match in spec["match"])
+
+
+def test_wasm_plugin_names_the_built_module_and_the_sidecar_s_environment():
+    spec = shipped_wasm_plugin()["spec"]
+    assert spec["sha256"] == module_digest()
+    assert spec["url"] == f"file://{render.Settings().wasm_path}"
+    assert [e["name"] for e in spec["vmConfig"]["env"]] == render.ENV_KEYS
+    # Outbound only, on the API host's port only: nothing else gets the token.
+    assert spec["match"] == [{"mode": "CLIENT", "ports": [{"number": manifests.ISTIO_API_PORT}]}]
+    assert spec["pluginConfig"]["accept_hosts"] == [manifests.ISTIO_API_HOST]
