@@ -74,7 +74,7 @@ fn header_value(source: &HeaderSource, sources: &impl Sources) -> Result<String,
     };
     let content = sources
         .file(path)
-        .ok_or_else(|| format!("file {path} has not been read"))?;
+        .ok_or_else(|| format!("file {path} could not be read"))?;
     if *format == FileFormat::Text {
         return Ok(encode_value(content.trim_ascii()).into_owned());
     }
@@ -231,7 +231,7 @@ pub(crate) mod tests {
             reasons,
             [
                 ("x-missing-key", "file /podinfo/labels has no key \"nope\""),
-                ("x-unread", "file /podinfo/unread has not been read"),
+                ("x-unread", "file /podinfo/unread could not be read"),
                 (
                     "x-broken",
                     "file /podinfo/broken: line 1: value is not enclosed in double quotes"

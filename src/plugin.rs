@@ -122,11 +122,16 @@ fn finish_fetch(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usize) {
             return;
         };
         let outcome = state.refresher.complete(index, fetched);
-        if outcome == refresh::Outcome::Changed {
+        let changed = outcome == refresh::Outcome::Changed;
+        if changed {
             log::info!(
                 "podward: {} changed",
                 state.refresher.path(index).unwrap_or_default()
             );
+        }
+        // The last file's first attempt can make the VM ready without
+        // changing anything, e.g. when an optional file is missing.
+        if changed || state.identity.is_none() {
             rebuild_identity(&mut state);
         }
         report(&state.telemetry, index, outcome);

@@ -278,3 +278,14 @@ def test_kubectl_gets_pods_through_the_sidecar(podward, pod, apiserver):
     assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert [line.split()[0] for line in lines[1:]] == ["demo-0", "demo-1", "demo-2"]
     assert all(r.token == pod.token for r in apiserver.requests)
+
+
+def test_a_missing_downward_file_leaves_its_header_out_and_nothing_else(pod, start_envoy, apiserver):
+    pod.podinfo_dir.write({"labels": 'app="only-labels"'})
+    envoy = start_envoy(pod)
+    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+    received = apiserver.requests[-1]
+    assert received.token == pod.token
+    assert received.header("x-pod-labels") == "app=only-labels"
+    assert received.header("x-pod-annotations") is None
+    assert "header x-pod-annotations not sent: file /podinfo/annotations could not be read" in envoy.log()
