@@ -1,8 +1,9 @@
 """A stand-in kube-apiserver: enough of the real one's wire behaviour for clients and proxies not to tell.
 
 Covers bearer-token authentication, RBAC-style denials, discovery, an in-memory object store with
-list/get/create/update/patch/delete, Table output for kubectl, chunked watches and pod logs. Every
-request is recorded so tests can see exactly what reached "the cluster".
+list/get/create/update/patch/delete, Table output for kubectl, chunked watches, pod logs, and exec/attach/
+port-forward over WebSocket or SPDY/3.1 (remotecommand.py). Every request is recorded so tests can see
+exactly what reached "the cluster"; upgraded connections are also kept as `sessions`.
 
     server = StandInApiServer(certfile=pki.server_cert, keyfile=pki.server_key, token_file=path)
     server.start(); ...; server.stop()
@@ -28,6 +29,10 @@ from queue import Empty, Queue
 import yaml
 
 from .jwt import claims_of
+from .remotecommand import (PORT_FORWARD_SPDY, STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL, ExecOptions,
+                            SpdyConnection, StreamSession, WebSocket, negotiate, offered_protocols,
+                            serve_spdy_exec, serve_spdy_portforward, serve_websocket_exec,
+                            serve_websocket_portforward, websocket_accept)
 
 VERSION_INFO = {
     "major": "1", "minor": "30", "gitVersion": "v1.30.0",
@@ -979,9 +984,10 @@ class _Handler(BaseHTTPRequestHandler):
         namespace = attrs.namespace if rtype.namespaced else ""
         if attrs.subresource == "log":
             self._serve_log(api, rtype, namespace, attrs.name)
-        elif attrs.subresource in ("exec", "attach", "portforward", "proxy", "token", "scale", "finalize"):
-            raise bad_request("Upgrade request required" if attrs.subresource in ("exec", "attach", "portforward")
-                              else f"the stand-in does not implement {rtype.name}/{attrs.subresource}")
+        elif attrs.subresource in ("exec", "attach", "portforward"):
+            self._serve_upgrade(api, rtype, namespace, attrs)
+        elif attrs.subresource in ("proxy", "token", "scale", "finalize"):
+            raise bad_request(f"the stand-in does not implement {rtype.name}/{attrs.subresource}")
         else:
             handler = getattr(self, f"_verb_{attrs.verb}", None)
             if handler is None:
@@ -1113,8 +1119,9 @@ class _Handler(BaseHTTPRequestHandler):
                 obj = to_table(rtype, [obj], obj["metadata"]["resourceVersion"], self._include_object())
         self._write_chunk(json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n")
 
-    def _serve_log(self, api, rtype, namespace, name):
-        pod = api.store.get(rtype, namespace, name)
+    def _check_container(self, pod: dict):
+        """The `container` query parameter names one of the pod's containers, or the pod has just one."""
+        name = pod["metadata"]["name"]
         containers = [c["name"] for c in pod.get("spec", {}).get("containers", [])]
         container = self.query.get("container", [""])[0]
         if not container and len(containers) > 1:
@@ -1122,6 +1129,9 @@ class _Handler(BaseHTTPRequestHandler):
                               f"[{' '.join(containers)}]")
         if container and container not in containers:
             raise bad_request(f"container {container} is not valid for pod {name}")
+
+    def _serve_log(self, api, rtype, namespace, name):
+        self._check_container(api.store.get(rtype, namespace, name))
         lines = api.pod_log(namespace, name).splitlines(keepends=True)
         tail = self.query.get("tailLines", [""])[0]
         if tail.isdigit():
@@ -1146,6 +1156,76 @@ class _Handler(BaseHTTPRequestHandler):
             lines = [f"{name}: log line {sequence}\n"]
         if not self.close_connection:
             self._end_chunked()
+
+    def _serve_upgrade(self, api, rtype, namespace, attrs):
+        """exec, attach, portforward: the API server hands the upgraded connection to the kubelet's
+        stream server; here remotecommand.py plays the kubelet and the container."""
+        pod = api.store.get(rtype, namespace, attrs.name)
+        kind = attrs.subresource
+        if kind != "portforward":
+            self._check_container(pod)
+        upgrade = self.headers.get("Upgrade", "").lower()
+        if "upgrade" not in self.headers.get("Connection", "").lower() or upgrade not in ("websocket", "spdy/3.1"):
+            raise bad_request("Upgrade request required")
+        if upgrade == "websocket":
+            self._upgrade_to_websocket(api, kind)
+        else:
+            self._upgrade_to_spdy(api, kind)
+
+    def _upgrade_to_websocket(self, api, kind):
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if self.headers.get("Sec-WebSocket-Version") != "13" or not key:
+            raise bad_request("websocket: not a valid version 13 handshake")
+        offered = offered_protocols(self.headers.get_all("Sec-WebSocket-Protocol") or [])
+        protocol = negotiate(offered, [V4_CHANNEL] if kind == "portforward" else [V5_CHANNEL, V4_CHANNEL])
+        if offered and protocol is None:
+            raise bad_request(f"requested protocol(s) are not supported: {offered}")
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", websocket_accept(key))]
+        if protocol:
+            headers.append(("Sec-WebSocket-Protocol", protocol))
+        session = self._switch_protocols(api, kind, "websocket", protocol or "", headers)
+        ws = WebSocket(self.rfile, self.wfile)
+        try:
+            if kind == "portforward":
+                ports = [int(p) for v in self.query.get("ports", []) for p in v.split(",") if p]
+                serve_websocket_portforward(ws, session, ports)
+            else:
+                serve_websocket_exec(ws, session, ExecOptions.from_query(self.query, kind))
+        finally:
+            session.ended.set()
+
+    def _upgrade_to_spdy(self, api, kind):
+        supported = [PORT_FORWARD_SPDY] if kind == "portforward" else [V4_CHANNEL]
+        offered = offered_protocols(self.headers.get_all(STREAM_PROTOCOL_HEADER) or [])
+        protocol = negotiate(offered, supported)
+        if protocol is None:  # httpstream.Handshake answers in plain text
+            message = (f"unable to upgrade: unable to negotiate protocol: client supports {offered}, "
+                       f"server accepts {supported}\n")
+            self._send(403, message.encode(), "text/plain; charset=utf-8",
+                       [("X-Accepted-Stream-Protocol-Versions", p) for p in supported])
+            return
+        headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), (STREAM_PROTOCOL_HEADER, protocol)]
+        session = self._switch_protocols(api, kind, "spdy", protocol, headers)
+        spdy = SpdyConnection(self.rfile, self.wfile)
+        try:
+            if kind == "portforward":
+                serve_spdy_portforward(spdy, session)
+            else:
+                serve_spdy_exec(spdy, session, ExecOptions.from_query(self.query, kind))
+        finally:
+            session.ended.set()
+
+    def _switch_protocols(self, api, kind, transport, protocol, headers) -> StreamSession:
+        self.record.status = 101
+        self.close_connection = True
+        self.send_response_only(101)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        command = self.query.get("command", []) if kind == "exec" else []
+        session = StreamSession(kind, transport, protocol, command)
+        api._add_session(session)
+        return session
 
     # Non-resource endpoints
 
@@ -1352,6 +1432,7 @@ class StandInApiServer:
         self._requests_lock = threading.Lock()
         self._logs: dict = {}
         self._tickers: list = []
+        self._sessions: list[StreamSession] = []
         context = None
         if certfile:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -1426,12 +1507,25 @@ class StandInApiServer:
             return list(self._requests)
 
     def clear_requests(self):
+        """Forget recorded requests and upgraded sessions."""
         with self._requests_lock:
             self._requests.clear()
+            self._sessions.clear()
 
     def _record(self, record: RecordedRequest):
         with self._requests_lock:
             self._requests.append(record)
+
+    # Upgraded connections (exec, attach, port-forward)
+
+    @property
+    def sessions(self) -> list[StreamSession]:
+        with self._requests_lock:
+            return list(self._sessions)
+
+    def _add_session(self, session: StreamSession):
+        with self._requests_lock:
+            self._sessions.append(session)
 
     # Objects
 
