@@ -329,7 +329,10 @@ fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
         && (rule.namespaces.is_empty()
             || rule.namespaces.iter().any(|ns| {
                 ns == "*"
-                    || (ns == SELF_NAMESPACE && request.namespace == self_namespace)
+                    // An unknown own namespace must not match requests without one.
+                    || (ns == SELF_NAMESPACE
+                        && !self_namespace.is_empty()
+                        && request.namespace == self_namespace)
                     || ns == request.namespace
             }))
 }
@@ -630,6 +633,23 @@ mod tests {
             assert_eq!(
                 decide(&p, method, path),
                 (effect, rule.into()),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_own_namespace_matches_nothing() {
+        let p = policy(r#"{"preset": "own-namespace"}"#);
+        for (method, path) in [
+            ("DELETE", "/api/v1/nodes/n1"),
+            ("GET", "/api/v1/secrets"),
+            ("GET", "/api/v1/namespaces/team-a/pods"),
+        ] {
+            let request = classify(method, path).unwrap();
+            assert_eq!(
+                p.decide(&request, "").effect,
+                Effect::Deny,
                 "{method} {path}"
             );
         }

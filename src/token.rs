@@ -92,7 +92,11 @@ impl Token {
             };
         }
         let renew_at = match self.claims.iat {
-            Some(iat) if iat < exp => iat + (exp - iat) * KUBELET_RENEWAL_PERCENT / 100,
+            // Exactly `(exp - iat) * 80 / 100`, without overflowing for a far-off `exp`.
+            Some(iat) if iat < exp => {
+                iat + (exp - iat) / 100 * KUBELET_RENEWAL_PERCENT
+                    + (exp - iat) % 100 * KUBELET_RENEWAL_PERCENT / 100
+            }
             _ => return Freshness::Fresh,
         };
         if now_s >= renew_at {

@@ -1,0 +1,274 @@
+//! The request path's pure logic, natively: host check, classification,
+//! policy, token freshness and header setting (`filter::handle`), plus the
+//! pieces alone. No criterion: a plain timer loop keeps the dev build small.
+//!
+//! `cargo bench --bench request_path` prints a table, then one `RESULT {json}`
+//! line that bench/bench.py reads. The bench profile inherits the release
+//! profile (opt-level "z", LTO), the code shape the .wasm is built from; V8's
+//! compiled wasm runs slower than this native code, and the host calls podward
+//! makes to read and write Envoy's header map are not included.
+
+use podward::config::Config;
+use podward::filter::{handle, Outcome, RequestHeaders};
+use podward::identity::{build, Identity, Sources};
+use podward::metrics::RequestSeries;
+use podward::request_info::classify;
+use podward::token::Token;
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// The pod as the sidecar sees it: Downward API env vars and files.
+struct Pod {
+    env: HashMap<&'static str, &'static str>,
+    files: HashMap<&'static str, &'static [u8]>,
+}
+
+impl Sources for Pod {
+    fn env(&self, name: &str) -> Option<String> {
+        self.env.get(name).map(|value| value.to_string())
+    }
+    fn file(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).copied()
+    }
+}
+
+fn pod() -> Pod {
+    let env = [
+        ("POD_NAME", "curl-with-ambassador"),
+        ("POD_NAMESPACE", "default"),
+        ("POD_UID", "0b9c7e3e-5f6a-4c1d-9e2f-3a4b5c6d7e8f"),
+        ("POD_IP", "10.244.0.7"),
+        ("HOST_IP", "192.168.49.2"),
+        ("NODE_NAME", "node-1"),
+        ("SERVICE_ACCOUNT", "default"),
+        ("CPU_REQUEST", "100"),
+        ("CPU_LIMIT", "500"),
+        ("MEMORY_REQUEST", "33554432"),
+        ("MEMORY_LIMIT", "67108864"),
+    ];
+    let files: [(&str, &[u8]); 2] = [
+        (
+            "/podinfo/labels",
+            b"app=\"curl-with-ambassador\"\ntier=\"front end\"",
+        ),
+        (
+            "/podinfo/annotations",
+            b"example.com/note=\"line one\\nline two\"\nowner=\"team-a\"",
+        ),
+    ];
+    Pod {
+        env: env.into_iter().collect(),
+        files: files.into_iter().collect(),
+    }
+}
+
+/// A projected service-account token's shape: a JWT with the kubernetes.io claims.
+fn token_file() -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let claims = r#"{"aud":["https://kubernetes.default.svc"],"exp":4102444800,"iat":1700000000,"iss":"https://kubernetes.default.svc.cluster.local","jti":"5f0c2b1e-7f1a-4a57-9a43-2f4b8d1c9e10","kubernetes.io":{"namespace":"default","node":{"name":"node-1","uid":"8e9b0f5c-0f0e-4b59-8a4b-6f5b2b1f6c70"},"pod":{"name":"curl-with-ambassador","uid":"0b9c7e3e-5f6a-4c1d-9e2f-3a4b5c6d7e8f"},"serviceaccount":{"name":"default","uid":"c7b1d2e4-3a5f-4e6d-9c8b-7a6f5e4d3c2b"},"warnafter":1700003607},"nbf":1700000000,"sub":"system:serviceaccount:default:default"}"#;
+    let signature = "s".repeat(342); // an RS256 signature's length in base64url
+    format!(
+        "{}.{}.{signature}",
+        b64(r#"{"alg":"RS256","kid":"bench"}"#),
+        b64(claims)
+    )
+    .into_bytes()
+}
+
+/// Request headers as Envoy holds them: a short list of lower-case names.
+#[derive(Clone)]
+struct Headers(Vec<(String, String)>);
+
+impl RequestHeaders for Headers {
+    fn header(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+    fn header_names(&self) -> Vec<String> {
+        self.0.iter().map(|(n, _)| n.clone()).collect()
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => self.0.push((name.to_string(), value.to_string())),
+        }
+    }
+    fn remove_header(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
+}
+
+/// Reads like [`Headers`] but drops every write: what is left of `handle` is
+/// podward's own logic (and the values it hands to the host).
+struct ReadOnly<'a>(&'a Headers);
+
+impl RequestHeaders for ReadOnly<'_> {
+    fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+    fn header_names(&self) -> Vec<String> {
+        self.0.header_names()
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        black_box((name, value));
+    }
+    fn remove_header(&mut self, name: &str) {
+        black_box(name);
+    }
+}
+
+/// What kubectl sends through a proxy on 127.0.0.1:8001.
+fn client_headers(method: &str, path: &str) -> Headers {
+    let pairs = [
+        (":authority", "127.0.0.1:8001"),
+        (":method", method),
+        (":path", path),
+        (":scheme", "http"),
+        (
+            "user-agent",
+            "kubectl/v1.30.0 (linux/amd64) kubernetes/7c48c2b",
+        ),
+        (
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        ),
+        ("accept-encoding", "gzip"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "4a4e0c2e-3f5d-4bb1-9a6e-0d7f6b1c2a3e"),
+    ];
+    Headers(
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Median ns per call of `f` over `repeats` timed batches of `iterations`.
+fn time<R>(iterations: u32, repeats: usize, mut f: impl FnMut() -> R) -> f64 {
+    for _ in 0..iterations / 10 {
+        black_box(f());
+    }
+    let mut samples: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                black_box(f());
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(iterations)
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+const NOW_S: u64 = 1_700_000_100;
+
+fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let (iterations, repeats) = if quick { (20_000, 3) } else { (200_000, 7) };
+
+    let config = Config::parse(b"").expect("the default config parses");
+    let token = Token::parse(&token_file()).expect("the bench token parses");
+    let pod = pod();
+    let (identity, omissions): (Identity, _) = build(&config, token.clone(), &pod);
+    assert!(omissions.is_empty(), "{omissions:?}");
+    assert_eq!(identity.headers.len(), 13);
+
+    let forward = |method: &'static str, path: &'static str| {
+        let base = client_headers(method, path);
+        let (config, identity) = (&config, &identity);
+        move || {
+            let mut headers = base.clone();
+            let handled = handle(config, identity, NOW_S, method, path, &mut headers);
+            (handled.outcome == Outcome::Forward, headers.0.len())
+        }
+    };
+    let list = "/api/v1/namespaces/default/pods";
+    let get = "/api/v1/namespaces/default/pods/curl-with-ambassador";
+    let watch = "/api/v1/namespaces/default/pods?watch=true&resourceVersion=12345&fieldSelector=metadata.name%3Dweb-0";
+    let exec = "/api/v1/namespaces/default/pods/web-0/exec?command=sh&stdin=true&tty=true";
+
+    let base = client_headers("GET", list);
+    // What plugin.rs does per request on top of `handle`: the metric series,
+    // the access-log record (filter state), and on_log's metric lookup.
+    let mut series = RequestSeries::default();
+    let mut as_served = || {
+        let mut headers = base.clone();
+        let handled = handle(&config, &identity, NOW_S, "GET", list, &mut headers);
+        let request = handled.request.as_ref().expect("classified");
+        let index = series.series_for(request);
+        let record = handled.access_record();
+        let id = series.metric_id(index, 200, |_| Some(7));
+        (record.len(), id, headers.0.len())
+    };
+    let as_served_ns = time(iterations, repeats, &mut as_served);
+    let mut results: Vec<(&str, f64)> = vec![
+        (
+            "as served: handle + metric series + access record, GET list pods",
+            as_served_ns,
+        ),
+        (
+            "handle: GET list pods, forwarded",
+            time(iterations, repeats, forward("GET", list)),
+        ),
+        (
+            "handle: GET one pod, forwarded",
+            time(iterations, repeats, forward("GET", get)),
+        ),
+        (
+            "handle: watch with field selector, forwarded",
+            time(iterations, repeats, forward("GET", watch)),
+        ),
+        (
+            "handle: POST pods/exec, denied (403 Status built)",
+            time(iterations, repeats, forward("POST", exec)),
+        ),
+        (
+            "handle: GET list pods, header writes dropped",
+            time(iterations, repeats, || {
+                let mut headers = ReadOnly(&base);
+                handle(&config, &identity, NOW_S, "GET", list, &mut headers).outcome
+                    == Outcome::Forward
+            }),
+        ),
+        (
+            "baseline: copying the header list only",
+            time(iterations, repeats, || base.clone().0.len()),
+        ),
+        (
+            "classify: GET list pods",
+            time(iterations, repeats, || {
+                classify("GET", black_box(list)).is_ok()
+            }),
+        ),
+        (
+            "classify + policy: GET list pods",
+            time(iterations, repeats, || {
+                let request = classify("GET", black_box(list)).expect("classifies");
+                config.policy.decide(&request, "default").effect
+            }),
+        ),
+    ];
+    results.push((
+        "rotation: token parse + identity rebuild",
+        time(iterations / 10, repeats, || {
+            let token = Token::parse(black_box(&token_file())).expect("parses");
+            build(&config, token, &pod).0.headers.len()
+        }),
+    ));
+
+    println!("podward request path, native, {iterations} iterations x {repeats} (median):");
+    for (name, ns) in &results {
+        println!("  {ns:>9.0} ns  {name}");
+    }
+    let json: Vec<String> = results
+        .iter()
+        .map(|(name, ns)| format!("{{\"name\": \"{name}\", \"ns\": {ns:.1}}}"))
+        .collect();
+    println!("RESULT [{}]", json.join(", "));
+}
