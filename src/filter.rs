@@ -1,27 +1,50 @@
 //! The request path, top to bottom: host check → classify → policy → token
 //! freshness → credentials and identity headers → forward, or reply with a
-//! Kubernetes Status. The host (proxy-wasm, or a mock in tests) is reached
-//! only through [`RequestHeaders`].
+//! Kubernetes Status. It reads a [`HeaderList`] the adapter took from the host
+//! and returns the [`Rewrite`] to hand back, so it never calls the host itself.
 
 use crate::config::{ClientAuthorization, Config};
+use crate::headers::HeaderList;
 use crate::identity::Identity;
 use crate::policy::{host_accepted, Effect, RuleRef};
 use crate::request_info::{classify, RequestInfo};
-use crate::status::{json_string, Details, Status};
+use crate::status::{push_json_string, Details, Status};
 use crate::token::Freshness;
 
-/// The request headers of the stream being handled.
-pub trait RequestHeaders {
-    fn header(&self, name: &str) -> Option<String>;
-    fn header_names(&self) -> Vec<String>;
-    fn set_header(&mut self, name: &str, value: &str);
-    fn remove_header(&mut self, name: &str);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<'r> {
+    Forward(Rewrite<'r>),
+    Reply(Status),
 }
 
+/// How a forwarded request's headers differ from the app's. The values are
+/// borrowed from the prepared identity: forwarding copies no header value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Forward,
-    Reply(Status),
+pub struct Rewrite<'r> {
+    /// Set by podward, replacing whatever the app sent under these names.
+    set: Vec<(&'r str, &'r str)>,
+    user_agent: Option<String>,
+    strip_impersonation: bool,
+}
+
+impl Rewrite<'_> {
+    /// The whole header list to hand back to the host.
+    pub fn apply<'a>(&'a self, original: &'a HeaderList) -> Vec<(&'a str, &'a str)> {
+        let replaced = |name: &str| {
+            self.set.iter().any(|(set, _)| *set == name)
+                || (name == "user-agent" && self.user_agent.is_some())
+                || (self.strip_impersonation && name.starts_with(IMPERSONATE_PREFIX))
+        };
+        let kept = original.0.iter().filter(|(name, _)| !replaced(name));
+        kept.map(|(name, value)| (name.as_str(), value.as_str()))
+            .chain(self.set.iter().copied())
+            .chain(
+                self.user_agent
+                    .as_deref()
+                    .map(|agent| ("user-agent", agent)),
+            )
+            .collect()
+    }
 }
 
 /// Why podward answered a request itself: a bounded set, for metrics.
@@ -47,7 +70,7 @@ impl Refusal {
 /// What podward made of a request, for metrics and the access log.
 #[derive(Debug)]
 pub struct Handled<'r> {
-    pub outcome: Outcome,
+    pub outcome: Outcome<'r>,
     pub refusal: Option<Refusal>,
     pub request: Option<RequestInfo<'r>>,
     pub rule: Option<&'r RuleRef>,
@@ -58,7 +81,7 @@ impl<'r> Handled<'r> {
     /// request as, and podward's decision. Never any header value.
     pub fn access_record(&self) -> String {
         let decision = match (&self.outcome, self.refusal) {
-            (Outcome::Forward, _) => "forward",
+            (Outcome::Forward(_), _) => "forward",
             (Outcome::Reply(_), Some(refusal)) => refusal.as_str(),
             (Outcome::Reply(_), None) => "reply",
         };
@@ -74,11 +97,15 @@ impl<'r> Handled<'r> {
                 ("name", &request.name),
             ]);
         }
-        let body: Vec<String> = fields
-            .iter()
-            .map(|(key, value)| format!("\"{key}\":{}", json_string(value)))
-            .collect();
-        format!("{{{}}}", body.join(","))
+        let mut record = String::with_capacity(256);
+        for (key, value) in fields {
+            record.push(if record.is_empty() { '{' } else { ',' });
+            push_json_string(&mut record, key);
+            record.push(':');
+            push_json_string(&mut record, value);
+        }
+        record.push('}');
+        record
     }
 
     fn refused(
@@ -100,14 +127,14 @@ const IMPERSONATE_PREFIX: &str = "impersonate-";
 
 pub fn handle<'r>(
     config: &'r Config,
-    identity: &Identity,
+    identity: &'r Identity,
     now_s: u64,
     method: &str,
     path: &'r str,
-    headers: &mut impl RequestHeaders,
+    headers: &HeaderList,
 ) -> Handled<'r> {
-    let host = headers.header(":authority").unwrap_or_default();
-    if !host_accepted(&config.accept_hosts, &host) {
+    let host = headers.get(":authority").unwrap_or_default();
+    if !host_accepted(&config.accept_hosts, host) {
         let message = format!(
             "host {:?} is not accepted by podward (accept_hosts: {})",
             host,
@@ -154,31 +181,34 @@ pub fn handle<'r>(
         );
     }
 
-    if !config.allow_impersonation {
-        for name in headers.header_names() {
-            if name.to_ascii_lowercase().starts_with(IMPERSONATE_PREFIX) {
-                headers.remove_header(&name);
-            }
-        }
-    }
     let keep_client_credentials = config.token.client_authorization
         == ClientAuthorization::Preserve
-        && headers.header("authorization").is_some();
+        && headers.get("authorization").is_some();
+    let mut set = Vec::with_capacity(identity.headers.len() + 1);
     if !keep_client_credentials {
-        headers.set_header("authorization", identity.token.authorization());
+        set.push(("authorization", identity.token.authorization()));
     }
-    for (name, value) in &identity.headers {
-        headers.set_header(name, value);
-    }
-    if let Some(suffix) = &identity.user_agent_suffix {
-        let user_agent = match headers.header("user-agent") {
-            Some(client) if !client.is_empty() => format!("{client} {suffix}"),
-            _ => suffix.clone(),
-        };
-        headers.set_header("user-agent", &user_agent);
-    }
+    set.extend(
+        identity
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    let user_agent =
+        identity
+            .user_agent_suffix
+            .as_ref()
+            .map(|suffix| match headers.get("user-agent") {
+                Some(client) if !client.is_empty() => format!("{client} {suffix}"),
+                _ => suffix.clone(),
+            });
+    let rewrite = Rewrite {
+        set,
+        user_agent,
+        strip_impersonation: !config.allow_impersonation,
+    };
     Handled {
-        outcome: Outcome::Forward,
+        outcome: Outcome::Forward(rewrite),
         refusal: None,
         request: Some(request),
         rule: Some(decision.rule),
@@ -232,34 +262,20 @@ mod tests {
     use super::*;
     use crate::identity::{build, tests::standard_pod};
     use crate::token::Token;
-    use std::collections::BTreeMap;
 
-    /// A request's headers as Envoy holds them: lower-case names.
-    #[derive(Default)]
-    struct MockHeaders(BTreeMap<String, String>);
-
-    impl RequestHeaders for MockHeaders {
-        fn header(&self, name: &str) -> Option<String> {
-            self.0.get(name).cloned()
-        }
-        fn header_names(&self) -> Vec<String> {
-            self.0.keys().cloned().collect()
-        }
-        fn set_header(&mut self, name: &str, value: &str) {
-            self.0.insert(name.to_string(), value.to_string());
-        }
-        fn remove_header(&mut self, name: &str) {
-            self.0.remove(name);
-        }
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> MockHeaders {
-        MockHeaders(
+    fn headers(pairs: &[(&str, &str)]) -> HeaderList {
+        HeaderList(
             pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    fn value<'h>(headers: &'h HeaderList, name: &str) -> &'h str {
+        headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no header {name}"))
     }
 
     fn identity(config: &Config, token: &str) -> Identity {
@@ -271,28 +287,46 @@ mod tests {
         .0
     }
 
-    fn run(config_json: &str, method: &str, path: &str, request: &mut MockHeaders) -> Outcome {
+    /// Runs the request path; a forwarded request's headers are rewritten in
+    /// place, as the host would hold them afterwards.
+    fn run(
+        config_json: &str,
+        method: &str,
+        path: &str,
+        request: &mut HeaderList,
+    ) -> Option<Status> {
         let config = Config::parse(config_json.as_bytes()).unwrap();
         let identity = identity(&config, "pod-token");
-        handle(&config, &identity, 0, method, path, request).outcome
+        forward(
+            handle(&config, &identity, 0, method, path, request).outcome,
+            request,
+        )
     }
 
-    fn status_of(outcome: Outcome) -> Status {
+    fn forward(outcome: Outcome, request: &mut HeaderList) -> Option<Status> {
         match outcome {
-            Outcome::Reply(status) => status,
-            Outcome::Forward => panic!("expected a reply, the request was forwarded"),
+            Outcome::Reply(status) => Some(status),
+            Outcome::Forward(rewrite) => {
+                let pairs = rewrite.apply(request);
+                *request = headers(&pairs);
+                None
+            }
         }
+    }
+
+    fn status_of(reply: Option<Status>) -> Status {
+        reply.expect("expected a reply, the request was forwarded")
     }
 
     #[test]
     fn forwards_with_token_and_identity() {
         let mut request = headers(&[(":authority", "localhost:8001"), ("user-agent", "curl/8.0")]);
         let outcome = run("", "GET", "/api/v1/namespaces/default/pods", &mut request);
-        assert_eq!(outcome, Outcome::Forward);
-        assert_eq!(request.0["authorization"], "Bearer pod-token");
-        assert_eq!(request.0["x-pod-name"], "web-0");
-        assert_eq!(request.0["x-pod-labels"], "app=web,tier=front%20end");
-        assert!(request.0["user-agent"].starts_with("curl/8.0 podward/"));
+        assert_eq!(outcome, None);
+        assert_eq!(value(&request, "authorization"), "Bearer pod-token");
+        assert_eq!(value(&request, "x-pod-name"), "web-0");
+        assert_eq!(value(&request, "x-pod-labels"), "app=web,tier=front%20end");
+        assert!(value(&request, "user-agent").starts_with("curl/8.0 podward/"));
     }
 
     #[test]
@@ -302,18 +336,21 @@ mod tests {
             ("authorization", "Bearer stolen"),
             ("x-pod-name", "someone-else"),
             ("impersonate-user", "admin"),
-            ("Impersonate-Group", "system:masters"),
+            ("impersonate-group", "system:masters"),
+            ("impersonate-group", "admins"),
             ("impersonate-extra-scopes", "all"),
+            ("x-pod-name", "twice"),
         ]);
         run("", "GET", "/api", &mut request);
-        assert_eq!(request.0["authorization"], "Bearer pod-token");
-        assert_eq!(request.0["x-pod-name"], "web-0");
-        let leftover: Vec<_> = request
-            .0
-            .keys()
-            .filter(|k| k.to_lowercase().starts_with("impersonate"))
-            .collect();
-        assert!(leftover.is_empty(), "{leftover:?}");
+        assert_eq!(value(&request, "authorization"), "Bearer pod-token");
+        let names: Vec<&str> = request.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.iter().filter(|n| **n == "authorization").count(), 1);
+        assert_eq!(names.iter().filter(|n| **n == "x-pod-name").count(), 1);
+        assert_eq!(value(&request, "x-pod-name"), "web-0");
+        assert!(
+            !names.iter().any(|n| n.starts_with("impersonate")),
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -326,11 +363,11 @@ mod tests {
             ("impersonate-user", "jane"),
         ]);
         run(config, "GET", "/api", &mut request);
-        assert_eq!(request.0["authorization"], "Bearer app-own");
-        assert_eq!(request.0["impersonate-user"], "jane");
+        assert_eq!(value(&request, "authorization"), "Bearer app-own");
+        assert_eq!(value(&request, "impersonate-user"), "jane");
         let mut request = headers(&[(":authority", "localhost")]);
         run(config, "GET", "/api", &mut request);
-        assert_eq!(request.0["authorization"], "Bearer pod-token");
+        assert_eq!(value(&request, "authorization"), "Bearer pod-token");
     }
 
     #[test]
@@ -363,8 +400,8 @@ mod tests {
             let status = status_of(run("", method, path, &mut request));
             assert_eq!(status.code, code, "{path}");
             assert!(status.message.contains(message), "{}", status.message);
-            assert!(!request.0.contains_key("authorization"), "{path}");
-            assert!(!request.0.contains_key("x-pod-name"), "{path}");
+            assert!(request.get("authorization").is_none(), "{path}");
+            assert!(request.get("x-pod-name").is_none(), "{path}");
         }
     }
 
@@ -437,8 +474,8 @@ mod tests {
             ),
         ];
         for (method, path, expected) in cases {
-            let mut request = headers(&[(":authority", "localhost")]);
-            let handled = handle(&config, &identity, 0, method, path, &mut request);
+            let request = headers(&[(":authority", "localhost")]);
+            let handled = handle(&config, &identity, 0, method, path, &request);
             let record = handled.access_record();
             assert_eq!(record, expected);
             assert!(!record.contains("secret-token"));
@@ -454,16 +491,18 @@ mod tests {
         let identity = identity(&config, &format!("h.{payload}.s"));
         for (now, forwarded) in [(989, true), (990, false), (5000, false)] {
             let mut request = headers(&[(":authority", "localhost")]);
-            let handled = handle(&config, &identity, now, "GET", "/api", &mut request);
-            assert_eq!(handled.outcome == Outcome::Forward, forwarded, "now {now}");
+            let handled = handle(&config, &identity, now, "GET", "/api", &request);
+            let refusal = handled.refusal;
+            let reply = forward(handled.outcome, &mut request);
+            assert_eq!(reply.is_none(), forwarded, "now {now}");
             assert_eq!(
-                request.0.contains_key("authorization"),
+                request.get("authorization").is_some(),
                 forwarded,
                 "now {now}"
             );
             if !forwarded {
-                assert_eq!(handled.refusal, Some(Refusal::TokenExpired));
-                let status = status_of(handled.outcome);
+                assert_eq!(refusal, Some(Refusal::TokenExpired));
+                let status = status_of(reply);
                 assert_eq!(status.code, 503);
                 assert!(
                     status.message.contains("token expired"),

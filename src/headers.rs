@@ -41,6 +41,23 @@ pub fn encode_map(map: &PodMap) -> String {
     out
 }
 
+/// A request's headers as the host hands them over: lower-case names, in
+/// order, repeated names kept. podward reads them once and writes them back
+/// once (see `filter::Rewrite`), so a request costs two host calls however
+/// many headers change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderList(pub Vec<(String, String)>);
+
+impl HeaderList {
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 /// Header names podward must never set from configuration: they would break
 /// the request or let the identity headers overwrite routing or credentials.
 const RESERVED_NAMES: &[&str] = &[
@@ -135,6 +152,17 @@ mod tests {
             .collect();
         assert_eq!(decoded, map);
         assert_eq!(encode_map(&PodMap::new()), "");
+    }
+
+    #[test]
+    fn a_header_list_answers_with_the_first_value() {
+        let list = HeaderList(
+            [("a", "1"), ("b", "2"), ("a", "3")]
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .to_vec(),
+        );
+        assert_eq!(list.get("a"), Some("1"));
+        assert_eq!(list.get("missing"), None);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! (`send_http_response`, `resume_http_request`).
 
 use crate::config::Config;
-use crate::filter::{self, Outcome, RequestHeaders};
+use crate::filter::{self, Outcome};
+use crate::headers::HeaderList;
 use crate::identity::{self, Identity};
 use crate::refresh::{self, PodSources, Refresher, STARTUP_RETRY_MS};
 use crate::status::Status;
@@ -362,9 +363,10 @@ fn serve(shared: &RefCell<Shared>, context_id: u32) -> Action {
         let Some(identity) = state.identity.clone() else {
             return Action::Pause;
         };
-        let mut headers = HostHeaders;
-        let method = headers.header(":method").unwrap_or_default();
-        let path = headers.header(":path").unwrap_or_default();
+        let headers =
+            HeaderList(hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default());
+        let method = headers.get(":method").unwrap_or_default().to_owned();
+        let path = headers.get(":path").unwrap_or_default().to_owned();
         let now_s = now_ms() / 1000;
         let Shared {
             config,
@@ -372,13 +374,22 @@ fn serve(shared: &RefCell<Shared>, context_id: u32) -> Action {
             request_series,
             ..
         } = &mut *state;
-        let handled = filter::handle(config, &identity, now_s, &method, &path, &mut headers);
+        let handled = filter::handle(config, &identity, now_s, &method, &path, &headers);
         if let Some(request) = &handled.request {
             request_series.insert(context_id, telemetry.requests().series_for(request));
         }
         publish_for_access_log(&handled);
         match handled.outcome {
-            Outcome::Forward => None,
+            Outcome::Forward(rewrite) => {
+                let forwarded = rewrite.apply(&headers);
+                if let Err(error) = hostcalls::set_map(MapType::HttpRequestHeaders, forwarded) {
+                    // Never forward without the credentials just decided on.
+                    let message = format!("podward could not set the request headers: {error:?}");
+                    Some(Status::unavailable(message, 1))
+                } else {
+                    None
+                }
+            }
             Outcome::Reply(status) => {
                 if let Some(refusal) = handled.refusal {
                     telemetry.local_reply(refusal.as_str(), handled.rule);
@@ -412,30 +423,5 @@ fn reply(status: &Status) {
     let body = status.to_json();
     if let Err(error) = hostcalls::send_http_response(status.code, headers, Some(body.as_bytes())) {
         log::warn!("podward: could not send a {} reply: {error:?}", status.code);
-    }
-}
-
-/// The effective context's request headers.
-struct HostHeaders;
-
-impl RequestHeaders for HostHeaders {
-    fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-    }
-
-    fn header_names(&self) -> Vec<String> {
-        hostcalls::get_map(MapType::HttpRequestHeaders)
-            .map(|pairs| pairs.into_iter().map(|(name, _)| name).collect())
-            .unwrap_or_default()
-    }
-
-    fn set_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-    }
-
-    fn remove_header(&mut self, name: &str) {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
 }

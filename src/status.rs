@@ -82,8 +82,30 @@ impl Status {
 
 /// `text` as a JSON string literal, quotes and escapes included.
 pub fn json_string(text: &str) -> String {
-    // Serialising a `&str` cannot fail.
-    serde_json::to_string(text).unwrap_or_default()
+    let mut out = String::with_capacity(text.len() + 2);
+    push_json_string(&mut out, text);
+    out
+}
+
+/// Appends `text` as a JSON string literal (RFC 8259 escapes). On the
+/// per-request path, so it writes in place rather than through serde.
+pub fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -110,6 +132,26 @@ mod tests {
                 "details": {"name": "web", "kind": "pods"}, "code": 403
             })
         );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json_requires() {
+        for text in [
+            "plain",
+            "quote \" and \\ back",
+            "line\nbreak\ttab\r",
+            "\u{1}\u{1f}",
+            "caf\u{e9} \u{1F600}",
+            "",
+        ] {
+            let encoded = json_string(text);
+            assert_eq!(
+                serde_json::from_str::<String>(&encoded).unwrap(),
+                text,
+                "{encoded}"
+            );
+            assert_eq!(encoded, serde_json::to_string(text).unwrap());
+        }
     }
 
     #[test]

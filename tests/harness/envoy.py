@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO / "envoy"))
 import render  # noqa: E402  (envoy/render.py: the one source of Envoy configs)
 
 ENVOY_BINARY = pathlib.Path(envoy_package.__file__).parent / "_bin" / "envoy"
-WASM = REPO / "dist" / "podward.wasm"
+# The module under test; PODWARD_WASM points the tests at another build.
+WASM = pathlib.Path(os.environ.get("PODWARD_WASM", REPO / "dist" / "podward.wasm"))
 
 
 def free_port() -> int:
