@@ -51,7 +51,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness.envoy import ENVOY_BINARY, WASM, free_port, local_settings, render  # noqa: E402
+from harness.envoy import ENVOY_BINARY, WASM, free_port, local_settings, render, terminate  # noqa: E402
 from harness.jwt import make_token  # noqa: E402
 from harness.pki import make_pki  # noqa: E402
 from harness.pod import LocalPod  # noqa: E402
@@ -250,13 +250,8 @@ class Service:
         raise RuntimeError(f"{self.name} was not ready within {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            terminate(self.process)
         if self in RUNNING:
             RUNNING.remove(self)
 

@@ -28,6 +28,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def terminate(process: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EnvoyFailed(RuntimeError):
     pass
 
@@ -96,13 +108,8 @@ class Envoy:
         return completed.returncode
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            terminate(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
