@@ -85,8 +85,8 @@ impl<'r> Handled<'r> {
             (Outcome::Reply(_), Some(refusal)) => refusal.as_str(),
             (Outcome::Reply(_), None) => "reply",
         };
-        let rule = self.rule.map(|rule| rule.to_string()).unwrap_or_default();
-        let mut fields = vec![("decision", decision), ("rule", rule.as_str())];
+        let rule = self.rule.map(RuleRef::as_str).unwrap_or_default();
+        let mut fields = vec![("decision", decision), ("rule", rule)];
         if let Some(request) = &self.request {
             fields.extend([
                 ("verb", request.verb),

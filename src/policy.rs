@@ -126,17 +126,25 @@ pub const PRESETS: &[(&str, &str)] = &[
 
 pub const DEFAULT_PRESET: &str = "kubectl-proxy";
 
-/// Which rule decided, for the 403 message, metrics and the access log.
+/// Which rule decided, for the 403 message, metrics and the access log:
+/// `<origin>/<name>`, origin being `rules` for the user's own rules or the
+/// preset's name. Built once with the policy, so a decision copies nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleRef {
-    /// `rules` for the user's own rules, the preset's name, or `default`.
-    pub origin: String,
-    pub name: String,
+pub struct RuleRef(String);
+
+impl RuleRef {
+    fn new(origin: &str, name: &str) -> RuleRef {
+        RuleRef(format!("{origin}/{name}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.origin, self.name)
+        f.write_str(&self.0)
     }
 }
 
@@ -162,21 +170,13 @@ impl Policy {
             check_rule(rule).map_err(|(field, problem)| {
                 field_error(format!("policy.rules[{index}].{field}"), problem)
             })?;
-            let origin = RuleRef {
-                origin: "rules".into(),
-                name: rule.name.clone(),
-            };
-            rules.push((origin, rule.clone()));
+            rules.push((RuleRef::new("rules", &rule.name), rule.clone()));
         }
         let mut default_effect = config.default_action.unwrap_or(Effect::Deny);
         if let Some(preset_name) = &config.preset {
             let preset = preset(preset_name)?;
             for rule in preset.rules {
-                let origin = RuleRef {
-                    origin: preset_name.clone(),
-                    name: rule.name.clone(),
-                };
-                rules.push((origin, rule));
+                rules.push((RuleRef::new(preset_name, &rule.name), rule));
             }
             default_effect = config
                 .default_action
@@ -184,18 +184,15 @@ impl Policy {
                 .unwrap_or(Effect::Deny);
         }
         let mut seen = std::collections::BTreeSet::new();
-        for (origin, _) in &rules {
-            if !seen.insert((&origin.origin, &origin.name)) {
+        for (rule_ref, _) in &rules {
+            if !seen.insert(rule_ref.as_str()) {
                 return Err(field_error(
                     "policy.rules",
-                    format!("two rules are named {:?}", origin.name),
+                    format!("two rules are named {:?}", rule_ref.as_str()),
                 ));
             }
         }
-        let default_rule = RuleRef {
-            origin: config.preset.clone().unwrap_or_else(|| "rules".into()),
-            name: "default".into(),
-        };
+        let default_rule = RuleRef::new(config.preset.as_deref().unwrap_or("rules"), "default");
         Ok(Policy {
             rules,
             default_effect,

@@ -66,9 +66,8 @@ impl Telemetry {
             .policy
             .rule_refs()
             .filter_map(|rule| {
-                let name = rule.to_string();
-                let id = counter(&tagged(metrics::DENIED, &[("rule", &name)]))?;
-                Some((name, id))
+                let id = counter(&tagged(metrics::DENIED, &[("rule", rule.as_str())]))?;
+                Some((rule.to_string(), id))
             })
             .collect();
         Telemetry {
@@ -112,7 +111,7 @@ impl Telemetry {
         add(self.local_replies.get(reason).copied(), 1);
         if reason == Refusal::PolicyDenied.as_str() {
             if let Some(rule) = rule {
-                add(self.denied.get(&rule.to_string()).copied(), 1);
+                add(self.denied.get(rule.as_str()).copied(), 1);
             }
         }
     }

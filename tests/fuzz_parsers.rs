@@ -32,7 +32,7 @@ use podward::config::{Config, FileFormat, HeaderSource};
 use podward::downward::{parse_map, PodMap};
 use podward::headers::{encode_map, encode_value};
 use podward::policy::{Effect, Policy, PolicyConfig, Rule, PRESETS};
-use podward::request_info::{classify, RequestInfo, MAX_PATH_LEN, MAX_QUERY_LEN};
+use podward::request_info::{classify, RequestInfo, MAX_PATH_LEN, MAX_QUERY_LEN, RESOURCE_VERBS};
 use podward::token::{Claims, Freshness, Token, TokenError};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -1596,28 +1596,19 @@ fn identity_header_value() -> BoxedStrategy<Value> {
     ])
 }
 
-const VERBS: &[&str] = &[
-    "*",
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "proxy",
-    "head",
-    "post",
-    "put",
-    "fetch",
-];
+/// Every verb a rule may name, a wildcard, and one no rule may name.
+static VERBS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let mut verbs = vec!["*"];
+    verbs.extend(RESOURCE_VERBS);
+    verbs.extend(["head", "post", "put", "fetch"]);
+    verbs
+});
 
 fn rule_value() -> BoxedStrategy<Value> {
     object(vec![
         member("name", "[a-c]{0,2}".prop_map(Value::from).boxed()),
         member("action", text_value(&["allow", "deny", "permit"])),
-        member("verbs", text_list(VERBS, 3)),
+        member("verbs", text_list(VERBS.as_slice(), 3)),
         member("apiGroups", text_list(&["", "*", "apps"], 3)),
         member(
             "resources",
@@ -1872,7 +1863,7 @@ fn valid_config() -> BoxedStrategy<Value> {
             source["header"] = Value::from(name);
             source
         });
-    let rule = (any::<bool>(), any::<bool>(), vec(select(VERBS), 1..3)).prop_map(
+    let rule = (any::<bool>(), any::<bool>(), vec(select(VERBS.as_slice()), 1..3)).prop_map(
         |(allow, resource_rule, verbs)| {
             let action = if allow { "allow" } else { "deny" };
             if resource_rule {
@@ -2069,7 +2060,7 @@ fn policy_config() -> BoxedStrategy<PolicyConfig> {
         "[a-c]{1,2}",
         any::<bool>(),
         any::<bool>(),
-        vec(select(VERBS), 1..3),
+        vec(select(VERBS.as_slice()), 1..3),
         vec(select(&["", "*", "apps", "x"][..]), 1..3),
         vec(
             select(
@@ -2182,7 +2173,8 @@ fn policy_decisions_are_deterministic_and_presets_hold() {
                 let again = rebuilt.decide(&info, &own);
                 prop_assert_eq!((first.effect, first.rule), (again.effect, again.rule));
                 prop_assert!(
-                    policy.rule_refs().any(|r| r == first.rule) || first.rule.name == "default"
+                    policy.rule_refs().any(|r| r == first.rule)
+                        || first.rule.as_str().ends_with("/default")
                 );
             }
             let write = matches!(
