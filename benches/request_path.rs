@@ -1,23 +1,27 @@
 //! The request path's pure logic, natively: host check, classification,
-//! policy, token freshness and header setting (`filter::handle`), plus the
-//! pieces alone. No criterion: a plain timer loop keeps the dev build small.
+//! policy, token freshness and header setting (`filter::handle`), the whole
+//! request as served (`filter::serve` against a host that only copies), plus
+//! the pieces alone. No criterion: a plain timer loop keeps the dev build small.
 //!
 //! `cargo bench --bench request_path` prints a table, then one `RESULT {json}`
 //! line that bench/bench.py reads. The bench profile inherits the release
 //! profile (opt-level "z", LTO), the code shape the .wasm is built from; V8's
 //! compiled wasm runs slower than this native code, and the host calls podward
-//! makes to read and write Envoy's header map (one `get_map`, one `set_map`)
-//! are not included.
+//! makes to read and write Envoy's header map are not included.
 
-use podward::config::Config;
-use podward::filter::{handle, Outcome};
+use podward::ambassador::Prepared;
+use podward::config::{Config, PolicySource};
+use podward::filter::{handle, serve, Outcome, RequestHost, Rewrite};
 use podward::headers::HeaderList;
 use podward::identity::{build, Identity, Sources};
-use podward::metrics::RequestSeries;
+use podward::metrics::{Counter, Gauge, Level, RequestSeries, Telemetry};
+use podward::policy::Policy;
 use podward::request_info::classify;
+use podward::status::Status;
 use podward::token::Token;
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The pod as the sidecar sees it: Downward API env vars and files.
@@ -98,12 +102,41 @@ fn client_headers(method: &str, path: &str) -> HeaderList {
         ("x-forwarded-proto", "http"),
         ("x-request-id", "4a4e0c2e-3f5d-4bb1-9a6e-0d7f6b1c2a3e"),
     ];
-    HeaderList(
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-    )
+    HeaderList::from_pairs(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+}
+
+/// A host that hands over a copy of the app's headers and keeps what it is
+/// told, as a host's header-map calls would.
+struct CopyingHost<'a> {
+    headers: &'a HeaderList,
+    forwarded: usize,
+    record: usize,
+}
+
+impl RequestHost for CopyingHost<'_> {
+    fn request_headers(&mut self) -> Option<HeaderList> {
+        Some(self.headers.clone())
+    }
+    fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
+        self.forwarded = rewrite.apply(original).len();
+        Ok(())
+    }
+    fn reply(&mut self, status: &Status) {
+        self.forwarded = status.to_json().len();
+    }
+    fn record(&mut self, access_record: &str) {
+        self.record = access_record.len();
+    }
+}
+
+struct Silent;
+
+impl Telemetry for Silent {
+    fn log(&self, _: Level, _: &str) {}
+    fn count(&self, counter: Counter<'_>) {
+        black_box(counter);
+    }
+    fn gauge(&self, _: Gauge, _: u64) {}
 }
 
 /// Median ns per call of `f` over `repeats` timed batches of `iterations`.
@@ -131,16 +164,24 @@ fn main() {
     let (iterations, repeats) = if quick { (20_000, 3) } else { (200_000, 7) };
 
     let config = Config::parse(b"").expect("the default config parses");
+    let PolicySource::Inline(policy) = &config.policy else {
+        unreachable!("the default policy is inline")
+    };
     let token = Token::parse(&token_file()).expect("the bench token parses");
     let pod = pod();
     let (identity, omissions): (Identity, _) = build(&config, token.clone(), &pod);
     assert!(omissions.is_empty(), "{omissions:?}");
     assert_eq!(identity.headers.len(), 13);
+    let prepared = Prepared {
+        identity: Arc::new(identity.clone()),
+        policy: Arc::new(policy.clone()),
+    };
 
     let forward = |method: &'static str, path: &'static str| {
         let base = client_headers(method, path);
-        let (config, identity) = (&config, &identity);
-        move || match handle(config, identity, NOW_S, method, path, &base).outcome {
+        let (config, policy, identity): (&Config, &Policy, &Identity) =
+            (&config, policy, &identity);
+        move || match handle(config, policy, identity, NOW_S, &base).outcome {
             Outcome::Forward(rewrite) => rewrite.apply(&base).len(),
             Outcome::Reply(status) => status.to_json().len(),
         }
@@ -151,20 +192,19 @@ fn main() {
     let exec = "/api/v1/namespaces/default/pods/web-0/exec?command=sh&stdin=true&tty=true";
 
     let base = client_headers("GET", list);
-    // What plugin.rs does per request on top of `handle`: the metric series,
-    // the access-log record (filter state), and on_log's metric lookup.
+    // What a host runs per request: `serve` (handle, the metric series, the
+    // access-log record) and, when the request ends, the series' metric id.
     let mut series = RequestSeries::default();
     let mut as_served = || {
-        let handled = handle(&config, &identity, NOW_S, "GET", list, &base);
-        let request = handled.request.as_ref().expect("classified");
-        let index = series.series_for(request);
-        let record = handled.access_record();
-        let id = series.metric_id(index, 200, |_| Some(7));
-        let forwarded = match &handled.outcome {
-            Outcome::Forward(rewrite) => rewrite.apply(&base).len(),
-            Outcome::Reply(_) => 0,
+        let mut host = CopyingHost {
+            headers: &base,
+            forwarded: 0,
+            record: 0,
         };
-        (record.len(), id, forwarded)
+        let served = serve(&mut host, &config, &prepared, NOW_S, &mut series, &Silent);
+        let index = served.series.expect("classified");
+        let id = series.metric_id(index, 200, |_| Some(7));
+        (host.record, id, host.forwarded)
     };
     let as_served_ns = time(iterations, repeats, &mut as_served);
     let mut results: Vec<(&str, f64)> = vec![
@@ -190,7 +230,7 @@ fn main() {
         ),
         (
             "baseline: copying the header list only",
-            time(iterations, repeats, || base.clone().0.len()),
+            time(iterations, repeats, || base.clone().iter().count()),
         ),
         (
             "classify: GET list pods",
@@ -202,7 +242,7 @@ fn main() {
             "classify + policy: GET list pods",
             time(iterations, repeats, || {
                 let request = classify("GET", black_box(list)).expect("classifies");
-                config.policy.decide(&request, "default").effect
+                policy.decide(&request, "default").effect
             }),
         ),
     ];

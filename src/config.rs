@@ -19,7 +19,17 @@ pub struct Config {
     pub accept_hosts: Vec<String>,
     pub allow_impersonation: bool,
     pub namespace_env: String,
-    pub policy: Policy,
+    pub policy: PolicySource,
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// Written in the plugin configuration: fixed until Envoy reloads it.
+    Inline(Policy),
+    /// A file on the file source (a ConfigMap key mounted into the sidecar),
+    /// re-read on every refresh; a bad update leaves the last good policy in force.
+    File(String),
 }
 
 /// Where the filter fetches the token and the Downward API files from.
@@ -140,22 +150,29 @@ impl Config {
         let accept_hosts = top
             .strings("accept_hosts")?
             .unwrap_or_else(|| DEFAULT_ACCEPT_HOSTS.map(String::from).to_vec());
-        if accept_hosts.is_empty() {
-            return Err(field_error(
-                "accept_hosts",
-                "must list at least one host; use [\"*\"] to accept any",
-            ));
-        }
+        check_accept_hosts(&accept_hosts)?;
         let allow_impersonation = top.boolean("allow_impersonation")?.unwrap_or(false);
         let namespace_env = top
             .string("namespace_env")?
             .unwrap_or_else(|| "POD_NAMESPACE".into());
-        let policy = match top.object("policy")? {
-            Some(policy) => PolicyConfig::read(policy)?,
-            None => PolicyConfig {
+        let policy = match (top.object("policy")?, top.string("policy_file")?) {
+            (Some(_), Some(_)) => {
+                return Err(field_error(
+                    "policy_file",
+                    "set either `policy` or `policy_file`, not both",
+                ))
+            }
+            (None, Some(path)) => {
+                check_file_path("policy_file", &path)?;
+                PolicySource::File(path)
+            }
+            (Some(policy), None) => {
+                PolicySource::Inline(Policy::build(&PolicyConfig::read(policy)?)?)
+            }
+            (None, None) => PolicySource::Inline(Policy::build(&PolicyConfig {
                 preset: Some(DEFAULT_PRESET.into()),
                 ..PolicyConfig::default()
-            },
+            })?),
         };
         top.finish()?;
         Ok(Config {
@@ -168,14 +185,17 @@ impl Config {
             accept_hosts,
             allow_impersonation,
             namespace_env,
-            policy: Policy::build(&policy)?,
+            policy,
         })
     }
 
-    /// Every file the filter fetches: the token first, then each distinct
-    /// identity file in configuration order.
+    /// Every file the filter reads: the token first, then the policy file if
+    /// there is one, then each distinct identity file in configuration order.
     pub fn files(&self) -> Vec<&str> {
         let mut files = vec![self.token.path.as_str()];
+        if let PolicySource::File(path) = &self.policy {
+            files.push(path);
+        }
         for header in &self.identity_headers {
             if let HeaderSource::File { path, .. } = &header.source {
                 if !files.contains(&path.as_str()) {
@@ -256,6 +276,12 @@ fn read_token(object: Option<Object>) -> Result<TokenSettings, FieldError> {
         token.client_authorization = choice;
     }
     if let Some(skew) = object.unsigned("expiry_skew_seconds")? {
+        if skew > MAX_EXPIRY_SKEW_S {
+            return Err(field_error(
+                object.path_of("expiry_skew_seconds"),
+                format!("{skew} is out of range 0..={MAX_EXPIRY_SKEW_S}"),
+            ));
+        }
         token.expiry_skew_seconds = skew;
     }
     object.finish()?;
@@ -326,6 +352,39 @@ fn read_identity_headers(items: Vec<(String, &Value)>) -> Result<Vec<IdentityHea
         headers.push(IdentityHeader { header, source });
     }
     Ok(headers)
+}
+
+/// More skew than an hour would refuse a default token (one hour) at once.
+const MAX_EXPIRY_SKEW_S: u64 = 3600;
+
+/// Hosts are compared without their port, so an entry with a port would
+/// never match and lock every request out.
+fn check_accept_hosts(hosts: &[String]) -> Result<(), FieldError> {
+    if hosts.is_empty() {
+        return Err(field_error(
+            "accept_hosts",
+            "must list at least one host; use [\"*\"] to accept any",
+        ));
+    }
+    for (index, host) in hosts.iter().enumerate() {
+        let bracketed_ipv6 = host.starts_with('[') && host.ends_with(']');
+        let problem = if host.is_empty() {
+            Some("is empty")
+        } else if host.contains(':') && !bracketed_ipv6 {
+            Some("has a port or is an unbracketed IPv6 address; ports are not compared, write the host alone (\"[::1]\" for IPv6)")
+        } else if !host.bytes().all(|b| b.is_ascii_graphic()) {
+            Some("has spaces, control or non-ASCII characters")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(field_error(
+                format!("accept_hosts[{index}]"),
+                format!("{host:?} {problem}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_file_path(field: &str, path: &str) -> Result<(), FieldError> {
@@ -498,6 +557,46 @@ mod tests {
                 "unknown field \"fiel\"",
             ),
             (r#"{"accept_hosts": []}"#, "accept_hosts", "at least one"),
+            (
+                r#"{"accept_hosts": ["localhost:8001"]}"#,
+                "accept_hosts[0]",
+                "ports are not compared",
+            ),
+            (
+                r#"{"accept_hosts": ["a", ""]}"#,
+                "accept_hosts[1]",
+                "is empty",
+            ),
+            (
+                r#"{"accept_hosts": ["::1"]}"#,
+                "accept_hosts[0]",
+                "unbracketed IPv6",
+            ),
+            (
+                r#"{"token": {"expiry_skew_seconds": 18446744073709551615}}"#,
+                "token.expiry_skew_seconds",
+                "out of range",
+            ),
+            (
+                r#"{"policy": {"preset": "read-only"}, "policy_file": "/p/policy.json"}"#,
+                "policy_file",
+                "not both",
+            ),
+            (
+                r#"{"policy_file": "policy.json"}"#,
+                "policy_file",
+                "absolute path",
+            ),
+            (
+                r#"{"policy": {"rules": [{"name": "r", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"], "namespaces": ["$Self"]}]}}"#,
+                "policy.rules[0].namespaces",
+                "the only one is \"$self\"",
+            ),
+            (
+                r#"{"policy": {"rules": [{"name": "r", "action": "deny", "verbs": ["*"], "apiGroups": [""], "resources": ["pods/exec/x"]}]}}"#,
+                "policy.rules[0].resources",
+                "more than one '/'",
+            ),
             (
                 r#"{"accept_hosts": "localhost"}"#,
                 "accept_hosts",

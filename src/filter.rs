@@ -1,17 +1,19 @@
 //! The request path, top to bottom: host check → classify → policy → token
 //! freshness → credentials and identity headers → forward, or reply with a
-//! Kubernetes Status. It reads a [`HeaderList`] the adapter took from the host
-//! and returns the [`Rewrite`] to hand back, so it never calls the host itself.
+//! Kubernetes Status. [`serve`] runs it against a [`RequestHost`], the few
+//! calls each host (proxy-wasm, a native module, a test's mock) provides.
 
+use crate::ambassador::Prepared;
 use crate::config::{ClientAuthorization, Config};
 use crate::headers::HeaderList;
 use crate::identity::Identity;
-use crate::policy::{host_accepted, Effect, RuleRef};
+use crate::metrics::{Counter, RequestSeries, Telemetry};
+use crate::policy::{host_accepted, Effect, Policy, RuleRef};
 use crate::request_info::{classify, RequestInfo};
 use crate::status::{push_json_string, Details, Status};
 use crate::token::Freshness;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outcome<'r> {
     Forward(Rewrite<'r>),
     Reply(Status),
@@ -19,50 +21,110 @@ pub enum Outcome<'r> {
 
 /// How a forwarded request's headers differ from the app's. The values are
 /// borrowed from the prepared identity: forwarding copies no header value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Rewrite<'r> {
+    config: &'r Config,
     /// Set by podward, replacing whatever the app sent under these names.
-    set: Vec<(&'r str, &'r str)>,
-    user_agent: Option<String>,
-    strip_impersonation: bool,
+    set: Vec<(&'r str, &'r [u8])>,
+    user_agent: Option<Vec<u8>>,
 }
 
+/// Headers the app may not send upstream under any configuration: Envoy's
+/// own controls (`x-envoy-*` steer retries, timeouts and logging), and the
+/// forwarding headers the API server records as the request's source in the
+/// audit log.
+const UNTRUSTED_PREFIXES: &[&[u8]] = &[b"x-envoy-"];
+const UNTRUSTED_NAMES: &[&[u8]] = &[b"x-forwarded-for", b"x-real-ip", b"forwarded"];
+const IMPERSONATE_PREFIX: &[u8] = b"impersonate-";
+
 impl Rewrite<'_> {
-    /// The whole header list to hand back to the host.
-    pub fn apply<'a>(&'a self, original: &'a HeaderList) -> Vec<(&'a str, &'a str)> {
-        let replaced = |name: &str| {
-            self.set.iter().any(|(set, _)| *set == name)
-                || (name == "user-agent" && self.user_agent.is_some())
-                || (self.strip_impersonation && name.starts_with(IMPERSONATE_PREFIX))
-        };
-        let kept = original.0.iter().filter(|(name, _)| !replaced(name));
-        kept.map(|(name, value)| (name.as_str(), value.as_str()))
-            .chain(self.set.iter().copied())
+    /// Whether the app's header `name` is left out of the forwarded request:
+    /// podward sets it, or the app may not send it.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        let config = self.config;
+        (name == b"authorization" && config.token.client_authorization == ClientAuthorization::Replace)
+            || (name == b"user-agent" && self.user_agent.is_some())
+            // Every configured identity header, whether or not podward has a
+            // value for it: the app cannot fill one in.
+            || config.identity_headers.iter().any(|h| h.header.as_bytes() == name)
+            || (!config.allow_impersonation && name.starts_with(IMPERSONATE_PREFIX))
+            || UNTRUSTED_NAMES.contains(&name)
+            || UNTRUSTED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    }
+
+    /// The whole header list to hand back to a host that replaces it at once.
+    pub fn apply<'a>(&'a self, original: &'a HeaderList) -> Vec<(&'a [u8], &'a [u8])> {
+        let kept = original.iter().filter(|(name, _)| !self.drops(name));
+        kept.chain(self.additions()).collect()
+    }
+
+    /// The edits for a host that changes headers one name at a time: every
+    /// name to remove (once each), then every header to set.
+    pub fn edits<'a>(&'a self, original: &'a HeaderList) -> Edits<'a> {
+        let mut removals: Vec<&[u8]> = Vec::new();
+        for (name, _) in original.iter() {
+            if self.drops(name) && !removals.contains(&name) {
+                removals.push(name);
+            }
+        }
+        Edits {
+            removals,
+            additions: self.additions().collect(),
+        }
+    }
+
+    fn additions(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.set
+            .iter()
+            .map(|(name, value)| (name.as_bytes(), *value))
             .chain(
                 self.user_agent
                     .as_deref()
-                    .map(|agent| ("user-agent", agent)),
+                    .map(|agent| (&b"user-agent"[..], agent)),
             )
-            .collect()
     }
 }
 
-/// Why podward answered a request itself: a bounded set, for metrics.
+/// [`Rewrite::edits`]: remove every value of each name in `removals`, then
+/// add each of `additions`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Edits<'a> {
+    pub removals: Vec<&'a [u8]>,
+    pub additions: Vec<(&'a [u8], &'a [u8])>,
+}
+
+/// Why podward answered a request itself: a bounded set, for metrics and the
+/// access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     HostNotAccepted,
     Unclassifiable,
     PolicyDenied,
     TokenExpired,
+    /// No token (or no policy) yet when the wait for it ran out.
+    NoToken,
+    /// The host would not hand over or take back the request's headers.
+    HostError,
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::HostNotAccepted,
+        Refusal::Unclassifiable,
+        Refusal::PolicyDenied,
+        Refusal::TokenExpired,
+        Refusal::NoToken,
+        Refusal::HostError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::HostNotAccepted => "host_not_accepted",
             Refusal::Unclassifiable => "unclassifiable",
             Refusal::PolicyDenied => "policy_denied",
             Refusal::TokenExpired => "token_expired",
+            Refusal::NoToken => "no_token",
+            Refusal::HostError => "host_error",
         }
     }
 }
@@ -108,7 +170,7 @@ impl<'r> Handled<'r> {
         record
     }
 
-    fn refused(
+    pub fn refused(
         refusal: Refusal,
         status: Status,
         request: Option<RequestInfo<'r>>,
@@ -123,27 +185,103 @@ impl<'r> Handled<'r> {
     }
 }
 
-const IMPERSONATE_PREFIX: &str = "impersonate-";
+/// What the request path needs from the host for the request at hand.
+pub trait RequestHost {
+    /// The app's request headers; `None` if the host would not hand them over.
+    fn request_headers(&mut self) -> Option<HeaderList>;
+    /// Changes the request's headers as `rewrite` says.
+    fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String>;
+    /// Answers the request with `status`; the request goes no further.
+    fn reply(&mut self, status: &Status);
+    /// podward's reading of the request, for the access log.
+    fn record(&mut self, access_record: &str);
+}
 
+/// How a request left the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub forwarded: bool,
+    /// The request's metric series, if it was classified.
+    pub series: Option<usize>,
+}
+
+/// One request, start to finish: read, decide, then forward or reply.
+pub fn serve(
+    host: &mut impl RequestHost,
+    config: &Config,
+    prepared: &Prepared,
+    now_s: u64,
+    series: &mut RequestSeries,
+    telemetry: &dyn Telemetry,
+) -> Served {
+    let refuse = |host: &mut dyn RequestHost, refusal: Refusal, status: &Status| {
+        telemetry.count(Counter::LocalReplies { reason: refusal });
+        host.reply(status);
+    };
+    let Some(headers) = host.request_headers() else {
+        let status = Status::unavailable("podward could not read the request's headers".into(), 1);
+        refuse(host, Refusal::HostError, &status);
+        return Served {
+            forwarded: false,
+            series: None,
+        };
+    };
+    let handled = handle(
+        config,
+        &prepared.policy,
+        &prepared.identity,
+        now_s,
+        &headers,
+    );
+    let series = handled
+        .request
+        .as_ref()
+        .map(|request| series.series_for(request));
+    host.record(&handled.access_record());
+    let forwarded = match handled.outcome {
+        Outcome::Forward(rewrite) => match host.forward(&rewrite, &headers) {
+            Ok(()) => true,
+            Err(error) => {
+                // Never forward without the credentials just decided on.
+                let message = format!("podward could not set the request headers: {error}");
+                refuse(host, Refusal::HostError, &Status::unavailable(message, 1));
+                false
+            }
+        },
+        Outcome::Reply(status) => {
+            if let (Some(Refusal::PolicyDenied), Some(rule)) = (handled.refusal, handled.rule) {
+                telemetry.count(Counter::PolicyDenied { rule });
+            }
+            let refusal = handled.refusal.unwrap_or(Refusal::HostError);
+            refuse(host, refusal, &status);
+            false
+        }
+    };
+    Served { forwarded, series }
+}
+
+/// The request path for one request, given the app's headers.
 pub fn handle<'r>(
     config: &'r Config,
+    policy: &'r Policy,
     identity: &'r Identity,
     now_s: u64,
-    method: &str,
-    path: &'r str,
-    headers: &HeaderList,
+    headers: &'r HeaderList,
 ) -> Handled<'r> {
     let host = headers.get(":authority").unwrap_or_default();
     if !host_accepted(&config.accept_hosts, host) {
         let message = format!(
             "host {:?} is not accepted by podward (accept_hosts: {})",
-            host,
+            String::from_utf8_lossy(host),
             config.accept_hosts.join(", ")
         );
         let status = Status::forbidden(message, Details::default());
         return Handled::refused(Refusal::HostNotAccepted, status, None, None);
     }
 
+    let method = headers.get_str(":method").unwrap_or_default();
+    // A path that is not UTF-8 has bytes `classify` refuses anyway.
+    let path = headers.get_str(":path").unwrap_or("\u{0}");
     let request = match classify(method, path) {
         Ok(request) => request,
         Err(why) => {
@@ -152,7 +290,7 @@ pub fn handle<'r>(
         }
     };
 
-    let decision = config.policy.decide(&request, &identity.namespace);
+    let decision = policy.decide(&request, &identity.namespace);
     if decision.effect == Effect::Deny {
         let status = forbidden(&request, decision.rule, &identity.namespace);
         return Handled::refused(
@@ -181,31 +319,32 @@ pub fn handle<'r>(
         );
     }
 
+    let client_authorization = headers.get("authorization");
     let keep_client_credentials = config.token.client_authorization
         == ClientAuthorization::Preserve
-        && headers.get("authorization").is_some();
+        && client_authorization.is_some();
     let mut set = Vec::with_capacity(identity.headers.len() + 1);
     if !keep_client_credentials {
-        set.push(("authorization", identity.token.authorization()));
+        set.push(("authorization", identity.token.authorization().as_bytes()));
     }
     set.extend(
         identity
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str())),
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
     );
-    let user_agent =
-        identity
-            .user_agent_suffix
-            .as_ref()
-            .map(|suffix| match headers.get("user-agent") {
-                Some(client) if !client.is_empty() => format!("{client} {suffix}"),
-                _ => suffix.clone(),
-            });
+    let user_agent = identity.user_agent_suffix.as_ref().map(|suffix| {
+        let mut agent = headers.get("user-agent").unwrap_or_default().to_vec();
+        if !agent.is_empty() {
+            agent.push(b' ');
+        }
+        agent.extend_from_slice(suffix.as_bytes());
+        agent
+    });
     let rewrite = Rewrite {
+        config,
         set,
         user_agent,
-        strip_impersonation: !config.allow_impersonation,
     };
     Handled {
         outcome: Outcome::Forward(rewrite),
@@ -260,22 +399,18 @@ fn forbidden(request: &RequestInfo, rule: &RuleRef, self_namespace: &str) -> Sta
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PolicySource;
     use crate::identity::{build, tests::standard_pod};
     use crate::token::Token;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderList {
-        HeaderList(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        HeaderList::from_pairs(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
     }
 
     fn value<'h>(headers: &'h HeaderList, name: &str) -> &'h str {
         headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no header {name}"))
+            .get_str(name)
+            .unwrap_or_else(|| panic!("no UTF-8 header {name}"))
     }
 
     fn identity(config: &Config, token: &str) -> Identity {
@@ -287,28 +422,38 @@ mod tests {
         .0
     }
 
+    fn inline_policy(config: &Config) -> &Policy {
+        match &config.policy {
+            PolicySource::Inline(policy) => policy,
+            PolicySource::File(_) => panic!("these tests use inline policies"),
+        }
+    }
+
+    /// The app's request: pseudo-headers first, as Envoy hands them over.
+    fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> HeaderList {
+        let mut list = headers(&[(":method", method), (":path", path)]);
+        for (name, value) in extra {
+            list.push(name.as_bytes(), value.as_bytes());
+        }
+        list
+    }
+
     /// Runs the request path; a forwarded request's headers are rewritten in
     /// place, as the host would hold them afterwards.
-    fn run(
-        config_json: &str,
-        method: &str,
-        path: &str,
-        request: &mut HeaderList,
-    ) -> Option<Status> {
+    fn run(config_json: &str, request: &mut HeaderList) -> Option<Status> {
         let config = Config::parse(config_json.as_bytes()).unwrap();
         let identity = identity(&config, "pod-token");
-        forward(
-            handle(&config, &identity, 0, method, path, request).outcome,
-            request,
-        )
+        let original = request.clone();
+        let handled = handle(&config, inline_policy(&config), &identity, 0, &original);
+        forward(handled.outcome, request)
     }
 
     fn forward(outcome: Outcome, request: &mut HeaderList) -> Option<Status> {
         match outcome {
             Outcome::Reply(status) => Some(status),
             Outcome::Forward(rewrite) => {
-                let pairs = rewrite.apply(request);
-                *request = headers(&pairs);
+                let original = request.clone();
+                *request = HeaderList::from_pairs(rewrite.apply(&original));
                 None
             }
         }
@@ -318,11 +463,21 @@ mod tests {
         reply.expect("expected a reply, the request was forwarded")
     }
 
+    fn names(request: &HeaderList) -> Vec<String> {
+        request
+            .iter()
+            .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+            .collect()
+    }
+
     #[test]
     fn forwards_with_token_and_identity() {
-        let mut request = headers(&[(":authority", "localhost:8001"), ("user-agent", "curl/8.0")]);
-        let outcome = run("", "GET", "/api/v1/namespaces/default/pods", &mut request);
-        assert_eq!(outcome, None);
+        let mut request = request(
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            &[(":authority", "localhost:8001"), ("user-agent", "curl/8.0")],
+        );
+        assert_eq!(run("", &mut request), None);
         assert_eq!(value(&request, "authorization"), "Bearer pod-token");
         assert_eq!(value(&request, "x-pod-name"), "web-0");
         assert_eq!(value(&request, "x-pod-labels"), "app=web,tier=front%20end");
@@ -331,21 +486,25 @@ mod tests {
 
     #[test]
     fn the_app_cannot_spoof_identity_or_impersonate() {
-        let mut request = headers(&[
-            (":authority", "127.0.0.1:8001"),
-            ("authorization", "Bearer stolen"),
-            ("x-pod-name", "someone-else"),
-            ("impersonate-user", "admin"),
-            ("impersonate-group", "system:masters"),
-            ("impersonate-group", "admins"),
-            ("impersonate-extra-scopes", "all"),
-            ("x-pod-name", "twice"),
-        ]);
-        run("", "GET", "/api", &mut request);
+        let mut request = request(
+            "GET",
+            "/api",
+            &[
+                (":authority", "127.0.0.1:8001"),
+                ("authorization", "Bearer stolen"),
+                ("x-pod-name", "someone-else"),
+                ("impersonate-user", "admin"),
+                ("impersonate-group", "system:masters"),
+                ("impersonate-group", "admins"),
+                ("impersonate-extra-scopes", "all"),
+                ("x-pod-name", "twice"),
+            ],
+        );
+        run("", &mut request);
         assert_eq!(value(&request, "authorization"), "Bearer pod-token");
-        let names: Vec<&str> = request.0.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names.iter().filter(|n| **n == "authorization").count(), 1);
-        assert_eq!(names.iter().filter(|n| **n == "x-pod-name").count(), 1);
+        let names = names(&request);
+        assert_eq!(names.iter().filter(|n| *n == "authorization").count(), 1);
+        assert_eq!(names.iter().filter(|n| *n == "x-pod-name").count(), 1);
         assert_eq!(value(&request, "x-pod-name"), "web-0");
         assert!(
             !names.iter().any(|n| n.starts_with("impersonate")),
@@ -354,20 +513,135 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_without_a_value_are_still_taken_from_the_app() {
+        let config = r#"{"identity_headers": [
+            {"header": "x-pod-name", "env": "POD_NAME"},
+            {"header": "x-pod-secret-level", "env": "UNSET_VARIABLE"},
+            {"header": "x-pod-team", "file": "/podinfo/labels", "key": "team"}]}"#;
+        let mut request = request(
+            "GET",
+            "/api",
+            &[
+                (":authority", "localhost"),
+                ("x-pod-secret-level", "top"),
+                ("x-pod-team", "admins"),
+                ("x-app-own", "kept"),
+            ],
+        );
+        assert_eq!(run(config, &mut request), None);
+        assert_eq!(request.get("x-pod-secret-level"), None);
+        assert_eq!(request.get("x-pod-team"), None);
+        assert_eq!(value(&request, "x-pod-name"), "web-0");
+        assert_eq!(value(&request, "x-app-own"), "kept");
+    }
+
+    #[test]
+    fn envoy_controls_and_forwarding_headers_from_the_app_are_dropped() {
+        let mut request = request(
+            "GET",
+            "/api",
+            &[
+                (":authority", "localhost"),
+                ("x-envoy-original-path", "/healthz"),
+                ("x-envoy-upstream-rq-timeout-ms", "1"),
+                ("x-envoy-retry-on", "5xx"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-real-ip", "10.0.0.1"),
+                ("forwarded", "for=10.0.0.1"),
+                ("x-envoyish", "kept"),
+            ],
+        );
+        assert_eq!(run("", &mut request), None);
+        let names = names(&request);
+        assert!(
+            !names.iter().any(|n| n.starts_with("x-envoy-")
+                || ["x-forwarded-for", "x-real-ip", "forwarded"].contains(&n.as_str())),
+            "{names:?}"
+        );
+        assert_eq!(value(&request, "x-envoyish"), "kept");
+    }
+
+    #[test]
+    fn any_header_bytes_pass_through_untouched() {
+        let mut request = request("GET", "/api", &[(":authority", "localhost")]);
+        request.push(b"x-latin1", b"caf\xe9");
+        request.push(b"user-agent", b"\xff\xfe agent");
+        assert_eq!(run("", &mut request), None);
+        assert_eq!(request.get("x-latin1"), Some(&b"caf\xe9"[..]));
+        let agent = request.get("user-agent").unwrap();
+        assert!(agent.starts_with(b"\xff\xfe agent podward/"), "{agent:?}");
+
+        for (name, value) in [
+            (&b":authority"[..], &b"local\xffhost"[..]),
+            (b":path", b"/api/\xff"),
+            (b":method", b"G\xe9T"),
+        ] {
+            let mut pairs: Vec<(&[u8], &[u8])> = vec![
+                (b":method", b"GET"),
+                (b":path", b"/api"),
+                (b":authority", b"localhost"),
+            ];
+            pairs.retain(|(n, _)| *n != name);
+            pairs.push((name, value));
+            let mut request = HeaderList::from_pairs(pairs);
+            let status = status_of(run("", &mut request));
+            assert!([400, 403].contains(&status.code), "{name:?}: {status:?}");
+        }
+    }
+
+    #[test]
+    fn edits_remove_each_dropped_name_once_then_set() {
+        let config = Config::parse(b"").unwrap();
+        let identity = identity(&config, "pod-token");
+        let request = request(
+            "GET",
+            "/api",
+            &[
+                (":authority", "localhost"),
+                ("impersonate-group", "a"),
+                ("impersonate-group", "b"),
+                ("authorization", "Bearer app"),
+                ("x-kept", "1"),
+            ],
+        );
+        let handled = handle(&config, inline_policy(&config), &identity, 0, &request);
+        let Outcome::Forward(rewrite) = handled.outcome else {
+            panic!("forwarded")
+        };
+        let edits = rewrite.edits(&request);
+        assert_eq!(
+            edits.removals,
+            [&b"impersonate-group"[..], b"authorization"]
+        );
+        assert_eq!(
+            edits.additions.first(),
+            Some(&(&b"authorization"[..], &b"Bearer pod-token"[..]))
+        );
+        let (name, agent) = edits.additions.last().unwrap();
+        assert_eq!(*name, b"user-agent");
+        assert!(agent.starts_with(b"podward/"));
+        assert_eq!(edits.additions.len(), 1 + identity.headers.len() + 1);
+    }
+
+    #[test]
     fn configured_to_preserve_client_credentials_and_impersonation() {
         let config =
             r#"{"token": {"client_authorization": "preserve"}, "allow_impersonation": true}"#;
-        let mut request = headers(&[
-            (":authority", "localhost"),
-            ("authorization", "Bearer app-own"),
-            ("impersonate-user", "jane"),
-        ]);
-        run(config, "GET", "/api", &mut request);
-        assert_eq!(value(&request, "authorization"), "Bearer app-own");
-        assert_eq!(value(&request, "impersonate-user"), "jane");
-        let mut request = headers(&[(":authority", "localhost")]);
-        run(config, "GET", "/api", &mut request);
-        assert_eq!(value(&request, "authorization"), "Bearer pod-token");
+        let mut request_with = request(
+            "GET",
+            "/api",
+            &[
+                (":authority", "localhost"),
+                ("authorization", "Bearer app-own"),
+                ("impersonate-user", "jane"),
+            ],
+        );
+        run(config, &mut request_with);
+        assert_eq!(value(&request_with, "authorization"), "Bearer app-own");
+        assert_eq!(value(&request_with, "impersonate-user"), "jane");
+        let mut request_without = request("GET", "/api", &[(":authority", "localhost")]);
+        run(config, &mut request_without);
+        assert_eq!(value(&request_without, "authorization"), "Bearer pod-token");
     }
 
     #[test]
@@ -396,8 +670,8 @@ mod tests {
             ),
         ];
         for (host, method, path, code, message) in cases {
-            let mut request = headers(&[(":authority", host)]);
-            let status = status_of(run("", method, path, &mut request));
+            let mut request = request(method, path, &[(":authority", host)]);
+            let status = status_of(run("", &mut request));
             assert_eq!(status.code, code, "{path}");
             assert!(status.message.contains(message), "{}", status.message);
             assert!(request.get("authorization").is_none(), "{path}");
@@ -407,41 +681,37 @@ mod tests {
 
     #[test]
     fn forbidden_reads_like_the_api_server() {
-        {
-            let mut request = headers(&[(":authority", "localhost")]);
-            let path = "/api/v1/namespaces/default/pods/web/exec";
-            let status = status_of(run("", "POST", path, &mut request));
-            assert_eq!(
-                status.message,
-                "pods \"web\" is forbidden: podward policy rule \"kubectl-proxy/no-exec-or-attach\" \
-                 forbids this pod (namespace \"team-a\") to create resource \"pods/exec\" \
-                 in API group \"\" in the namespace \"default\""
-            );
-            assert_eq!(
-                (status.details.name.as_str(), status.details.kind.as_str()),
-                ("web", "pods")
-            );
-        }
+        let local = [(":authority", "localhost")];
+        let path = "/api/v1/namespaces/default/pods/web/exec";
+        let status = status_of(run("", &mut request("POST", path, &local)));
+        assert_eq!(
+            status.message,
+            "pods \"web\" is forbidden: podward policy rule \"kubectl-proxy/no-exec-or-attach\" \
+             forbids this pod (namespace \"team-a\") to create resource \"pods/exec\" \
+             in API group \"\" in the namespace \"default\""
+        );
+        assert_eq!(
+            (status.details.name.as_str(), status.details.kind.as_str()),
+            ("web", "pods")
+        );
         let read_only = r#"{"policy": {"preset": "read-only"}}"#;
-        let mut request = headers(&[(":authority", "localhost")]);
-        let status = status_of(run(
-            read_only,
-            "POST",
-            "/apis/apps/v1/namespaces/default/deployments",
-            &mut request,
-        ));
+        let path = "/apis/apps/v1/namespaces/default/deployments";
+        let status = status_of(run(read_only, &mut request("POST", path, &local)));
         assert_eq!(
             status.message,
             "deployments.apps is forbidden: podward policy rule \"read-only/default\" forbids this pod \
              (namespace \"team-a\") to create resource \"deployments\" in API group \"apps\" in the namespace \"default\""
         );
-        let status = status_of(run(read_only, "DELETE", "/api/v1/nodes/n1", &mut request));
+        let status = status_of(run(
+            read_only,
+            &mut request("DELETE", "/api/v1/nodes/n1", &local),
+        ));
         assert!(
             status.message.ends_with("at the cluster scope"),
             "{}",
             status.message
         );
-        let status = status_of(run(read_only, "POST", "/logs", &mut request));
+        let status = status_of(run(read_only, &mut request("POST", "/logs", &local)));
         assert!(status
             .message
             .starts_with("forbidden: podward policy rule \"read-only/default\""));
@@ -474,8 +744,8 @@ mod tests {
             ),
         ];
         for (method, path, expected) in cases {
-            let request = headers(&[(":authority", "localhost")]);
-            let handled = handle(&config, &identity, 0, method, path, &request);
+            let request = request(method, path, &[(":authority", "localhost")]);
+            let handled = handle(&config, inline_policy(&config), &identity, 0, &request);
             let record = handled.access_record();
             assert_eq!(record, expected);
             assert!(!record.contains("secret-token"));
@@ -490,8 +760,9 @@ mod tests {
         let config = Config::parse(b"").unwrap();
         let identity = identity(&config, &format!("h.{payload}.s"));
         for (now, forwarded) in [(989, true), (990, false), (5000, false)] {
-            let mut request = headers(&[(":authority", "localhost")]);
-            let handled = handle(&config, &identity, now, "GET", "/api", &request);
+            let mut request = request("GET", "/api", &[(":authority", "localhost")]);
+            let original = request.clone();
+            let handled = handle(&config, inline_policy(&config), &identity, now, &original);
             let refusal = handled.refusal;
             let reply = forward(handled.outcome, &mut request);
             assert_eq!(reply.is_none(), forwarded, "now {now}");

@@ -13,6 +13,7 @@
 use crate::downward::PodMap;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use std::borrow::Cow;
+use std::ops::Range;
 
 const NOT_VISIBLE_ASCII: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
 const MAP_DELIMITERS: &AsciiSet = &NOT_VISIBLE_ASCII
@@ -42,20 +43,113 @@ pub fn encode_map(map: &PodMap) -> String {
 }
 
 /// A request's headers as the host hands them over: lower-case names, in
-/// order, repeated names kept. podward reads them once and writes them back
-/// once (see `filter::Rewrite`), so a request costs two host calls however
-/// many headers change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderList(pub Vec<(String, String)>);
+/// order, repeated names kept, values as raw bytes (Envoy passes on bytes a
+/// client sent that are not UTF-8). One buffer holds every name and value, so
+/// reading a request's headers costs two allocations however many there are.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderList {
+    bytes: Vec<u8>,
+    entries: Vec<(Range<usize>, Range<usize>)>,
+}
 
 impl HeaderList {
-    /// The first value of `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.as_str())
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> HeaderList {
+        let mut list = HeaderList::default();
+        for (name, value) in pairs {
+            list.push(name, value);
+        }
+        list
     }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let name_at = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        let value_at = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.entries
+            .push((name_at..value_at, value_at..self.bytes.len()));
+    }
+
+    /// Reads proxy-wasm's serialisation of a header map (see
+    /// [`encode_proxy_wasm_map`]) in place. `None` if it is malformed.
+    pub fn from_proxy_wasm_map(bytes: Vec<u8>) -> Option<HeaderList> {
+        if bytes.is_empty() {
+            return Some(HeaderList::default());
+        }
+        let word = |at: usize| -> Option<usize> {
+            let word = bytes.get(at..at.checked_add(4)?)?;
+            Some(u32::from_le_bytes(word.try_into().ok()?) as usize)
+        };
+        let count = word(0)?;
+        let mut data_at = count.checked_mul(8)?.checked_add(4)?;
+        let mut entries = Vec::with_capacity(count.min(bytes.len() / 10));
+        for index in 0..count {
+            let sizes_at = 4 + index * 8;
+            let name = data_at..data_at.checked_add(word(sizes_at)?)?;
+            let value_at = name.end.checked_add(1)?;
+            let value = value_at..value_at.checked_add(word(sizes_at + 4)?)?;
+            data_at = value.end.checked_add(1)?;
+            if data_at > bytes.len() {
+                return None;
+            }
+            entries.push((name, value));
+        }
+        Some(HeaderList { bytes, entries })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries.iter().map(|(name, value)| {
+            (
+                self.bytes.get(name.clone()).unwrap_or_default(),
+                self.bytes.get(value.clone()).unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, value)| value)
+    }
+
+    /// The first value of `name`, if it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.get(name)?).ok()
+    }
+}
+
+/// Equal when they hold the same headers in the same order, however stored.
+impl PartialEq for HeaderList {
+    fn eq(&self, other: &HeaderList) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderList {}
+
+/// proxy-wasm's serialisation of a header map: the number of pairs, each
+/// pair's name and value lengths (all u32, little-endian), then each name and
+/// value followed by a NUL byte.
+pub fn encode_proxy_wasm_map<'a>(pairs: &[(&'a [u8], &'a [u8])]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(name, value)| 10 + name.len() + value.len())
+        .sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    bytes.extend_from_slice(&length(pairs.len()));
+    for (name, value) in pairs {
+        bytes.extend_from_slice(&length(name.len()));
+        bytes.extend_from_slice(&length(value.len()));
+    }
+    for (name, value) in pairs {
+        bytes.extend_from_slice(name);
+        bytes.push(0);
+        bytes.extend_from_slice(value);
+        bytes.push(0);
+    }
+    bytes
 }
 
 /// Header names podward must never set from configuration: they would break
@@ -74,6 +168,9 @@ const RESERVED_NAMES: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "user-agent",
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
 ];
 
 /// Why a configured header name cannot be used, if it cannot.
@@ -87,7 +184,11 @@ pub fn header_name_problem(name: &str) -> Option<&'static str> {
         Some("is a pseudo-header")
     } else if !name.bytes().all(is_token_char) {
         Some("has characters a header name cannot have")
-    } else if RESERVED_NAMES.contains(&name) || name.starts_with("impersonate-") {
+    } else if RESERVED_NAMES.contains(&name)
+        || ["impersonate-", "x-envoy-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+    {
         Some("is reserved: podward or the API server gives it a meaning")
     } else {
         None
@@ -156,13 +257,41 @@ mod tests {
 
     #[test]
     fn a_header_list_answers_with_the_first_value() {
-        let list = HeaderList(
-            [("a", "1"), ("b", "2"), ("a", "3")]
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .to_vec(),
-        );
-        assert_eq!(list.get("a"), Some("1"));
+        let list =
+            HeaderList::from_pairs([(&b"a"[..], &b"1"[..]), (b"b", b"caf\xe9"), (b"a", b"3")]);
+        assert_eq!(list.get("a"), Some(&b"1"[..]));
+        assert_eq!(list.get("b"), Some(&b"caf\xe9"[..]));
+        assert_eq!(list.get_str("b"), None, "Latin-1 is not UTF-8");
+        assert_eq!(list.get_str("a"), Some("1"));
         assert_eq!(list.get("missing"), None);
+        assert_eq!(list.iter().count(), 3);
+    }
+
+    #[test]
+    fn the_proxy_wasm_map_format_round_trips_any_bytes() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b":path", b"/api"),
+            (b"x-j", b"\xff\x00\x80"),
+            (b"", b""),
+            (b"x-j", b"again"),
+        ];
+        let encoded = encode_proxy_wasm_map(&pairs);
+        let decoded = HeaderList::from_proxy_wasm_map(encoded.clone()).unwrap();
+        assert_eq!(decoded.iter().collect::<Vec<_>>(), pairs);
+        assert_eq!(decoded, HeaderList::from_pairs(pairs.iter().copied()));
+        assert_eq!(
+            HeaderList::from_proxy_wasm_map(Vec::new()),
+            Some(HeaderList::default())
+        );
+        for cut in 0..encoded.len() {
+            let truncated = encoded.get(..cut).unwrap().to_vec();
+            if cut > 0 {
+                assert_eq!(HeaderList::from_proxy_wasm_map(truncated), None, "{cut}");
+            }
+        }
+        let mut huge_count = encoded.clone();
+        huge_count.splice(0..4, u32::MAX.to_le_bytes());
+        assert_eq!(HeaderList::from_proxy_wasm_map(huge_count), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! podward: an Envoy proxy-wasm filter that lends a pod's service-account
-//! identity to its app, as `kubectl proxy` does, with a policy in front.
+//! podward: an Envoy filter that lends a pod's service-account identity to
+//! its app, as `kubectl proxy` does, with a policy in front.
 //!
-//! Every module but `plugin` and `telemetry` is plain Rust with no host calls,
-//! tested natively and as wasm; those two are the thin proxy-wasm adapter.
+//! Every module but `wasm` is plain Rust with no host calls, tested natively
+//! and as wasm; `wasm` is the thin proxy-wasm adapter.
 
 // A panic kills the VM and every request after it fails: none outside tests.
 #![cfg_attr(
@@ -10,6 +10,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod ambassador;
 pub mod config;
 pub mod downward;
 pub mod fields;
@@ -25,7 +26,5 @@ pub mod token;
 
 // The proxy-wasm adapter. Left out of unit-test builds: its exports would
 // make the wasm test binary a reactor that a WASI runner cannot start.
-#[cfg(not(test))]
-mod plugin;
-#[cfg(not(test))]
-mod telemetry;
+#[cfg(all(target_family = "wasm", not(test)))]
+mod wasm;

@@ -1,12 +1,78 @@
-//! Metric names, tags, and keeping the number of series bounded.
+//! What podward counts and logs ([`Telemetry`], implemented by each host),
+//! metric names and tags, and keeping the number of series bounded.
 //!
 //! proxy-wasm metrics are flat names. Tags are written into the name the way
 //! Istio writes them, `key=.=value;.;`, and the Envoy configs carry one
 //! `stats_tags` regex per key that lifts them back out, so Prometheus sees
 //! `podward_requests_total{verb="list",resource="pods",...}`.
 
+use crate::filter::Refusal;
+use crate::policy::RuleRef;
 use crate::request_info::RequestInfo;
 use std::collections::HashMap;
+
+/// The host's log and metrics, as the core uses them.
+pub trait Telemetry {
+    fn log(&self, level: Level, message: &str);
+    fn count(&self, counter: Counter<'_>);
+    fn gauge(&self, gauge: Gauge, value: u64);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Every counter but the per-request series (see [`RequestSeries`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter<'a> {
+    TokenRefreshes,
+    TokenRefreshFailures,
+    TokenStale,
+    PolicyReloads,
+    PolicyReloadFailures,
+    FileRefreshes { file: &'a str },
+    FileRefreshFailures { file: &'a str },
+    LocalReplies { reason: Refusal },
+    PolicyDenied { rule: &'a RuleRef },
+}
+
+impl Counter<'_> {
+    /// The metric's name with its tags folded in (see [`tagged`]).
+    pub fn tagged_name(&self) -> String {
+        match self {
+            Counter::TokenRefreshes => TOKEN_REFRESHES.into(),
+            Counter::TokenRefreshFailures => TOKEN_REFRESH_FAILURES.into(),
+            Counter::TokenStale => TOKEN_STALE.into(),
+            Counter::PolicyReloads => POLICY_RELOADS.into(),
+            Counter::PolicyReloadFailures => POLICY_RELOAD_FAILURES.into(),
+            Counter::FileRefreshes { file } => tagged(FILE_REFRESHES, &[("file", file)]),
+            Counter::FileRefreshFailures { file } => {
+                tagged(FILE_REFRESH_FAILURES, &[("file", file)])
+            }
+            Counter::LocalReplies { reason } => {
+                tagged(LOCAL_REPLIES, &[("reason", reason.as_str())])
+            }
+            Counter::PolicyDenied { rule } => tagged(DENIED, &[("rule", rule.as_str())]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// Seconds until the token's intended end ([`crate::token::Token::intended_end`]).
+    TokenExpirySeconds,
+}
+
+impl Gauge {
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::TokenExpirySeconds => TOKEN_EXPIRES_IN,
+        }
+    }
+}
 
 pub const REQUESTS: &str = "podward_requests_total";
 pub const DENIED: &str = "podward_policy_denied_total";
@@ -17,6 +83,8 @@ pub const TOKEN_EXPIRES_IN: &str = "podward_token_expiry_seconds";
 pub const TOKEN_STALE: &str = "podward_token_stale_total";
 pub const FILE_REFRESHES: &str = "podward_file_refreshes_total";
 pub const FILE_REFRESH_FAILURES: &str = "podward_file_refresh_failures_total";
+pub const POLICY_RELOADS: &str = "podward_policy_reloads_total";
+pub const POLICY_RELOAD_FAILURES: &str = "podward_policy_reload_failures_total";
 
 /// Every tag key podward uses; the Envoy configs get one extraction regex each.
 pub const TAG_KEYS: &[&str] = &[
@@ -107,26 +175,27 @@ impl RequestSeries {
         let mut parts = self.key.splitn(3, ' ').map(str::to_owned);
         let mut tags = [(); 3].map(|_| parts.next().unwrap_or_default());
         if self.series.len() >= MAX_REQUEST_SERIES {
+            // Past the cap a new key gets no entry of its own: the map stays
+            // bounded by the cap plus one `other` series per verb.
             tags[1] = "other".into();
             tags[2] = "other".into();
+            let key = tags.join(" ");
+            if let Some(&index) = self.index.get(&key) {
+                return index;
+            }
+            return self.push(key, tags);
         }
-        self.push(tags)
+        let key = self.key.clone();
+        self.push(key, tags)
     }
 
-    fn push(&mut self, tags: [String; 3]) -> usize {
-        let key = tags.join(" ");
-        if let Some(&index) = self.index.get(&key) {
-            // Over the cap every new series folds into one `other` series.
-            self.index.insert(self.key.clone(), index);
-            return index;
-        }
+    fn push(&mut self, key: String, tags: [String; 3]) -> usize {
         let index = self.series.len();
         self.series.push(Series {
             tags,
             ids: [None; CODE_CLASSES.len()],
         });
         self.index.insert(key, index);
-        self.index.insert(self.key.clone(), index);
         index
     }
 
@@ -162,6 +231,12 @@ impl RequestSeries {
 
     pub fn len(&self) -> usize {
         self.series.len()
+    }
+
+    /// Keys remembered, for the test that the map stays bounded.
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -254,6 +329,15 @@ mod tests {
             series_of(&mut series, "GET", &format!("/apis/made.up/v1/thing{i}"));
         }
         assert_eq!(series.len(), MAX_REQUEST_SERIES + 1);
+        for i in 0..50_000 {
+            series_of(&mut series, "GET", &format!("/apis/made.up/v1/more{i}"));
+        }
+        assert_eq!(series.len(), MAX_REQUEST_SERIES + 1);
+        assert_eq!(
+            series.keys(),
+            MAX_REQUEST_SERIES + 1,
+            "no alias per made-up key"
+        );
         let other = series_of(&mut series, "GET", "/apis/made.up/v1/another");
         let name = series.metric_id(other, 404, |name| {
             assert!(

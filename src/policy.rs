@@ -5,6 +5,10 @@
 //! subresource notation, `*/scale`, trailing-`*` non-resource URLs). podward adds
 //! `namespaces`, where `$self` is the pod's own namespace and `""` is a request
 //! without a namespace (cluster-scoped, or across all namespaces).
+//!
+//! Allow rules mean exactly what RBAC means. Deny rules are conservative: they
+//! also stop every request that could read or change what they name, so that a
+//! deny cannot be listed around (see [`deny_matches`]).
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
@@ -84,12 +88,19 @@ impl Rule {
 /// Named policies, as the JSON a user would write. Parsed and checked when the
 /// plugin is configured, by the same code as a user's rules.
 pub const PRESETS: &[(&str, &str)] = &[
-    // kubectl proxy's default --reject-paths: ^/api/.*/pods/.*/exec, ^/api/.*/pods/.*/attach
+    // kubectl proxy's default --reject-paths (^/api/.*/pods/.*/exec,
+    // ^/api/.*/pods/.*/attach), and the other ways to run a command in a pod
+    // that kubectl proxy lets through: a debug container, and the kubelet's
+    // own exec reached through the node proxy.
     (
         "kubectl-proxy",
         r#"{"default_action": "allow", "rules": [
             {"name": "no-exec-or-attach", "action": "deny", "verbs": ["*"],
-             "apiGroups": [""], "resources": ["pods/exec", "pods/attach"]}]}"#,
+             "apiGroups": [""], "resources": ["pods/exec", "pods/attach"]},
+            {"name": "no-exec-equivalents", "action": "deny", "verbs": ["*"],
+             "apiGroups": [""], "resources": ["pods/ephemeralcontainers", "nodes/proxy"]},
+            {"name": "no-node-proxy", "action": "deny", "verbs": ["proxy"],
+             "apiGroups": [""], "resources": ["nodes"]}]}"#,
     ),
     (
         "read-only",
@@ -164,6 +175,12 @@ pub struct Policy {
 const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "delete", "options"];
 
 impl Policy {
+    /// A policy file: the same JSON as the configuration's `policy` field.
+    pub fn parse(json: &[u8]) -> Result<Policy, FieldError> {
+        let value = parse_json(json)?;
+        Policy::build(&PolicyConfig::read(Object::new(&value, "policy")?)?)
+    }
+
     pub fn build(config: &PolicyConfig) -> Result<Policy, FieldError> {
         let mut rules = Vec::new();
         for (index, rule) in config.rules.iter().enumerate() {
@@ -274,12 +291,6 @@ fn check_rule(rule: &Rule) -> Result<(), (&'static str, String)> {
             ),
         ));
     }
-    if is_resource_rule && rule.api_groups.is_empty() {
-        return Err((
-            "apiGroups",
-            "is required with resources: \"\" is the core group, \"*\" any group".into(),
-        ));
-    }
     if is_non_resource_rule {
         let misplaced = [
             ("apiGroups", &rule.api_groups),
@@ -289,25 +300,156 @@ fn check_rule(rule: &Rule) -> Result<(), (&'static str, String)> {
         if let Some((field, _)) = misplaced.iter().find(|(_, values)| !values.is_empty()) {
             return Err((field, "does not apply to a nonResourceURLs rule".into()));
         }
-        if let Some(url) = rule
-            .non_resource_urls
-            .iter()
-            .find(|u| !u.starts_with('/') && *u != "*")
-        {
-            return Err((
-                "nonResourceURLs",
-                format!("{url:?} must start with \"/\" or be \"*\""),
-            ));
+        return check_each("nonResourceURLs", &rule.non_resource_urls, url_problem);
+    }
+    if rule.api_groups.is_empty() {
+        return Err((
+            "apiGroups",
+            "is required with resources: \"\" is the core group, \"*\" any group".into(),
+        ));
+    }
+    check_each("apiGroups", &rule.api_groups, api_group_problem)?;
+    check_each("resources", &rule.resources, resource_problem)?;
+    check_each("resourceNames", &rule.resource_names, |name| {
+        name.is_empty().then_some("an empty name matches nothing")
+    })?;
+    check_each("namespaces", &rule.namespaces, namespace_problem)?;
+    let only_creates = rule.verbs.iter().all(|verb| verb == "create");
+    if rule.action == Effect::Deny && only_creates && !rule.resource_names.is_empty() {
+        return Err((
+            "resourceNames",
+            "cannot narrow a deny of create: a new object's name is in the request body, \
+             which podward does not read; deny create on the whole resource instead"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The first entry of a list that `problem` finds fault with, as an error.
+fn check_each(
+    field: &'static str,
+    values: &[String],
+    problem: impl Fn(&str) -> Option<&'static str>,
+) -> Result<(), (&'static str, String)> {
+    for value in values {
+        if let Some(problem) = problem(value) {
+            return Err((field, format!("{value:?}: {problem}")));
         }
     }
     Ok(())
 }
 
+fn url_problem(url: &str) -> Option<&'static str> {
+    if url != "*" && !url.starts_with('/') {
+        Some("must start with \"/\" or be \"*\"")
+    } else if url.trim_end_matches('*').contains('*') {
+        Some("may hold \"*\" only at its end")
+    } else {
+        None
+    }
+}
+
+/// Lower-case letters, digits, `-` and `.`: the API server's names for
+/// groups, resources and namespaces have no others, so anything else would
+/// silently never match.
+fn is_api_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn api_group_problem(group: &str) -> Option<&'static str> {
+    (!group.is_empty() && group != "*" && !is_api_name(group))
+        .then_some("is not an API group: lower-case letters, digits, '-' and '.', or \"\" or \"*\"")
+}
+
+fn resource_problem(resource: &str) -> Option<&'static str> {
+    let mut parts = resource.split('/');
+    let (Some(name), subresource) = (parts.next(), parts.next()) else {
+        return Some("is empty");
+    };
+    if parts.next().is_some() {
+        return Some("has more than one '/': write resource or resource/subresource");
+    }
+    let usable = |part: &str| part == "*" || is_api_name(part);
+    if !usable(name) || !subresource.is_none_or(usable) {
+        return Some("is not a resource: lower-case letters, digits, '-' and '.', or \"*\"");
+    }
+    None
+}
+
+fn namespace_problem(namespace: &str) -> Option<&'static str> {
+    match namespace {
+        "" | "*" | SELF_NAMESPACE => None,
+        _ if namespace.starts_with('$') => Some("unknown variable; the only one is \"$self\""),
+        _ if !is_api_name(namespace) || namespace.contains('.') || namespace.len() > 63 => {
+            Some("is not a namespace name: lower-case letters, digits and '-', at most 63")
+        }
+        _ => None,
+    }
+}
+
 fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
-    let verb_matches = rule.verbs.iter().any(|v| v == "*" || v == request.verb);
-    if !verb_matches {
+    match rule.action {
+        Effect::Allow => allow_matches(rule, request, self_namespace),
+        Effect::Deny => deny_matches(rule, request, self_namespace),
+    }
+}
+
+/// RBAC's own matching.
+fn allow_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
+    rule.verbs.iter().any(|v| v == "*" || v == request.verb)
+        && scope_matches(rule, request)
+        && (rule.resource_names.is_empty()
+            || rule.resource_names.iter().any(|n| *n == *request.name))
+        && namespace_listed(rule, request.namespace, self_namespace)
+}
+
+/// A deny rule stops what it names and every request that could read or
+/// change it another way:
+/// - a denied verb denies its whole family: `get`, `list` and `watch` all read
+///   the same objects, `update` and `patch` both change them, `delete` and
+///   `deletecollection` both remove them;
+/// - a list, watch or deletecollection without a name (or pinned by a field
+///   selector to a denied name) reaches the named objects, and one without a
+///   namespace (across all namespaces) reaches every namespace.
+///
+/// Creating an object is not reached by `resourceNames` (the new object's name
+/// is in the body, and a create cannot read or change an existing object);
+/// such a rule is refused at load when create is all it denies.
+pub fn deny_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
+    let family = verb_family(request.verb);
+    let verb_denied = rule
+        .verbs
+        .iter()
+        .any(|v| v == "*" || verb_family(v) == family);
+    if !verb_denied || !scope_matches(rule, request) {
         return false;
     }
+    let reaches_every_object = matches!(request.verb, "list" | "watch" | "deletecollection");
+    let name_denied = rule.resource_names.is_empty()
+        || rule.resource_names.iter().any(|n| *n == *request.name)
+        || (reaches_every_object && request.name.is_empty());
+    let namespace_denied = namespace_listed(rule, request.namespace, self_namespace)
+        || (reaches_every_object && request.namespace.is_empty());
+    name_denied && namespace_denied
+}
+
+/// Verbs that read or change the same objects the same way.
+fn verb_family(verb: &str) -> &str {
+    match verb {
+        "list" | "watch" => "get",
+        "patch" => "update",
+        "deletecollection" => "delete",
+        verb => verb,
+    }
+}
+
+/// The verb-independent part of a match: the URL of a non-resource request,
+/// or the group and resource of a resource request.
+fn scope_matches(rule: &Rule, request: &RequestInfo) -> bool {
     if !request.is_resource_request {
         return rule
             .non_resource_urls
@@ -321,17 +463,16 @@ fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
             .resources
             .iter()
             .any(|r| resource_matches(r, request.resource, request.subresource))
-        && (rule.resource_names.is_empty()
-            || rule.resource_names.iter().any(|n| *n == *request.name))
-        && (rule.namespaces.is_empty()
-            || rule.namespaces.iter().any(|ns| {
-                ns == "*"
-                    // An unknown own namespace must not match requests without one.
-                    || (ns == SELF_NAMESPACE
-                        && !self_namespace.is_empty()
-                        && request.namespace == self_namespace)
-                    || ns == request.namespace
-            }))
+}
+
+fn namespace_listed(rule: &Rule, namespace: &str, self_namespace: &str) -> bool {
+    rule.namespaces.is_empty()
+        || rule.namespaces.iter().any(|ns| {
+            ns == "*"
+                // An unknown own namespace must not match requests without one.
+                || (ns == SELF_NAMESPACE && !self_namespace.is_empty() && namespace == self_namespace)
+                || ns == namespace
+        })
 }
 
 /// RBAC's `ResourceMatches`, plus `pods/*` for every subresource of pods.
@@ -357,17 +498,23 @@ fn non_resource_url_matches(pattern: &str, path: &str) -> bool {
 /// kubectl proxy's `--accept-hosts`: the `Host` header, without its port, must
 /// be one of `accepted` (case-insensitive), or `accepted` holds `*`. This stops
 /// a web page in the pod's browser from reaching the API by DNS rebinding.
-pub fn host_accepted(accepted: &[String], host: &str) -> bool {
-    let without_port = match host.rsplit_once(':') {
+pub fn host_accepted(accepted: &[String], host: &[u8]) -> bool {
+    let without_port = match host.iter().rposition(|&b| b == b':') {
         // `[::1]:8001` or `localhost:8001`, but not the bare IPv6 `[::1]`.
-        Some((name, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
+        Some(colon) => {
+            let (name, port) = host.split_at(colon);
+            let port = port.get(1..).unwrap_or_default();
+            if port.iter().all(u8::is_ascii_digit) && !port.contains(&b']') {
+                name
+            } else {
+                host
+            }
         }
-        _ => host,
+        None => host,
     };
     accepted
         .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(without_port))
+        .any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(without_port))
 }
 
 #[cfg(test)]
@@ -704,6 +851,133 @@ mod tests {
     }
 
     #[test]
+    fn deny_rules_cannot_be_read_around() {
+        use Effect::{Allow, Deny};
+        let p = policy(
+            r#"{"default_action": "allow", "rules": [
+                {"name": "secret-cm", "action": "deny", "verbs": ["get"], "apiGroups": [""],
+                 "resources": ["configmaps"], "resourceNames": ["top-secret"], "namespaces": ["team-a"]},
+                {"name": "kube-system", "action": "deny", "verbs": ["*"], "apiGroups": ["*"],
+                 "resources": ["*"], "namespaces": ["kube-system"]},
+                {"name": "no-deleting-leases", "action": "deny", "verbs": ["delete"],
+                 "apiGroups": ["coordination.k8s.io"], "resources": ["leases"]},
+                {"name": "no-editing-quotas", "action": "deny", "verbs": ["update"],
+                 "apiGroups": [""], "resources": ["resourcequotas"], "namespaces": ["$self"]}]}"#,
+        );
+        let cm = "/api/v1/namespaces/team-a/configmaps";
+        let cases: &[(&str, &str, Effect, &str)] = &[
+            // What the rule names, and the other ways to read it.
+            ("GET", "/api/v1/namespaces/team-a/configmaps/top-secret", Deny, "the named object"),
+            ("HEAD", "/api/v1/namespaces/team-a/configmaps/top-secret", Deny, "HEAD is get"),
+            ("GET", cm, Deny, "a list returns it"),
+            ("GET", "/api/v1/namespaces/team-a/configmaps?watch=1", Deny, "a watch returns it"),
+            ("GET", "/api/v1/watch/namespaces/team-a/configmaps", Deny, "the old watch form"),
+            ("GET", "/api/v1/configmaps", Deny, "a list across all namespaces"),
+            ("GET", "/api/v1/watch/configmaps", Deny, "a watch across all namespaces"),
+            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dtop-secret", Deny, "pinned to it"),
+            ("GET", "/api/v1/configmaps?watch=1&fieldSelector=metadata.name%3Dtop-secret", Deny, "pinned, all namespaces"),
+            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dother&labelSelector=a%3Db", Deny, "not pinned once a label selector is set"),
+            // Requests that cannot reach it.
+            ("GET", "/api/v1/namespaces/team-a/configmaps/other", Allow, "another name"),
+            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dother", Allow, "pinned to another name"),
+            ("GET", "/api/v1/namespaces/team-b/configmaps", Allow, "another namespace"),
+            ("PATCH", "/api/v1/namespaces/team-a/configmaps/top-secret", Allow, "the rule denies reads only"),
+            ("DELETE", cm, Allow, "the rule denies reads only"),
+            ("POST", cm, Allow, "a create reads nothing"),
+            // A namespace deny reaches every request across all namespaces.
+            ("GET", "/api/v1/namespaces/kube-system/secrets", Deny, "the namespace"),
+            ("GET", "/api/v1/secrets", Deny, "all namespaces"),
+            ("GET", "/apis/apps/v1/deployments?watch=true", Deny, "all namespaces, watched"),
+            ("DELETE", "/api/v1/namespaces/kube-system/pods", Deny, "deletecollection in it"),
+            ("GET", "/api/v1/nodes", Deny, "podward cannot tell a cluster-scoped list from an all-namespaces one"),
+            ("GET", "/api/v1/nodes/n1", Allow, "a named object without a namespace is cluster-scoped"),
+            ("GET", "/api/v1/namespaces/default/secrets", Allow, "another namespace"),
+            // A denied verb denies its family.
+            ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/x/leases/l", Deny, "delete"),
+            ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/x/leases", Deny, "deletecollection"),
+            ("DELETE", "/apis/coordination.k8s.io/v1/leases", Deny, "deletecollection, all namespaces"),
+            ("PUT", "/apis/coordination.k8s.io/v1/namespaces/x/leases/l", Allow, "update is another family"),
+            ("PATCH", "/api/v1/namespaces/team-a/resourcequotas/q", Deny, "patch is update's family"),
+            ("PUT", "/api/v1/namespaces/team-a/resourcequotas/q", Deny, "update"),
+            ("GET", "/api/v1/namespaces/team-a/resourcequotas", Allow, "reads are another family"),
+        ];
+        for (method, path, effect, why) in cases {
+            assert_eq!(
+                decide(&p, method, path).0,
+                *effect,
+                "{method} {path}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn allow_rules_keep_rbac_meaning() {
+        let p = policy(
+            r#"{"default_action": "deny", "rules": [
+                {"name": "one-cm", "action": "allow", "verbs": ["get"], "apiGroups": [""],
+                 "resources": ["configmaps"], "resourceNames": ["settings"], "namespaces": ["team-a"]}]}"#,
+        );
+        for (method, path, effect) in [
+            (
+                "GET",
+                "/api/v1/namespaces/team-a/configmaps/settings",
+                Effect::Allow,
+            ),
+            ("GET", "/api/v1/namespaces/team-a/configmaps", Effect::Deny),
+            ("GET", "/api/v1/configmaps/settings", Effect::Deny),
+            (
+                "GET",
+                "/api/v1/namespaces/team-a/configmaps?watch=1",
+                Effect::Deny,
+            ),
+        ] {
+            assert_eq!(decide(&p, method, path).0, effect, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn kubectl_proxy_preset_stops_the_exec_equivalents() {
+        let p = policy(r#"{"preset": "kubectl-proxy"}"#);
+        for (method, path, rule) in [
+            (
+                "PATCH",
+                "/api/v1/namespaces/x/pods/p/ephemeralcontainers",
+                "no-exec-equivalents",
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/x/pods/p/ephemeralcontainers",
+                "no-exec-equivalents",
+            ),
+            (
+                "POST",
+                "/api/v1/nodes/n1/proxy/exec/ns/pod/c",
+                "no-exec-equivalents",
+            ),
+            (
+                "GET",
+                "/api/v1/nodes/n1/proxy/runningpods/",
+                "no-exec-equivalents",
+            ),
+            (
+                "POST",
+                "/api/v1/proxy/nodes/n1/exec/ns/pod/c",
+                "no-node-proxy",
+            ),
+        ] {
+            assert_eq!(
+                decide(&p, method, path),
+                (Effect::Deny, format!("kubectl-proxy/{rule}")),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            decide(&p, "GET", "/api/v1/namespaces/x/pods/p/proxy/metrics").0,
+            Effect::Allow
+        );
+    }
+
+    #[test]
     fn bad_policies_name_the_field() {
         let cases = [
             (r#"{"preset": "nope"}"#, "policy.preset"),
@@ -741,6 +1015,30 @@ mod tests {
                 {"name": "a", "action": "deny", "verbs": ["get"], "nonResourceURLs": ["/y"]}]}"#,
                 "policy.rules",
             ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["create"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["x"]}]}"#,
+                "policy.rules[0].resourceNames",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["Pods"]}]}"#,
+                "policy.rules[0].resources",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": ["Apps"], "resources": ["pods"]}]}"#,
+                "policy.rules[0].apiGroups",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["Kube_System"]}]}"#,
+                "policy.rules[0].namespaces",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": [""]}]}"#,
+                "policy.rules[0].resourceNames",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/a*b"]}]}"#,
+                "policy.rules[0].nonResourceURLs",
+            ),
         ];
         for (json, field) in cases {
             assert_eq!(
@@ -769,8 +1067,13 @@ mod tests {
             ("", false),
         ];
         for (host, accepted) in cases {
-            assert_eq!(host_accepted(&defaults, host), accepted, "{host}");
+            assert_eq!(
+                host_accepted(&defaults, host.as_bytes()),
+                accepted,
+                "{host}"
+            );
         }
-        assert!(host_accepted(&["*".into()], "anything:1"));
+        assert!(host_accepted(&["*".into()], b"anything:1"));
+        assert!(!host_accepted(&defaults, b"local\xffhost"));
     }
 }

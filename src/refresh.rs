@@ -1,11 +1,9 @@
-//! Keeping the token and the Downward API files current: when to fetch each
-//! file from the internal file source, and which content to keep.
+//! Keeping the pod's files current (the token, the policy file, the Downward
+//! API files): when to read each again, and which content to keep.
 //!
-//! A fetch that fails, or a token file that holds no usable token (the kubelet
-//! mid-write, a broken volume), never replaces the last good content.
-
-use crate::identity::Sources;
-use crate::token::Token;
+//! A read that fails, or content the caller refuses (a token file that holds
+//! no usable token, a policy that does not parse), never replaces the last
+//! good content.
 
 /// Until every file has been read once, retry this often so that requests
 /// waiting for the first token are not held for a whole refresh interval.
@@ -14,9 +12,11 @@ pub const STARTUP_RETRY_MS: u64 = 100;
 #[derive(Debug)]
 struct FileSlot {
     path: String,
+    /// Requests are held until a required file has content.
+    required: bool,
     content: Option<Vec<u8>>,
     attempted: bool,
-    /// When the fetch in flight started, if one is.
+    /// When the read in flight started, if one is.
     in_flight_since: Option<u64>,
     last_failure: Option<String>,
 }
@@ -25,19 +25,18 @@ struct FileSlot {
 pub struct Refresher {
     files: Vec<FileSlot>,
     interval_ms: u64,
-    /// A fetch unanswered for this long is lost (its context went away).
+    /// A read unanswered for this long is lost (its context went away).
     lost_after_ms: u64,
     next_due_ms: u64,
-    token: Option<Token>,
 }
 
-/// What a finished fetch changed.
+/// What a finished read changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Unchanged,
     Changed,
     /// The last good content stays in use; the message is safe to log.
-    /// `repeated`: the previous fetch of this file failed the same way.
+    /// `repeated`: the previous read of this file failed the same way.
     Failed {
         message: String,
         repeated: bool,
@@ -45,13 +44,14 @@ pub enum Outcome {
 }
 
 impl Refresher {
-    /// `paths[0]` is the token; the rest are identity files.
-    pub fn new(paths: &[&str], interval_ms: u64, lost_after_ms: u64) -> Refresher {
+    /// `files`: each path, and whether it is required.
+    pub fn new(files: &[(&str, bool)], interval_ms: u64, lost_after_ms: u64) -> Refresher {
         Refresher {
-            files: paths
+            files: files
                 .iter()
-                .map(|path| FileSlot {
+                .map(|&(path, required)| FileSlot {
                     path: path.to_string(),
+                    required,
                     content: None,
                     attempted: false,
                     in_flight_since: None,
@@ -61,11 +61,10 @@ impl Refresher {
             interval_ms,
             lost_after_ms,
             next_due_ms: 0,
-            token: None,
         }
     }
 
-    /// The files to fetch now, as (index, path); they count as in flight until
+    /// The files to read now, as (index, path); they count as in flight until
     /// [`Refresher::complete`] is called for each.
     pub fn due(&mut self, now_ms: u64) -> Vec<(usize, String)> {
         if now_ms < self.next_due_ms {
@@ -86,7 +85,7 @@ impl Refresher {
             })
             .collect();
         if !due.is_empty() {
-            let pause = if self.is_ready() {
+            let pause = if self.settled() {
                 self.interval_ms
             } else {
                 STARTUP_RETRY_MS.min(self.interval_ms)
@@ -96,75 +95,65 @@ impl Refresher {
         due
     }
 
-    /// Records a fetch's result: the body of a 200, or why there is none.
-    pub fn complete(&mut self, index: usize, fetched: Result<Vec<u8>, String>) -> Outcome {
+    /// Records a read's result: the content, or why there is none. New
+    /// content is kept only if `accept` takes it.
+    pub fn complete(
+        &mut self,
+        index: usize,
+        read: Result<Vec<u8>, String>,
+        accept: impl FnOnce(&[u8]) -> Result<(), String>,
+    ) -> Outcome {
         let Some(slot) = self.files.get_mut(index) else {
             return Outcome::Unchanged;
         };
         slot.in_flight_since = None;
         slot.attempted = true;
-        let is_new = |content: &Vec<u8>| slot.content.as_ref() != Some(content);
-        let checked = match fetched {
-            Ok(content) if index == 0 && is_new(&content) => Token::parse(&content)
-                .map(|token| (content, Some(token)))
-                .map_err(|problem| problem.to_string()),
-            Ok(content) => Ok((content, None)),
-            Err(reason) => Err(reason),
-        };
-        let (content, token) = match checked {
-            Ok(checked) => checked,
+        let checked = read.and_then(|content| {
+            if slot.content.as_ref() == Some(&content) {
+                return Ok(None);
+            }
+            accept(&content).map(|()| Some(content))
+        });
+        match checked {
+            Ok(new) => {
+                slot.last_failure = None;
+                match new {
+                    None => Outcome::Unchanged,
+                    Some(content) => {
+                        slot.content = Some(content);
+                        Outcome::Changed
+                    }
+                }
+            }
             Err(reason) => {
                 let message = format!("{}: {reason}", slot.path);
                 let repeated = slot.last_failure.as_ref() == Some(&message);
                 slot.last_failure = Some(message.clone());
-                return Outcome::Failed { message, repeated };
+                Outcome::Failed { message, repeated }
             }
-        };
-        slot.last_failure = None;
-        if !is_new(&content) {
-            return Outcome::Unchanged;
         }
-        slot.content = Some(content);
-        if token.is_some() {
-            self.token = token;
-        }
-        Outcome::Changed
     }
 
-    /// Why the token file could not be used on its last read, if it could not.
-    pub fn token_failure(&self) -> Option<&str> {
-        self.files.first()?.last_failure.as_deref()
+    /// Why file `index` could not be used on its last read, if it could not.
+    pub fn failure(&self, index: usize) -> Option<&str> {
+        self.files.get(index)?.last_failure.as_deref()
     }
 
-    pub fn token(&self) -> Option<&Token> {
-        self.token.as_ref()
-    }
-
-    /// A token is on hand and every identity file has been tried once, so a
-    /// request forwarded now carries everything it will ever carry.
-    pub fn is_ready(&self) -> bool {
-        self.token.is_some() && self.files.iter().all(|slot| slot.attempted)
+    /// Every file has been read at least once, and every required one has
+    /// content: a request forwarded now carries everything it ever will.
+    pub fn settled(&self) -> bool {
+        self.files
+            .iter()
+            .all(|slot| slot.attempted && (slot.content.is_some() || !slot.required))
     }
 
     pub fn path(&self, index: usize) -> Option<&str> {
         self.files.get(index).map(|slot| slot.path.as_str())
     }
-}
 
-/// Environment variables fixed at VM start plus the files on hand.
-pub struct PodSources<'a, E: Fn(&str) -> Option<String>> {
-    pub refresher: &'a Refresher,
-    pub env: E,
-}
-
-impl<E: Fn(&str) -> Option<String>> Sources for PodSources<'_, E> {
-    fn env(&self, name: &str) -> Option<String> {
-        (self.env)(name)
-    }
-
-    fn file(&self, path: &str) -> Option<&[u8]> {
-        self.refresher
-            .files
+    /// The last good content of the file at `path`.
+    pub fn content(&self, path: &str) -> Option<&[u8]> {
+        self.files
             .iter()
             .find(|slot| slot.path == path)
             .and_then(|slot| slot.content.as_deref())
@@ -182,82 +171,98 @@ mod tests {
         due.into_iter().map(|(_, path)| path).collect()
     }
 
+    fn any(_: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn non_empty(content: &[u8]) -> Result<(), String> {
+        if content.is_empty() {
+            Err("empty".into())
+        } else {
+            Ok(())
+        }
+    }
+
     #[test]
-    fn fetches_everything_then_waits_for_the_interval() {
-        let mut refresher = Refresher::new(&[TOKEN, LABELS], 1000, 5000);
+    fn reads_everything_then_waits_for_the_interval() {
+        let mut refresher = Refresher::new(&[(TOKEN, true), (LABELS, false)], 1000, 5000);
         assert_eq!(paths(refresher.due(0)), [TOKEN, LABELS]);
         assert_eq!(refresher.due(50), []);
-        assert_eq!(refresher.complete(0, Ok(b"t1".to_vec())), Outcome::Changed);
-        assert!(!refresher.is_ready(), "labels not tried yet");
         assert_eq!(
-            refresher.complete(1, Err("HTTP 404".into())),
+            refresher.complete(0, Ok(b"t1".to_vec()), any),
+            Outcome::Changed
+        );
+        assert!(!refresher.settled(), "labels not tried yet");
+        assert_eq!(
+            refresher.complete(1, Err("HTTP 404".into()), any),
             Outcome::Failed {
                 message: format!("{LABELS}: HTTP 404"),
                 repeated: false
             }
         );
         assert!(
-            refresher.is_ready(),
-            "a missing labels file does not hold requests"
+            refresher.settled(),
+            "a missing optional file does not hold requests"
         );
-        // Before readiness the retry pause was short; the next round is due.
+        // Before settling the retry pause was short; the next round is due.
         assert_eq!(paths(refresher.due(100)), [TOKEN, LABELS]);
         assert_eq!(refresher.due(1099), []);
         assert_eq!(
-            refresher.complete(0, Ok(b"t1".to_vec())),
+            refresher.complete(0, Ok(b"t1".to_vec()), any),
             Outcome::Unchanged
         );
         assert_eq!(
-            refresher.complete(1, Ok(b"a=\"b\"".to_vec())),
+            refresher.complete(1, Ok(b"a=\"b\"".to_vec()), any),
             Outcome::Changed
         );
         assert_eq!(paths(refresher.due(1100)), [TOKEN, LABELS]);
     }
 
     #[test]
-    fn a_file_still_in_flight_is_not_fetched_twice() {
-        let mut refresher = Refresher::new(&[TOKEN, LABELS], 10, 5000);
+    fn a_missing_required_file_is_retried_quickly() {
+        let mut refresher = Refresher::new(&[(TOKEN, true)], 1000, 5000);
         refresher.due(0);
-        refresher.complete(1, Ok(Vec::new()));
+        refresher.complete(0, Err("HTTP 404".into()), any);
+        assert!(!refresher.settled());
+        assert_eq!(paths(refresher.due(STARTUP_RETRY_MS)), [TOKEN]);
+    }
+
+    #[test]
+    fn a_file_still_in_flight_is_not_read_twice() {
+        let mut refresher = Refresher::new(&[(TOKEN, true), (LABELS, false)], 10, 5000);
+        refresher.due(0);
+        refresher.complete(1, Ok(Vec::new()), any);
         assert_eq!(paths(refresher.due(10)), [LABELS]);
     }
 
     #[test]
-    fn the_last_good_token_survives_bad_reads() {
-        let mut refresher = Refresher::new(&[TOKEN], 1000, 5000);
+    fn refused_content_never_replaces_the_last_good() {
+        let mut refresher = Refresher::new(&[(TOKEN, true)], 1000, 5000);
         refresher.due(0);
-        refresher.complete(0, Ok(b"good-token\n".to_vec()));
-        for bad in [
-            Err("HTTP 503".to_string()),
-            Ok(Vec::new()),
-            Ok(b"two words".to_vec()),
-        ] {
+        refresher.complete(0, Ok(b"good".to_vec()), non_empty);
+        for bad in [Err("HTTP 503".to_string()), Ok(Vec::new())] {
             refresher.due(u64::MAX);
-            let outcome = refresher.complete(0, bad);
+            let outcome = refresher.complete(0, bad, non_empty);
             assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
-            assert_eq!(
-                refresher.token().unwrap().authorization(),
-                "Bearer good-token"
-            );
+            assert_eq!(refresher.content(TOKEN), Some(&b"good"[..]));
         }
-        refresher.complete(0, Ok(b"rotated".to_vec()));
-        assert_eq!(refresher.token().unwrap().authorization(), "Bearer rotated");
+        assert_eq!(refresher.failure(0), Some("/serviceaccount/token: empty"));
+        refresher.complete(0, Ok(b"rotated".to_vec()), non_empty);
+        assert_eq!(refresher.content(TOKEN), Some(&b"rotated"[..]));
+        assert_eq!(refresher.failure(0), None);
     }
 
     #[test]
-    fn failure_messages_never_contain_the_token() {
-        let mut refresher = Refresher::new(&[TOKEN], 1000, 5000);
-        refresher.due(0);
-        let Outcome::Failed { message, .. } = refresher.complete(0, Ok(b"secret part".to_vec()))
-        else {
-            panic!("a token with a space must be refused");
-        };
-        assert!(!message.contains("secret"), "{message}");
+    fn unchanged_content_is_not_offered_again() {
+        let mut refresher = Refresher::new(&[(TOKEN, true)], 1000, 5000);
+        refresher.complete(0, Ok(b"t".to_vec()), any);
+        let outcome = refresher.complete(0, Ok(b"t".to_vec()), |_| panic!("offered twice"));
+        assert_eq!(outcome, Outcome::Unchanged);
     }
 
     #[test]
-    fn a_fetch_lost_with_its_context_is_retried() {
-        let mut refresher = Refresher::new(&[TOKEN], 10, 5000);
+    fn a_read_lost_with_its_context_is_retried() {
+        let mut refresher = Refresher::new(&[(TOKEN, true)], 10, 5000);
         assert_eq!(paths(refresher.due(0)), [TOKEN]);
         assert_eq!(refresher.due(4999), []);
         assert_eq!(paths(refresher.due(5000)), [TOKEN]);
@@ -265,10 +270,10 @@ mod tests {
 
     #[test]
     fn repeated_failures_are_marked() {
-        let mut refresher = Refresher::new(&[TOKEN], 10, 5000);
+        let mut refresher = Refresher::new(&[(TOKEN, true)], 10, 5000);
         let mut fail = |now, reason: &str| {
             refresher.due(now);
-            match refresher.complete(0, Err(reason.into())) {
+            match refresher.complete(0, Err(reason.into()), any) {
                 Outcome::Failed { repeated, .. } => repeated,
                 other => panic!("{other:?}"),
             }
@@ -279,34 +284,12 @@ mod tests {
     }
 
     #[test]
-    fn never_ready_without_a_token() {
-        let mut refresher = Refresher::new(&[TOKEN], 1000, 5000);
-        refresher.due(0);
-        refresher.complete(0, Err("HTTP 404".into()));
-        assert!(!refresher.is_ready());
-        assert_eq!(
-            refresher.token_failure(),
-            Some("/serviceaccount/token: HTTP 404")
-        );
-        assert_eq!(paths(refresher.due(STARTUP_RETRY_MS)), [TOKEN]);
-        refresher.complete(0, Ok(b"t".to_vec()));
-        assert_eq!(refresher.token_failure(), None);
-    }
-
-    #[test]
-    fn sources_serve_the_last_good_content() {
-        let mut refresher = Refresher::new(&[TOKEN, LABELS], 1000, 5000);
-        refresher.due(0);
-        refresher.complete(1, Ok(b"a=\"1\"".to_vec()));
-        refresher.due(2000);
-        refresher.complete(1, Err("reset".into()));
-        let sources = PodSources {
-            refresher: &refresher,
-            env: |name: &str| (name == "X").then(|| "y".to_string()),
-        };
-        assert_eq!(sources.file(LABELS), Some(&b"a=\"1\""[..]));
-        assert_eq!(sources.file(TOKEN), None);
-        assert_eq!(sources.env("X").as_deref(), Some("y"));
+    fn contents_are_found_by_path() {
+        let mut refresher = Refresher::new(&[(TOKEN, true), (LABELS, false)], 1000, 5000);
+        refresher.complete(1, Ok(b"a=\"1\"".to_vec()), any);
+        refresher.complete(1, Err("reset".into()), any);
+        assert_eq!(refresher.content(LABELS), Some(&b"a=\"1\""[..]));
+        assert_eq!(refresher.content(TOKEN), None);
         assert_eq!(refresher.path(1), Some(LABELS));
         assert_eq!(refresher.path(9), None);
     }

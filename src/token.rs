@@ -3,6 +3,12 @@
 //! Claims are read, never verified: the API server verifies the signature.
 //! The token itself is kept out of every `Debug` and `Display` so that it cannot
 //! reach a log by accident.
+//!
+//! Times are JWT `NumericDate`s: seconds since the epoch, which RFC 7519 allows
+//! to be fractional. A fraction is dropped, a negative time reads as the epoch
+//! (long past), and one beyond `u64` as the far future. A time claim that is
+//! not a number at all is left unread and named in [`Claims::unreadable`], so
+//! that the operator can be told that podward cannot judge the token's age.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,12 +25,21 @@ pub struct Token {
 /// The claims podward uses. All are optional: a legacy or opaque token has none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
+    /// When the API server stops accepting the token.
     pub exp: Option<u64>,
     pub iat: Option<u64>,
+    /// Before this the API server does not accept the token either.
+    pub nbf: Option<u64>,
+    /// `kubernetes.io.warnafter`: set when the API server extended `exp` (to a
+    /// year, for `expirationSeconds: 3607`); the hour the token was asked for.
+    /// The API server warns about every use after it.
+    pub warn_after: Option<u64>,
     pub sub: Option<String>,
     /// From the `kubernetes.io` claim.
     pub namespace: Option<String>,
     pub pod_name: Option<String>,
+    /// Time claims present but not numbers, by name.
+    pub unreadable: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +61,16 @@ impl fmt::Display for TokenError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
     Fresh,
-    /// Past 80 % of its lifetime: the kubelet should have replaced it by now.
+    /// Past 80 % of its intended lifetime: the kubelet should have replaced it.
     Stale {
         expires_in_s: u64,
     },
+    /// Past `warnafter`: still accepted, because the API server extended its
+    /// expiry, but flagged as stale on every use.
+    Overdue {
+        overdue_for_s: u64,
+    },
+    /// Past `exp`, less the configured skew: the API server would refuse it.
     Expired {
         expired_for_s: u64,
     },
@@ -79,29 +100,46 @@ impl Token {
         &self.authorization
     }
 
-    /// `skew_s` treats a token as expired that many seconds early, so a request
-    /// does not race the expiry on its way to the API server.
+    /// When the token should no longer be in use: `warnafter` for a token whose
+    /// expiry the API server extended, otherwise `exp`.
+    pub fn intended_end(&self) -> Option<u64> {
+        let exp = self.claims.exp;
+        match self.claims.warn_after {
+            Some(warn) if exp.is_none_or(|exp| warn < exp) => Some(warn),
+            _ => exp,
+        }
+    }
+
+    /// `skew_s` treats a token as expired that many seconds before its `exp`,
+    /// so a request does not race the expiry on its way to the API server.
     pub fn freshness(&self, now_s: u64, skew_s: u64) -> Freshness {
-        let Some(exp) = self.claims.exp else {
+        if let Some(exp) = self.claims.exp {
+            let deadline = exp.saturating_sub(skew_s);
+            if now_s >= deadline {
+                return Freshness::Expired {
+                    expired_for_s: now_s - deadline,
+                };
+            }
+        }
+        let Some(end) = self.intended_end() else {
             return Freshness::Fresh;
         };
-        let deadline = exp.saturating_sub(skew_s);
-        if now_s >= deadline {
-            return Freshness::Expired {
-                expired_for_s: now_s - deadline,
+        if now_s >= end {
+            return Freshness::Overdue {
+                overdue_for_s: now_s - end,
             };
         }
         let renew_at = match self.claims.iat {
-            // Exactly `(exp - iat) * 80 / 100`, without overflowing for a far-off `exp`.
-            Some(iat) if iat < exp => {
-                iat + (exp - iat) / 100 * KUBELET_RENEWAL_PERCENT
-                    + (exp - iat) % 100 * KUBELET_RENEWAL_PERCENT / 100
+            // Exactly `(end - iat) * 80 / 100`, without overflowing for a far-off end.
+            Some(iat) if iat < end => {
+                iat + (end - iat) / 100 * KUBELET_RENEWAL_PERCENT
+                    + (end - iat) % 100 * KUBELET_RENEWAL_PERCENT / 100
             }
             _ => return Freshness::Fresh,
         };
         if now_s >= renew_at {
             Freshness::Stale {
-                expires_in_s: exp - now_s,
+                expires_in_s: end - now_s,
             }
         } else {
             Freshness::Fresh
@@ -132,14 +170,45 @@ fn read_claims(token: &str) -> Option<Claims> {
     // Some issuers pad base64url despite RFC 7515; accept both.
     let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&json).ok()?;
-    let text = |pointer: &str| claims.pointer(pointer)?.as_str().map(str::to_owned);
+    let claims = claims.as_object()?;
+    let text = |value: Option<&Value>| value?.as_str().map(str::to_owned);
+    let kubernetes = claims.get("kubernetes.io");
+    let mut unreadable = Vec::new();
+    let mut time = |name: &'static str, value: Option<&Value>| {
+        let value = value?;
+        let time = numeric_date(value);
+        if time.is_none() {
+            unreadable.push(name);
+        }
+        time
+    };
     Some(Claims {
-        exp: claims.get("exp").and_then(Value::as_u64),
-        iat: claims.get("iat").and_then(Value::as_u64),
-        sub: text("/sub"),
-        namespace: text("/kubernetes.io/namespace"),
-        pod_name: text("/kubernetes.io/pod/name"),
+        exp: time("exp", claims.get("exp")),
+        iat: time("iat", claims.get("iat")),
+        nbf: time("nbf", claims.get("nbf")),
+        warn_after: time(
+            "kubernetes.io.warnafter",
+            kubernetes.and_then(|k| k.get("warnafter")),
+        ),
+        sub: text(claims.get("sub")),
+        namespace: text(kubernetes.and_then(|k| k.get("namespace"))),
+        pod_name: text(kubernetes.and_then(|k| k.pointer("/pod/name"))),
+        unreadable,
     })
+}
+
+/// A JWT `NumericDate` as whole seconds (see the module documentation).
+fn numeric_date(value: &Value) -> Option<u64> {
+    let number = value.as_number()?;
+    if let Some(seconds) = number.as_u64() {
+        return Some(seconds);
+    }
+    if number.is_i64() {
+        return Some(0);
+    }
+    // Fractional, or an integer too large for u64: `as` saturates, and a
+    // number JSON can carry is never NaN.
+    number.as_f64().map(|seconds| seconds.floor() as u64)
 }
 
 #[cfg(test)]
@@ -157,20 +226,28 @@ mod tests {
     const PROJECTED: &str = r#"{"aud":["https://kubernetes.default.svc"],"exp":1000,"iat":0,"nbf":0,
         "iss":"https://kubernetes.default.svc.cluster.local",
         "kubernetes.io":{"namespace":"team-a","node":{"name":"n1","uid":"u"},
-        "pod":{"name":"web-0","uid":"u"},"serviceaccount":{"name":"reader","uid":"u"},"warnafter":800},
+        "pod":{"name":"web-0","uid":"u"},"serviceaccount":{"name":"reader","uid":"u"}},
         "sub":"system:serviceaccount:team-a:reader"}"#;
+
+    /// What kube-apiserver issues for `expirationSeconds: 3607` while
+    /// `--service-account-extend-token-expiration` is on (the default).
+    const EXTENDED: &str = r#"{"exp":31536000,"iat":0,"nbf":0,
+        "kubernetes.io":{"namespace":"team-a","warnafter":3607}}"#;
 
     #[test]
     fn reads_projected_token_claims() {
         let token = Token::parse(format!("{}\n", jwt(PROJECTED)).as_bytes()).unwrap();
         assert_eq!(token.authorization(), format!("Bearer {}", jwt(PROJECTED)));
         assert_eq!(token.claims.exp, Some(1000));
+        assert_eq!(token.claims.nbf, Some(0));
+        assert_eq!(token.claims.warn_after, None);
         assert_eq!(token.namespace(), Some("team-a"));
         assert_eq!(
             token.claims.sub.as_deref(),
             Some("system:serviceaccount:team-a:reader")
         );
         assert_eq!(token.claims.pod_name.as_deref(), Some("web-0"));
+        assert!(token.claims.unreadable.is_empty());
     }
 
     #[test]
@@ -218,6 +295,68 @@ mod tests {
                 "now {now} skew {skew}"
             );
         }
+    }
+
+    #[test]
+    fn an_extended_token_ages_by_warnafter_and_expires_by_exp() {
+        let token = Token::parse(jwt(EXTENDED).as_bytes()).unwrap();
+        assert_eq!(token.claims.warn_after, Some(3607));
+        assert_eq!(token.intended_end(), Some(3607));
+        let cases = [
+            (0, Freshness::Fresh),
+            (2884, Freshness::Fresh),
+            (2885, Freshness::Stale { expires_in_s: 722 }),
+            (3607, Freshness::Overdue { overdue_for_s: 0 }),
+            (
+                86_400,
+                Freshness::Overdue {
+                    overdue_for_s: 82_793,
+                },
+            ),
+            (31_535_990, Freshness::Expired { expired_for_s: 0 }),
+        ];
+        for (now, expected) in cases {
+            assert_eq!(token.freshness(now, 10), expected, "now {now}");
+        }
+    }
+
+    #[test]
+    fn a_warnafter_at_or_past_exp_changes_nothing() {
+        let token = Token::parse(
+            jwt(r#"{"exp":1000,"iat":0,"kubernetes.io":{"warnafter":5000}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(token.intended_end(), Some(1000));
+        assert_eq!(
+            token.freshness(800, 0),
+            Freshness::Stale { expires_in_s: 200 }
+        );
+    }
+
+    #[test]
+    fn time_claims_are_read_as_numeric_dates() {
+        let cases: &[(&str, Option<u64>, &[&str])] = &[
+            (r#"{"exp":1700000000}"#, Some(1_700_000_000), &[]),
+            (r#"{"exp":1700000000.9}"#, Some(1_700_000_000), &[]),
+            (r#"{"exp":1.7e9}"#, Some(1_700_000_000), &[]),
+            (r#"{"exp":-5}"#, Some(0), &[]),
+            (r#"{"exp":-0.5}"#, Some(0), &[]),
+            (r#"{"exp":1e300}"#, Some(u64::MAX), &[]),
+            (r#"{"exp":"1700000000"}"#, None, &["exp"]),
+            (r#"{"exp":null}"#, None, &["exp"]),
+            (r#"{"exp":{"$date":1}}"#, None, &["exp"]),
+            (r#"{"exp":1,"iat":true}"#, Some(1), &["iat"]),
+        ];
+        for (claims, exp, unreadable) in cases {
+            let token = Token::parse(jwt(claims).as_bytes()).unwrap();
+            assert_eq!(token.claims.exp, *exp, "{claims}");
+            assert_eq!(token.claims.unreadable, *unreadable, "{claims}");
+        }
+        let token = Token::parse(jwt(r#"{"exp":-5}"#).as_bytes()).unwrap();
+        assert_eq!(
+            token.freshness(100, 0),
+            Freshness::Expired { expired_for_s: 100 }
+        );
     }
 
     #[test]

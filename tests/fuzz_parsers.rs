@@ -1113,15 +1113,20 @@ fn json_other() -> BoxedStrategy<String> {
     .boxed()
 }
 
-/// A numeric claim: JSON text and what `as_u64` must make of it.
+/// A numeric claim: JSON text and what it must read as, a JWT NumericDate in
+/// whole seconds (`None`: not a number, so the claim is unreadable).
 fn number_claim() -> BoxedStrategy<(String, Option<u64>)> {
     prop_oneof![
         4 => any::<u64>().prop_map(|n| (n.to_string(), Some(n))),
         4 => (1_600_000_000u64..2_000_000_000).prop_map(|n| (n.to_string(), Some(n))),
-        1 => (i64::MIN..0).prop_map(|n| (n.to_string(), None)),
-        1 => (u128::from(u64::MAX) + 1..u128::MAX).prop_map(|n| (n.to_string(), None)),
+        // Before the epoch: long past.
+        1 => (i64::MIN..0).prop_map(|n| (n.to_string(), Some(0))),
+        // Past u64: the far future.
+        1 => (u128::from(u64::MAX) + 1..u128::MAX).prop_map(|n| (n.to_string(), Some(u64::MAX))),
+        // A fraction is dropped.
+        1 => (0u64..2_000_000_000, 1u32..1000).prop_map(|(n, f)| (format!("{n}.{f:03}"), Some(n))),
         1 => (0u64..2_000_000_000).prop_map(|n| (format!("\"{n}\""), None)),
-        2 => json_other().prop_map(|text| (text, None)),
+        1 => strings(&["null", "true", "[]", "{}", "\"soon\""]).prop_map(|text| (text, None)),
     ]
     .boxed()
 }
@@ -1152,7 +1157,7 @@ fn other_members() -> BoxedStrategy<Vec<(String, String)>> {
     vec(
         (
             "[a-z]{1,6}".prop_map(|k| match k.as_str() {
-                "exp" | "iat" | "sub" | "name" | "namespace" | "pod" => k + "x",
+                "exp" | "iat" | "nbf" | "sub" | "name" | "namespace" | "pod" => k + "x",
                 _ => k,
             }),
             prop_oneof![json_other(), string_claim().prop_map(|(text, _)| text)],
@@ -1254,10 +1259,16 @@ fn jwt() -> BoxedStrategy<JwtCase> {
                 if let Some((text, value)) = exp {
                     members.push(("exp".into(), text));
                     expected.exp = value;
+                    if value.is_none() {
+                        expected.unreadable.push("exp");
+                    }
                 }
                 if let Some((text, value)) = iat {
                     members.push(("iat".into(), text));
                     expected.iat = value;
+                    if value.is_none() {
+                        expected.unreadable.push("iat");
+                    }
                 }
                 if let Some((text, value)) = sub {
                     members.push(("sub".into(), text));
@@ -1391,21 +1402,32 @@ fn token_parse_never_panics_and_refuses_only_unsendable_tokens() {
 
 /// What `freshness` must answer, in arithmetic that cannot overflow.
 fn model_freshness(claims: &Claims, now: u64, skew: u64) -> Freshness {
-    let Some(exp) = claims.exp else {
-        return Freshness::Fresh;
+    if let Some(exp) = claims.exp {
+        let deadline = exp.saturating_sub(skew);
+        if now >= deadline {
+            return Freshness::Expired {
+                expired_for_s: now - deadline,
+            };
+        }
+    }
+    // A warnafter before exp marks an extended token: it ages by warnafter.
+    let end = match (claims.warn_after, claims.exp) {
+        (Some(warn), Some(exp)) if warn < exp => warn,
+        (Some(warn), None) => warn,
+        (_, Some(exp)) => exp,
+        (None, None) => return Freshness::Fresh,
     };
-    let deadline = exp.saturating_sub(skew);
-    if now >= deadline {
-        return Freshness::Expired {
-            expired_for_s: now - deadline,
+    if now >= end {
+        return Freshness::Overdue {
+            overdue_for_s: now - end,
         };
     }
     match claims.iat {
-        Some(iat) if iat < exp => {
-            let renew_at = u128::from(iat) + u128::from(exp - iat) * 80 / 100;
+        Some(iat) if iat < end => {
+            let renew_at = u128::from(iat) + u128::from(end - iat) * 80 / 100;
             if u128::from(now) >= renew_at {
                 Freshness::Stale {
-                    expires_in_s: exp - now,
+                    expires_in_s: end - now,
                 }
             } else {
                 Freshness::Fresh
@@ -1430,18 +1452,25 @@ fn token_freshness_follows_the_claims() {
         "token_freshness",
         10000,
         (
-            prop::option::of(timestamp()),
-            prop::option::of(timestamp()),
+            (
+                prop::option::of(timestamp()),
+                prop::option::of(timestamp()),
+                prop::option::of(timestamp()),
+            ),
             timestamp(),
             prop_oneof![0u64..120, any::<u64>()],
         ),
-        |(exp, iat, now, skew), _| {
+        |((exp, iat, warn_after), now, skew), _| {
             let mut members = Vec::new();
             members.extend(exp.map(|n| format!("\"exp\":{n}")));
             members.extend(iat.map(|n| format!("\"iat\":{n}")));
+            members.extend(warn_after.map(|n| format!("\"kubernetes.io\":{{\"warnafter\":{n}}}")));
             let payload = URL_SAFE_NO_PAD.encode(format!("{{{}}}", members.join(",")));
             let token = Token::parse(format!("e30.{payload}.sig").as_bytes()).unwrap();
-            prop_assert_eq!((token.claims.exp, token.claims.iat), (exp, iat));
+            prop_assert_eq!(
+                (token.claims.exp, token.claims.iat, token.claims.warn_after),
+                (exp, iat, warn_after)
+            );
             prop_assert_eq!(
                 token.freshness(now, skew),
                 model_freshness(&token.claims, now, skew)
@@ -1881,7 +1910,7 @@ fn valid_config() -> BoxedStrategy<Value> {
         10u64..=3_600_000,
         10u64..=3_600_000,
         "(/[a-z0-9_-]{1,6}){1,3}",
-        any::<u64>(),
+        0u64..=3600,
         vec(header, 0..5),
         vec(select(&["localhost", "*", "example.com"][..]), 1..3),
         prop::option::of(select(&["kubectl-proxy", "read-only", "own-namespace"][..])),

@@ -42,7 +42,8 @@ def test_refresh_counters_move_with_rotations_and_failures(podward, pod, apiserv
     wait_for(lambda: metric(podward, "podward_token_refresh_failures_total{}") >= 1)
     pod.write_podinfo({"app": "changed"}, {})
     wait_for(lambda: metric(podward, 'podward_file_refreshes_total{file="/podinfo/labels"}') == 2)
-    assert "could not refresh /serviceaccount/token: file source answered HTTP 404" in podward.log()
+    assert ("could not use /serviceaccount/token: file source answered HTTP 404; keeping the last good content"
+            in podward.log())
     # The last good token is still in use.
     assert request(podward, "GET", "/api/v1/namespaces/default/pods").status == 200
 
@@ -53,7 +54,8 @@ def test_a_token_past_its_renewal_point_is_flagged(pod, start_envoy, apiserver):
     envoy = start_envoy(pod)
     assert request(envoy, "GET", "/version").status == 200
     wait_for(lambda: metric(envoy, "podward_token_stale_total{}") == 1)
-    assert "and the kubelet has not replaced it" in envoy.log()
+    assert "the token is past its renewal point" in envoy.log()
+    assert "the kubelet has not replaced it" in envoy.log()
 
 
 def test_the_access_log_carries_podwards_reading_of_each_request(podward):

@@ -1,0 +1,112 @@
+//! [`Telemetry`] through proxy-wasm: Envoy's log, and metrics defined by
+//! their tagged names (see [`crate::metrics`]).
+
+use crate::config::{Config, PolicySource};
+use crate::filter::Refusal;
+use crate::metrics::{Counter, Gauge, Level, RequestSeries, Telemetry};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MetricType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+pub struct WasmTelemetry {
+    /// Metric ids by tagged name, defined on first use.
+    ids: RefCell<HashMap<String, u32>>,
+}
+
+impl WasmTelemetry {
+    /// Defines every counter whose tags the configuration already tells, so
+    /// that they are exported (at zero) before anything happens.
+    pub fn new(config: &Config) -> WasmTelemetry {
+        let telemetry = WasmTelemetry {
+            ids: RefCell::new(HashMap::new()),
+        };
+        let mut known = vec![
+            Counter::TokenRefreshes,
+            Counter::TokenRefreshFailures,
+            Counter::TokenStale,
+        ];
+        let files = config.files();
+        match &config.policy {
+            PolicySource::File(policy_file) => {
+                known.extend([Counter::PolicyReloads, Counter::PolicyReloadFailures]);
+                let identity_files = files.iter().skip(1).filter(|f| *f != policy_file);
+                known.extend(identity_files.flat_map(|file| {
+                    [
+                        Counter::FileRefreshes { file },
+                        Counter::FileRefreshFailures { file },
+                    ]
+                }));
+                telemetry.define_all(&known);
+            }
+            PolicySource::Inline(policy) => {
+                known.extend(files.iter().skip(1).flat_map(|file| {
+                    [
+                        Counter::FileRefreshes { file },
+                        Counter::FileRefreshFailures { file },
+                    ]
+                }));
+                known.extend(
+                    policy
+                        .rule_refs()
+                        .map(|rule| Counter::PolicyDenied { rule }),
+                );
+                telemetry.define_all(&known);
+            }
+        }
+        let replies = Refusal::ALL.map(|reason| Counter::LocalReplies { reason });
+        telemetry.define_all(&replies);
+        let expiry = Gauge::TokenExpirySeconds;
+        telemetry.id(MetricType::Gauge, expiry.name().to_string());
+        telemetry
+    }
+
+    fn define_all(&self, counters: &[Counter<'_>]) {
+        for counter in counters {
+            self.id(MetricType::Counter, counter.tagged_name());
+        }
+    }
+
+    fn id(&self, kind: MetricType, name: String) -> Option<u32> {
+        let mut ids = self.ids.borrow_mut();
+        if let Some(id) = ids.get(&name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, &name).ok()?;
+        ids.insert(name, id);
+        Some(id)
+    }
+
+    /// Counts a finished request of `series` with its response code.
+    pub fn request_done(&self, series: &mut RequestSeries, index: usize, code: u64) {
+        let id = series.metric_id(index, code, |name| {
+            hostcalls::define_metric(MetricType::Counter, name).ok()
+        });
+        if let Some(id) = id {
+            hostcalls::increment_metric(id, 1).ok();
+        }
+    }
+}
+
+impl Telemetry for WasmTelemetry {
+    fn log(&self, level: Level, message: &str) {
+        let level = match level {
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        hostcalls::log(level, message).ok();
+    }
+
+    fn count(&self, counter: Counter<'_>) {
+        if let Some(id) = self.id(MetricType::Counter, counter.tagged_name()) {
+            hostcalls::increment_metric(id, 1).ok();
+        }
+    }
+
+    fn gauge(&self, gauge: Gauge, value: u64) {
+        if let Some(id) = self.id(MetricType::Gauge, gauge.name().to_string()) {
+            hostcalls::record_metric(id, value).ok();
+        }
+    }
+}
