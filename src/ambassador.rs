@@ -17,12 +17,13 @@ use crate::filter::Refusal;
 use crate::identity::{self, Identity, Sources};
 use crate::metrics::{Counter, Gauge, Level, Telemetry};
 use crate::policy::Policy;
+use crate::prelude::*;
 use crate::refresh::{Outcome, Refresher, STARTUP_RETRY_MS};
 use crate::status::Status;
 use crate::token::{Freshness, Token};
-use std::collections::HashMap;
-use std::mem::discriminant;
-use std::sync::Arc;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use core::mem::discriminant;
 
 /// Everything a request needs, built when a source changes and shared by
 /// every request until the next change.
@@ -54,7 +55,7 @@ pub enum Admission {
 pub struct Ambassador<W> {
     config: Arc<Config>,
     /// The Downward API environment variables: fixed for the pod's life.
-    env: HashMap<String, String>,
+    env: BTreeMap<String, String>,
     refresher: Refresher,
     roles: Vec<Role>,
     token: Option<Token>,
@@ -69,7 +70,7 @@ pub struct Ambassador<W> {
 }
 
 impl<W: PartialEq> Ambassador<W> {
-    pub fn new(config: Arc<Config>, env: HashMap<String, String>) -> Ambassador<W> {
+    pub fn new(config: Arc<Config>, env: BTreeMap<String, String>) -> Ambassador<W> {
         let files = config.files();
         let roles: Vec<Role> = files
             .iter()
@@ -133,7 +134,7 @@ impl<W: PartialEq> Ambassador<W> {
         let give_up_at = now_ms.saturating_add(self.config.startup_wait_ms);
         self.waiting.push((waiter, give_up_at));
         Admission::Wait {
-            start_reading: !std::mem::replace(&mut self.active, true),
+            start_reading: !core::mem::replace(&mut self.active, true),
         }
     }
 
@@ -238,7 +239,7 @@ impl<W: PartialEq> Ambassador<W> {
         {
             return Vec::new();
         }
-        let (late, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+        let (late, still): (Vec<_>, Vec<_>) = core::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|(_, give_up_at)| *give_up_at <= now_ms);
         self.waiting = still;
@@ -385,7 +386,7 @@ fn warn_about_claims(token: &Token, now_s: u64, telemetry: &dyn Telemetry) {
 /// The environment plus the files on hand, as identity headers read them.
 struct PodView<'a> {
     refresher: &'a Refresher,
-    env: &'a HashMap<String, String>,
+    env: &'a BTreeMap<String, String>,
 }
 
 impl Sources for PodView<'_> {

@@ -5,6 +5,7 @@
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::headers::header_name_problem;
 use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET};
+use crate::prelude::*;
 use serde_json::Value;
 
 /// The validated configuration the filter runs with.
@@ -125,7 +126,7 @@ fn default_identity_headers() -> Vec<IdentityHeader> {
 
 /// Envoy's smallest useful tick is a few milliseconds; an hour is long past any
 /// token's renewal point.
-const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+const INTERVAL_RANGE_MS: core::ops::RangeInclusive<u64> = 10..=3_600_000;
 
 impl Config {
     /// An empty configuration means every default.

@@ -5,8 +5,9 @@
 //! (`pkg/fieldpath/fieldpath.go`, `FormatMap`). Values are kept as bytes because
 //! a `\xNN` escape may stand for a byte that is not UTF-8 on its own.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use crate::prelude::*;
+use alloc::collections::BTreeMap;
+use core::fmt;
 
 /// Labels or annotations, keyed and sorted as the kubelet wrote them.
 pub type PodMap = BTreeMap<String, Vec<u8>>;
@@ -40,7 +41,7 @@ pub fn parse_map(text: &[u8]) -> Result<PodMap, MapFormatError> {
             .position(|&b| b == b'=')
             .ok_or(error("missing `=`"))?;
         let (key, quoted) = line.split_at(equals);
-        let key = std::str::from_utf8(key)
+        let key = core::str::from_utf8(key)
             .ok()
             .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or(error("key is empty or not printable ASCII"))?;

@@ -5,8 +5,9 @@
 //! derived code plus path tracking cost more of the .wasm size budget than the
 //! whole rest of the filter.
 
+use crate::prelude::*;
+use core::fmt;
 use serde_json::{Map, Value};
-use std::fmt;
 
 /// A configuration problem: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

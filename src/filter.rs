@@ -9,6 +9,7 @@ use crate::headers::HeaderList;
 use crate::identity::Identity;
 use crate::metrics::{Counter, RequestSeries, Telemetry};
 use crate::policy::{host_accepted, Effect, Policy, RuleRef};
+use crate::prelude::*;
 use crate::request_info::{classify, RequestInfo};
 use crate::status::{push_json_string, Details, Status};
 use crate::token::Freshness;

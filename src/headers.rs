@@ -11,21 +11,23 @@
 //! `;`, `=`, `"` and `\` in keys and values percent-encoded as well.
 
 use crate::downward::PodMap;
-use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
-use std::borrow::Cow;
-use std::ops::Range;
+use crate::prelude::*;
+use alloc::borrow::Cow;
+use core::ops::Range;
 
-const NOT_VISIBLE_ASCII: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
-const MAP_DELIMITERS: &AsciiSet = &NOT_VISIBLE_ASCII
-    .add(b',')
-    .add(b';')
-    .add(b'=')
-    .add(b'"')
-    .add(b'\\');
+/// Encoded in map keys and values besides what [`encode_value`] encodes.
+const MAP_DELIMITERS: &[u8] = b",;=\"\\";
 
 /// A header value that is safe to send, encoded only if it has to be.
 pub fn encode_value(value: &[u8]) -> Cow<'_, str> {
-    percent_encode(value, NOT_VISIBLE_ASCII).into()
+    match core::str::from_utf8(value) {
+        Ok(plain) if !value.iter().any(|&b| must_encode(b, b"")) => Cow::Borrowed(plain),
+        _ => {
+            let mut out = String::with_capacity(value.len() * 3);
+            push_encoded(&mut out, value, b"");
+            Cow::Owned(out)
+        }
+    }
 }
 
 /// All entries of a map as one header value.
@@ -35,11 +37,29 @@ pub fn encode_map(map: &PodMap) -> String {
         if !out.is_empty() {
             out.push(',');
         }
-        out.extend(percent_encode(key.as_bytes(), MAP_DELIMITERS));
+        push_encoded(&mut out, key.as_bytes(), MAP_DELIMITERS);
         out.push('=');
-        out.extend(percent_encode(value, MAP_DELIMITERS));
+        push_encoded(&mut out, value, MAP_DELIMITERS);
     }
     out
+}
+
+fn must_encode(byte: u8, also: &[u8]) -> bool {
+    !byte.is_ascii_graphic() || byte == b'%' || also.contains(&byte)
+}
+
+/// Appends `bytes` with every byte [`must_encode`] says as `%XX`.
+fn push_encoded(out: &mut String, bytes: &[u8], also: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &byte in bytes {
+        if must_encode(byte, also) {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push(char::from(byte));
+        }
+    }
 }
 
 /// A request's headers as the host hands them over: lower-case names, in
@@ -115,7 +135,7 @@ impl HeaderList {
 
     /// The first value of `name`, if it is UTF-8.
     pub fn get_str(&self, name: &str) -> Option<&str> {
-        std::str::from_utf8(self.get(name)?).ok()
+        core::str::from_utf8(self.get(name)?).ok()
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::config::{Config, FileFormat, HeaderSource};
 use crate::downward::parse_map;
 use crate::headers::{encode_map, encode_value};
+use crate::prelude::*;
 use crate::token::Token;
 
 /// Everything a request needs from the pod's sources, ready to send.
@@ -108,12 +109,12 @@ fn user_agent_suffix(token: &Token, namespace: &str, sources: &impl Sources) -> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use alloc::collections::BTreeMap;
 
     #[derive(Default)]
     pub struct FakeSources {
-        pub env: HashMap<String, String>,
-        pub files: HashMap<String, Vec<u8>>,
+        pub env: BTreeMap<String, String>,
+        pub files: BTreeMap<String, Vec<u8>>,
     }
 
     impl Sources for FakeSources {

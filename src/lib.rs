@@ -3,12 +3,30 @@
 //!
 //! Every module but `wasm` is plain Rust with no host calls, tested natively
 //! and as wasm; `wasm` is the thin proxy-wasm adapter.
+//!
+//! The core needs only `alloc`: the wasm build links no `std`, whose panic,
+//! I/O and thread-local runtime would make the module larger, and V8's memory
+//! for a VM grows with the module it compiles.
 
+#![no_std]
 // A panic kills the VM and every request after it fails: none outside tests.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+
+extern crate alloc;
+#[cfg(any(test, not(target_family = "wasm")))]
+extern crate std;
+
+/// What `std`'s prelude would bring, from `alloc`.
+mod prelude {
+    pub use alloc::borrow::ToOwned;
+    pub use alloc::format;
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec;
+    pub use alloc::vec::Vec;
+}
 
 pub mod ambassador;
 pub mod config;

@@ -8,8 +8,9 @@
 
 use crate::filter::Refusal;
 use crate::policy::RuleRef;
+use crate::prelude::*;
 use crate::request_info::RequestInfo;
-use std::collections::HashMap;
+use alloc::collections::BTreeMap;
 
 /// The host's log and metrics, as the core uses them.
 pub trait Telemetry {
@@ -138,7 +139,7 @@ pub fn code_class(code: u64) -> usize {
 /// defined on first use.
 #[derive(Debug, Default)]
 pub struct RequestSeries {
-    index: HashMap<String, usize>,
+    index: BTreeMap<String, usize>,
     series: Vec<Series>,
     /// Reused for lookups so that a known series costs no allocation.
     key: String,
@@ -166,7 +167,7 @@ impl RequestSeries {
         self.key.push(' ');
         // Non-resource requests are one series per verb: paths are unbounded.
         if request.is_resource_request {
-            use std::fmt::Write;
+            use core::fmt::Write;
             let _ = write!(self.key, "{resource}");
         }
         if let Some(&index) = self.index.get(self.key.as_str()) {

@@ -11,9 +11,10 @@
 //! deny cannot be listed around (see [`deny_matches`]).
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
+use crate::prelude::*;
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
+use core::fmt;
 use serde_json::Value;
-use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -200,7 +201,7 @@ impl Policy {
                 .or(preset.default_action)
                 .unwrap_or(Effect::Deny);
         }
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = alloc::collections::BTreeSet::new();
         for (rule_ref, _) in &rules {
             if !seen.insert(rule_ref.as_str()) {
                 return Err(field_error(
@@ -238,7 +239,7 @@ impl Policy {
         self.rules
             .iter()
             .map(|(rule_ref, _)| rule_ref)
-            .chain(std::iter::once(&self.default_rule))
+            .chain(core::iter::once(&self.default_rule))
     }
 }
 

@@ -5,6 +5,7 @@
 //! no usable token, a policy that does not parse), never replaces the last
 //! good content.
 
+use crate::prelude::*;
 /// Until every file has been read once, retry this often so that requests
 /// waiting for the first token are not held for a whole refresh interval.
 pub const STARTUP_RETRY_MS: u64 = 100;

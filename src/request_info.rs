@@ -28,8 +28,9 @@
 //! list or watch with a non-empty `labelSelector` gets no name from its field
 //! selector, and is judged as the unnamed list or watch it narrows.
 
-use std::borrow::Cow;
-use std::fmt;
+use crate::prelude::*;
+use alloc::borrow::Cow;
+use core::fmt;
 
 /// Longest path (without the query) podward classifies.
 pub const MAX_PATH_LEN: usize = 8192;
@@ -158,7 +159,7 @@ impl fmt::Display for Unclassifiable {
     }
 }
 
-impl std::error::Error for Unclassifiable {}
+impl core::error::Error for Unclassifiable {}
 
 /// Classifies a request from its method and `:path` (path and query).
 pub fn classify<'a>(
@@ -368,7 +369,7 @@ fn name_pinned_by_field_selector(query: &str) -> Option<Cow<'_, str>> {
     let integers_decode = ["limit", "timeoutSeconds"].into_iter().all(|key| {
         query::first_value(query, key).is_none_or(|value| {
             // Rust's i64 parsing accepts what Go's strconv.ParseInt(_, 10, 64) does.
-            std::str::from_utf8(&value).is_ok_and(|text| text.parse::<i64>().is_ok())
+            core::str::from_utf8(&value).is_ok_and(|text| text.parse::<i64>().is_ok())
         })
     });
     if !integers_decode {
@@ -379,7 +380,7 @@ fn name_pinned_by_field_selector(query: &str) -> Option<Cow<'_, str>> {
         Cow::Owned(selector) => Cow::Owned(field_selector::required_name(&selector)?.into_owned()),
     };
     let name = match name {
-        Cow::Borrowed(bytes) => Cow::Borrowed(std::str::from_utf8(bytes).ok()?),
+        Cow::Borrowed(bytes) => Cow::Borrowed(core::str::from_utf8(bytes).ok()?),
         Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).ok()?),
     };
     // apimachinery's IsValidPathSegmentName.
@@ -389,7 +390,8 @@ fn name_pinned_by_field_selector(query: &str) -> Option<Cow<'_, str>> {
 
 /// Query parameters as Go's `url.ParseQuery` reads them (podward has refused `;`).
 mod query {
-    use std::borrow::Cow;
+    use crate::prelude::*;
+    use alloc::borrow::Cow;
 
     /// The first value of `key` Go keeps, decoded: Go drops a pair whose key or
     /// value has a malformed escape, so a later pair may supply the value.
@@ -469,7 +471,8 @@ mod query {
 
 /// Field selectors as apimachinery's `fields.ParseSelector` reads them.
 mod field_selector {
-    use std::borrow::Cow;
+    use crate::prelude::*;
+    use alloc::borrow::Cow;
 
     const NAME_FIELD: &[u8] = b"metadata.name";
 

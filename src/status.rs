@@ -2,6 +2,7 @@
 //! a request. kubectl and client-go print its `message`, so every reply podward
 //! makes itself reads like one from the API server.
 
+use crate::prelude::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub code: u32,
@@ -99,7 +100,7 @@ pub fn push_json_string(out: &mut String, text: &str) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c if u32::from(c) < 0x20 => {
-                use std::fmt::Write;
+                use core::fmt::Write;
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
             c => out.push(c),

@@ -10,10 +10,9 @@
 //! not a number at all is left unread and named in [`Claims::unreadable`], so
 //! that the operator can be told that podward cannot judge the token's age.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use crate::prelude::*;
+use core::fmt;
 use serde_json::Value;
-use std::fmt;
 
 /// A token as read from the projected volume, ready to be sent.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,7 +80,7 @@ const KUBELET_RENEWAL_PERCENT: u64 = 80;
 
 impl Token {
     pub fn parse(file: &[u8]) -> Result<Token, TokenError> {
-        let text = std::str::from_utf8(file).map_err(|_| TokenError::NotHeaderSafe)?;
+        let text = core::str::from_utf8(file).map_err(|_| TokenError::NotHeaderSafe)?;
         let text = text.trim();
         if text.is_empty() {
             return Err(TokenError::Empty);
@@ -168,7 +167,7 @@ fn read_claims(token: &str) -> Option<Claims> {
         return None;
     }
     // Some issuers pad base64url despite RFC 7515; accept both.
-    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let json = decode_base64url(payload.trim_end_matches('='))?;
     let claims: Value = serde_json::from_slice(&json).ok()?;
     let claims = claims.as_object()?;
     let text = |value: Option<&Value>| value?.as_str().map(str::to_owned);
@@ -206,14 +205,42 @@ fn numeric_date(value: &Value) -> Option<u64> {
     if number.is_i64() {
         return Some(0);
     }
-    // Fractional, or an integer too large for u64: `as` saturates, and a
-    // number JSON can carry is never NaN.
-    number.as_f64().map(|seconds| seconds.floor() as u64)
+    // Fractional, or an integer beyond u64: `as` drops the fraction and
+    // saturates (a negative time to 0), and a number JSON carries is never NaN.
+    number.as_f64().map(|seconds| seconds as u64)
+}
+
+/// RFC 4648 base64url without padding, refusing what a strict decoder
+/// refuses: other characters, a lone final character, and non-zero bits
+/// left over at the end.
+fn decode_base64url(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for byte in text.bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        buffer = (buffer << 6 | u32::from(value)) & 0xffff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    let leftover = buffer & ((1 << bits) - 1);
+    (bits < 6 && leftover == 0).then_some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     fn jwt(payload: &str) -> String {
         format!(
@@ -357,6 +384,34 @@ mod tests {
             token.freshness(100, 0),
             Freshness::Expired { expired_for_s: 100 }
         );
+    }
+
+    #[test]
+    fn base64url_decodes_as_a_strict_decoder_does() {
+        let samples: &[&[u8]] = &[
+            b"",
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"\xff\xfe\xfd",
+            b"{\"exp\":1}",
+        ];
+        for sample in samples {
+            let encoded = URL_SAFE_NO_PAD.encode(sample);
+            assert_eq!(
+                decode_base64url(&encoded).as_deref(),
+                Some(*sample),
+                "{encoded}"
+            );
+        }
+        for bad in ["Z", "Zm9vY", "Zh", "Zm9=", "Zm+v", "Zm/v", "Zm9v!"] {
+            assert_eq!(decode_base64url(bad), None, "{bad}");
+            assert!(
+                URL_SAFE_NO_PAD.decode(bad).is_err(),
+                "the reference agrees on {bad}"
+            );
+        }
     }
 
     #[test]

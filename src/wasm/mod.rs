@@ -1,12 +1,14 @@
-//! The proxy-wasm adapter: host calls only. Each VM (one per Envoy worker) runs
-//! one [`Ambassador`], feeds it the files fetched from the internal file
-//! listener on a tick, and runs [`filter::serve`] for each request.
+//! The proxy-wasm adapter: the callbacks Envoy calls, and host calls only.
+//! Each VM (one per Envoy worker, one on the main thread) runs one
+//! [`Ambassador`] per plugin, feeds it the files fetched from the internal
+//! file listener on a tick, and runs [`filter::serve`] for each request.
 //!
-//! All contexts of one VM run on one thread and share [`Vm`]. A borrow of it
-//! is never held across a host call that can call back into the VM
-//! (`send_http_response`, `resume_http_request`): replies are sent after the
-//! borrow ends.
+//! The VM runs on one thread and its state lives in [`PLUGIN`]. The state is
+//! never borrowed across a host call that can call back into the VM
+//! (`proxy_send_local_response`, `proxy_continue_stream`): such calls are
+//! made once the borrow has ended.
 
+mod abi;
 mod host;
 mod telemetry;
 
@@ -14,218 +16,330 @@ use crate::ambassador::{Admission, Ambassador};
 use crate::config::Config;
 use crate::filter;
 use crate::metrics::RequestSeries;
-use host::{now_ms, read_fetched_file, reply, start_fetch, ContextRequest};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
+use crate::prelude::*;
+use crate::status::Status;
+use abi::Action;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use core::cell::RefCell;
+use host::{read_fetched_file, reply, start_fetch, ContextRequest};
 use telemetry::WasmTelemetry;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+/// Byte comparison, which the compiler emits calls to and which, without
+/// `std`, no C library provides.
+///
+/// # Safety
+/// `a` and `b` must be readable for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees `n` readable bytes at both.
+        let (x, y) = unsafe { (*a.add(i), *b.add(i)) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// A panic traps: Envoy then answers 503 and rebuilds the VM (FAIL_RELOAD).
+#[panic_handler]
+fn on_panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+/// Everything the VM holds: its root contexts (one per plugin) and streams.
+#[derive(Default)]
+struct Plugin {
+    roots: Vec<Root>,
+    /// Each request in flight: the root it belongs to, its metric series.
+    streams: BTreeMap<u32, Stream>,
+}
+
+struct Root {
+    id: u32,
+    /// Set by a successful `proxy_on_configure`.
+    vm: Option<Vm>,
+}
+
+struct Stream {
+    root: u32,
+    series: Option<usize>,
+}
 
 struct Vm {
     ambassador: Ambassador<u32>,
-    /// Outstanding fetches: dispatch token → file index.
-    fetches: HashMap<u32, usize>,
+    /// Outstanding fetches: (call token, file index).
+    fetches: Vec<(u32, usize)>,
     telemetry: WasmTelemetry,
     series: RequestSeries,
-    /// The metric series of each request in flight, counted when it ends.
-    request_series: HashMap<u32, usize>,
 }
 
-type SharedVm = Rc<RefCell<Vm>>;
+/// The VM's one thread is the only one that ever touches the state.
+struct SingleThreaded<T>(T);
 
-#[derive(Default)]
-struct Root {
-    vm: Option<SharedVm>,
+// SAFETY: a wasm VM runs on a single thread; nothing is shared across threads.
+unsafe impl<T> Sync for SingleThreaded<T> {}
+
+static PLUGIN: SingleThreaded<RefCell<Option<Plugin>>> = SingleThreaded(RefCell::new(None));
+
+/// Runs `f` on the VM state of `root`, if that root is configured.
+fn with_vm<R>(root: u32, f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
+    let mut plugin = PLUGIN.0.borrow_mut();
+    let root = plugin.as_mut()?.roots.iter_mut().find(|r| r.id == root)?;
+    root.vm.as_mut().map(f)
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        if let Some(vm) = &self.vm {
-            finish_fetch(vm, token_id, body_size);
+fn with_plugin<R>(f: impl FnOnce(&mut Plugin) -> R) -> R {
+    let mut plugin = PLUGIN.0.borrow_mut();
+    f(plugin.get_or_insert_with(Plugin::default))
+}
+
+/// The root a context belongs to: itself, or the root of its stream.
+fn root_of(context_id: u32) -> Option<u32> {
+    let plugin = PLUGIN.0.borrow();
+    let plugin = plugin.as_ref()?;
+    if plugin.roots.iter().any(|root| root.id == context_id) {
+        return Some(context_id);
+    }
+    plugin.streams.get(&context_id).map(|stream| stream.root)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
+    with_plugin(|plugin| {
+        if parent_id == 0 {
+            plugin.roots.push(Root {
+                id: context_id,
+                vm: None,
+            });
+        } else {
+            let stream = Stream {
+                root: parent_id,
+                series: None,
+            };
+            plugin.streams.insert(context_id, stream);
         }
-    }
+    });
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse(&bytes) {
-            Ok(config) => Arc::new(config),
-            Err(error) => {
-                hostcalls::log(LogLevel::Error, &format!("invalid podward config: {error}")).ok();
-                return false;
-            }
-        };
-        // host_env_keys hands the Downward API variables to the VM at start.
-        let ambassador = Ambassador::new(config.clone(), std::env::vars().collect());
-        self.set_tick_period(Duration::from_millis(ambassador.tick_interval_ms()));
-        self.vm = Some(Rc::new(RefCell::new(Vm {
-            ambassador,
-            fetches: HashMap::new(),
-            telemetry: WasmTelemetry::new(&config),
-            series: RequestSeries::default(),
-            request_series: HashMap::new(),
-        })));
-        true
-    }
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_: u32, _: usize) -> bool {
+    true
+}
 
-    fn on_tick(&mut self) {
-        let Some(vm) = self.vm.clone() else {
-            return;
-        };
-        let given_up = {
-            let vm = &mut *vm.borrow_mut();
-            vm.ambassador.tick(now_ms(), &vm.telemetry)
-        };
-        for (context_id, status) in given_up {
-            if hostcalls::set_effective_context(context_id).is_ok() {
-                reply(&status);
-            }
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> bool {
+    let bytes = abi::buffer(abi::BufferType::PluginConfiguration, size).unwrap_or_default();
+    let config = match Config::parse(&bytes) {
+        Ok(config) => Arc::new(config),
+        Err(error) => {
+            abi::log(
+                abi::LogLevel::Error,
+                &format!("invalid podward config: {error}"),
+            );
+            return false;
         }
-        start_due_fetches(&vm);
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let vm = self.vm.clone()?;
-        Some(Box::new(Request { context_id, vm }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// Starts the fetches that are due, from the effective context: the root on
-/// a tick, or a VM's first request so that it need not wait for a tick. No
-/// borrow is held while dispatching: a failed call can come back at once.
-fn start_due_fetches(vm: &SharedVm) {
-    let (due, source) = {
-        let mut vm = vm.borrow_mut();
-        let due = vm.ambassador.due(now_ms());
-        (due, vm.ambassador.config().file_source.clone())
     };
-    for (index, path) in due {
-        let dispatched = start_fetch(&source, &path);
-        let released = {
-            let vm = &mut *vm.borrow_mut();
-            match dispatched {
-                Ok(token_id) => {
-                    vm.fetches.insert(token_id, index);
-                    Vec::new()
-                }
-                Err(error) => {
-                    let now = now_ms() / 1000;
-                    vm.ambassador
-                        .read_done(index, Err(error), now, &vm.telemetry)
-                }
-            }
-        };
-        serve_released(vm, released);
-    }
-}
-
-fn finish_fetch(vm: &SharedVm, token_id: u32, body_size: usize) {
-    let read = read_fetched_file(body_size);
-    let released = {
-        let vm = &mut *vm.borrow_mut();
-        let Some(index) = vm.fetches.remove(&token_id) else {
-            return;
-        };
-        vm.ambassador
-            .read_done(index, read, now_ms() / 1000, &vm.telemetry)
+    // host_env_keys hands the Downward API variables to the VM at start.
+    let ambassador = Ambassador::new(config.clone(), abi::environment().into_iter().collect());
+    abi::set_tick_period_ms(ambassador.tick_interval_ms());
+    let vm = Vm {
+        ambassador,
+        fetches: Vec::new(),
+        telemetry: WasmTelemetry::new(&config),
+        series: RequestSeries::default(),
     };
-    serve_released(vm, released);
+    with_plugin(|plugin| {
+        if let Some(root) = plugin.roots.iter_mut().find(|r| r.id == root_id) {
+            root.vm = Some(vm);
+        }
+    });
+    true
 }
 
-fn serve_released(vm: &SharedVm, released: Vec<u32>) {
-    for context_id in released {
-        // The client may have gone away while it waited.
-        if hostcalls::set_effective_context(context_id).is_ok() && serve(vm, context_id) {
-            hostcalls::resume_http_request().ok();
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_id: u32) {
+    let now = abi::now_ms();
+    let given_up = with_vm(root_id, |vm| vm.ambassador.tick(now, &vm.telemetry));
+    for (context_id, status) in given_up.unwrap_or_default() {
+        if abi::set_effective_context(context_id) {
+            reply(&status);
         }
     }
+    start_due_fetches(root_id);
 }
 
-struct Request {
-    context_id: u32,
-    vm: SharedVm,
-}
-
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let admission = self
-            .vm
-            .borrow_mut()
-            .ambassador
-            .admit(self.context_id, now_ms());
-        match admission {
-            Admission::Serve(_) => {
-                if serve(&self.vm, self.context_id) {
-                    Action::Continue
-                } else {
-                    Action::Pause
-                }
-            }
-            Admission::Wait { start_reading } => {
-                if start_reading {
-                    start_due_fetches(&self.vm);
-                }
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, _: usize, _: bool) -> Action {
+    #[cfg(feature = "crash-drill")]
+    crash_drill();
+    let Some(root_id) = root_of(context_id) else {
+        return Action::Continue;
+    };
+    let now = abi::now_ms();
+    let admission = with_vm(root_id, |vm| vm.ambassador.admit(context_id, now));
+    match admission {
+        // Not configured: Envoy refused the plugin and never gets here.
+        None => Action::Continue,
+        Some(Admission::Serve(_)) => {
+            if serve(root_id, context_id) {
+                Action::Continue
+            } else {
                 Action::Pause
             }
         }
-    }
-
-    fn on_log(&mut self) {
-        let vm = &mut *self.vm.borrow_mut();
-        vm.ambassador.forget(&self.context_id);
-        if let Some(series) = vm.request_series.remove(&self.context_id) {
-            vm.telemetry
-                .request_done(&mut vm.series, series, host::response_code());
+        Some(Admission::Wait { start_reading }) => {
+            if start_reading {
+                start_due_fetches(root_id);
+                abi::set_effective_context(context_id);
+            }
+            Action::Pause
         }
     }
 }
 
-impl Context for Request {
-    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        finish_fetch(&self.vm, token_id, body_size);
+/// A test build's way to crash the VM on demand (`--features crash-drill`,
+/// never in the shipped module): a request carrying `x-podward-crash-drill`.
+#[cfg(feature = "crash-drill")]
+fn crash_drill() {
+    let drill = abi::header_map(abi::MapType::RequestHeaders)
+        .is_some_and(|headers| headers.get("x-podward-crash-drill").is_some());
+    #[allow(clippy::panic)]
+    if drill {
+        panic!("crash drill");
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    context_id: u32,
+    token: u32,
+    _: usize,
+    body_size: usize,
+    _: usize,
+) {
+    let Some(root_id) = root_of(context_id) else {
+        return;
+    };
+    let read = read_fetched_file(body_size);
+    let released = with_vm(root_id, |vm| {
+        let at = vm.fetches.iter().position(|(t, _)| *t == token)?;
+        let (_, index) = vm.fetches.swap_remove(at);
+        let now_s = abi::now_ms() / 1000;
+        Some(vm.ambassador.read_done(index, read, now_s, &vm.telemetry))
+    });
+    serve_released(root_id, released.flatten().unwrap_or_default());
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context_id: u32) {
+    let stream = with_plugin(|plugin| plugin.streams.remove(&context_id));
+    let Some(stream) = stream else {
+        return;
+    };
+    let code = stream.series.map(|_| host::response_code());
+    with_vm(stream.root, |vm| {
+        vm.ambassador.forget(&context_id);
+        if let (Some(series), Some(code)) = (stream.series, code) {
+            vm.telemetry.request_done(&mut vm.series, series, code);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_done(_: u32) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    let stream = with_plugin(|plugin| {
+        let stream = plugin.streams.remove(&context_id);
+        if stream.is_none() {
+            plugin.roots.retain(|root| root.id != context_id);
+        }
+        stream
+    });
+    // A stream that ended without a log callback.
+    if let Some(stream) = stream {
+        with_vm(stream.root, |vm| vm.ambassador.forget(&context_id));
+    }
+}
+
+/// Starts the fetches that are due. They belong to the root context, so a
+/// request that goes away does not take them with it.
+fn start_due_fetches(root_id: u32) {
+    let now = abi::now_ms();
+    let due = with_vm(root_id, |vm| {
+        let source = vm.ambassador.config().file_source.clone();
+        (vm.ambassador.due(now), source)
+    });
+    let Some((due, source)) = due else {
+        return;
+    };
+    if due.is_empty() {
+        return;
+    }
+    abi::set_effective_context(root_id);
+    for (index, path) in due {
+        let dispatched = start_fetch(&source, &path);
+        let released = with_vm(root_id, |vm| match dispatched {
+            Ok(token) => {
+                vm.fetches.push((token, index));
+                Vec::new()
+            }
+            Err(error) => vm
+                .ambassador
+                .read_done(index, Err(error), now / 1000, &vm.telemetry),
+        });
+        serve_released(root_id, released.unwrap_or_default());
+    }
+}
+
+fn serve_released(root_id: u32, released: Vec<u32>) {
+    for context_id in released {
+        // The client may have gone away while it waited.
+        if abi::set_effective_context(context_id) && serve(root_id, context_id) {
+            abi::resume_request();
+        }
     }
 }
 
 /// Runs the request path for the effective context; true if the request
-/// goes on upstream. The reply, if any, is sent once the VM is no longer
-/// borrowed.
-fn serve(vm: &SharedVm, context_id: u32) -> bool {
+/// goes on upstream. A reply is sent once the state is no longer borrowed.
+fn serve(root_id: u32, context_id: u32) -> bool {
     let mut request = ContextRequest::default();
-    let served = {
-        let vm = &mut *vm.borrow_mut();
-        let Some(prepared) = vm.ambassador.prepared().cloned() else {
-            return false;
-        };
+    let served = with_vm(root_id, |vm| {
+        let prepared = vm.ambassador.prepared()?.clone();
         let config = vm.ambassador.config().clone();
-        let served = filter::serve(
+        let now_s = abi::now_ms() / 1000;
+        Some(filter::serve(
             &mut request,
             &config,
             &prepared,
-            now_ms() / 1000,
+            now_s,
             &mut vm.series,
             &vm.telemetry,
-        );
-        if let Some(series) = served.series {
-            vm.request_series.insert(context_id, series);
-        }
-        served
+        ))
+    })
+    .flatten();
+    if let Some(series) = served.and_then(|served| served.series) {
+        with_plugin(|plugin| {
+            if let Some(stream) = plugin.streams.get_mut(&context_id) {
+                stream.series = Some(series);
+            }
+        });
+    }
+    let reply_with = match served {
+        Some(_) => request.reply,
+        None => Some(Status::unavailable("podward is not configured".into(), 1)),
     };
-    if let Some(status) = request.reply {
+    if let Some(status) = reply_with {
         reply(&status);
     }
-    served.forwarded
+    served.is_some_and(|served| served.forwarded)
 }

@@ -1,17 +1,17 @@
 //! [`Telemetry`] through proxy-wasm: Envoy's log, and metrics defined by
 //! their tagged names (see [`crate::metrics`]).
 
+use super::abi::{self, LogLevel, MetricType};
 use crate::config::{Config, PolicySource};
 use crate::filter::Refusal;
 use crate::metrics::{Counter, Gauge, Level, RequestSeries, Telemetry};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MetricType};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use crate::prelude::*;
+use alloc::collections::BTreeMap;
+use core::cell::RefCell;
 
 pub struct WasmTelemetry {
     /// Metric ids by tagged name, defined on first use.
-    ids: RefCell<HashMap<String, u32>>,
+    ids: RefCell<BTreeMap<String, u32>>,
 }
 
 impl WasmTelemetry {
@@ -19,7 +19,7 @@ impl WasmTelemetry {
     /// that they are exported (at zero) before anything happens.
     pub fn new(config: &Config) -> WasmTelemetry {
         let telemetry = WasmTelemetry {
-            ids: RefCell::new(HashMap::new()),
+            ids: RefCell::new(BTreeMap::new()),
         };
         let mut known = vec![
             Counter::TokenRefreshes,
@@ -72,7 +72,7 @@ impl WasmTelemetry {
         if let Some(id) = ids.get(&name) {
             return Some(*id);
         }
-        let id = hostcalls::define_metric(kind, &name).ok()?;
+        let id = abi::define_metric(kind, &name)?;
         ids.insert(name, id);
         Some(id)
     }
@@ -80,10 +80,10 @@ impl WasmTelemetry {
     /// Counts a finished request of `series` with its response code.
     pub fn request_done(&self, series: &mut RequestSeries, index: usize, code: u64) {
         let id = series.metric_id(index, code, |name| {
-            hostcalls::define_metric(MetricType::Counter, name).ok()
+            abi::define_metric(MetricType::Counter, name)
         });
         if let Some(id) = id {
-            hostcalls::increment_metric(id, 1).ok();
+            abi::increment_metric(id);
         }
     }
 }
@@ -95,18 +95,18 @@ impl Telemetry for WasmTelemetry {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
-        hostcalls::log(level, message).ok();
+        abi::log(level, message);
     }
 
     fn count(&self, counter: Counter<'_>) {
         if let Some(id) = self.id(MetricType::Counter, counter.tagged_name()) {
-            hostcalls::increment_metric(id, 1).ok();
+            abi::increment_metric(id);
         }
     }
 
     fn gauge(&self, gauge: Gauge, value: u64) {
         if let Some(id) = self.id(MetricType::Gauge, gauge.name().to_string()) {
-            hostcalls::record_metric(id, value).ok();
+            abi::record_metric(id, value);
         }
     }
 }
