@@ -9,10 +9,16 @@ from __future__ import annotations
 import pathlib
 
 import matplotlib
+from matplotlib import font_manager
 from matplotlib.figure import Figure
 
 from figures import MAIN_CELL, NOT_MEASURED, Results, med, mib
 
+# Glyph outlines end up in the SVG: use matplotlib's own copy of the font, never a system copy of another
+# version that the font manager might prefer on some machine.
+BUNDLED_FONTS = pathlib.Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+font_manager.fontManager.ttflist = [font for font in font_manager.fontManager.ttflist
+                                    if pathlib.Path(font.fname).parent == BUNDLED_FONTS]
 matplotlib.rcParams.update({
     "svg.hashsalt": "podward-bench",
     "svg.fonttype": "path",
