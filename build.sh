@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 VENV=.venv
 KUBECTL_DIR=.cache/kubernetes-client
 WASM=dist/podward.wasm
-WASM_BUDGET=250000
+WASM_BUDGET=150000
 
 log() { printf '\n== %s\n' "$*" >&2; }
 

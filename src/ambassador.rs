@@ -21,7 +21,6 @@ use crate::prelude::*;
 use crate::refresh::{Outcome, Refresher, STARTUP_RETRY_MS};
 use crate::status::Status;
 use crate::token::{Freshness, Token};
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::mem::discriminant;
 
@@ -54,8 +53,9 @@ pub enum Admission {
 
 pub struct Ambassador<W> {
     config: Arc<Config>,
-    /// The Downward API environment variables: fixed for the pod's life.
-    env: BTreeMap<String, String>,
+    /// The Downward API environment variables, (name, value): fixed for the
+    /// pod's life, and read only when the identity is rebuilt.
+    env: Vec<(String, String)>,
     refresher: Refresher,
     roles: Vec<Role>,
     token: Option<Token>,
@@ -70,7 +70,7 @@ pub struct Ambassador<W> {
 }
 
 impl<W: PartialEq> Ambassador<W> {
-    pub fn new(config: Arc<Config>, env: BTreeMap<String, String>) -> Ambassador<W> {
+    pub fn new(config: Arc<Config>, env: Vec<(String, String)>) -> Ambassador<W> {
         let files = config.files();
         let roles: Vec<Role> = files
             .iter()
@@ -386,12 +386,13 @@ fn warn_about_claims(token: &Token, now_s: u64, telemetry: &dyn Telemetry) {
 /// The environment plus the files on hand, as identity headers read them.
 struct PodView<'a> {
     refresher: &'a Refresher,
-    env: &'a BTreeMap<String, String>,
+    env: &'a [(String, String)],
 }
 
 impl Sources for PodView<'_> {
     fn env(&self, name: &str) -> Option<String> {
-        self.env.get(name).cloned()
+        let (_, value) = self.env.iter().find(|(n, _)| n == name)?;
+        Some(value.clone())
     }
 
     fn file(&self, path: &str) -> Option<&[u8]> {
@@ -441,7 +442,7 @@ mod tests {
         let config = Arc::new(Config::parse(config.as_bytes()).unwrap());
         let env = [("POD_NAME", "web-0"), ("POD_NAMESPACE", "team-a")]
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into();
+            .to_vec();
         Ambassador::new(config, env)
     }
 

@@ -6,6 +6,7 @@ use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::headers::header_name_problem;
 use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET};
 use crate::prelude::*;
+use crate::status::Quoted;
 use serde_json::Value;
 
 /// The validated configuration the filter runs with.
@@ -300,13 +301,13 @@ fn read_identity_headers(items: Vec<(String, &Value)>) -> Result<Vec<IdentityHea
         if let Some(problem) = header_name_problem(&header) {
             return Err(field_error(
                 object.path_of("header"),
-                format!("{header:?} {problem}"),
+                format!("{} {problem}", Quoted(&header)),
             ));
         }
         if headers.iter().any(|h| h.header == header) {
             return Err(field_error(
                 object.path_of("header"),
-                format!("{header:?} is listed twice"),
+                format!("{} is listed twice", Quoted(&header)),
             ));
         }
         let env = object.string("env")?;
@@ -381,7 +382,7 @@ fn check_accept_hosts(hosts: &[String]) -> Result<(), FieldError> {
         if let Some(problem) = problem {
             return Err(field_error(
                 format!("accept_hosts[{index}]"),
-                format!("{host:?} {problem}"),
+                format!("{} {problem}", Quoted(host)),
             ));
         }
     }
@@ -399,7 +400,10 @@ fn check_file_path(field: &str, path: &str) -> Result<(), FieldError> {
     } else {
         Err(field_error(
             field,
-            format!("{path:?} must be an absolute path of letters, digits, `/-_.`, without `..`"),
+            format!(
+                "{} must be an absolute path of letters, digits, `/-_.`, without `..`",
+                Quoted(path)
+            ),
         ))
     }
 }

@@ -6,6 +6,7 @@
 //! whole rest of the filter.
 
 use crate::prelude::*;
+use crate::status::Quoted;
 use core::fmt;
 use serde_json::{Map, Value};
 
@@ -124,7 +125,8 @@ impl<'v> Object<'v> {
                 Err(field_error(
                     self.path_of(key),
                     format!(
-                        "unknown value {name:?}; expected one of {}",
+                        "unknown value {}; expected one of {}",
+                        Quoted(&name),
                         names.join(", ")
                     ),
                 ))
@@ -167,7 +169,8 @@ impl<'v> Object<'v> {
             Some(unknown) => Err(field_error(
                 display_path(&self.path),
                 format!(
-                    "unknown field {unknown:?}; known fields: {}",
+                    "unknown field {}; known fields: {}",
+                    Quoted(unknown),
                     self.known.join(", ")
                 ),
             )),

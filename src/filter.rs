@@ -11,7 +11,7 @@ use crate::metrics::{Counter, RequestSeries, Telemetry};
 use crate::policy::{host_accepted, Effect, Policy, RuleRef};
 use crate::prelude::*;
 use crate::request_info::{classify, RequestInfo};
-use crate::status::{push_json_string, Details, Status};
+use crate::status::{push_json_string, Details, Quoted, Status};
 use crate::token::Freshness;
 
 #[derive(Debug, Clone)]
@@ -272,8 +272,8 @@ pub fn handle<'r>(
     let host = headers.get(":authority").unwrap_or_default();
     if !host_accepted(&config.accept_hosts, host) {
         let message = format!(
-            "host {:?} is not accepted by podward (accept_hosts: {})",
-            String::from_utf8_lossy(host),
+            "host {} is not accepted by podward (accept_hosts: {})",
+            Quoted(&String::from_utf8_lossy(host)),
             config.accept_hosts.join(", ")
         );
         let status = Status::forbidden(message, Details::default());
@@ -358,12 +358,15 @@ pub fn handle<'r>(
 /// Worded like the API server's own 403 (`pods "web" is forbidden: …`), so
 /// that kubectl users recognise it, but naming podward's rule, not RBAC.
 fn forbidden(request: &RequestInfo, rule: &RuleRef, self_namespace: &str) -> Status {
-    let who =
-        format!("podward policy rule \"{rule}\" forbids this pod (namespace {self_namespace:?})");
+    let who = format!(
+        "podward policy rule \"{rule}\" forbids this pod (namespace {})",
+        Quoted(self_namespace)
+    );
     if !request.is_resource_request {
         let message = format!(
-            "forbidden: {who} to {} path {:?}",
-            request.verb, request.path
+            "forbidden: {who} to {} path {}",
+            request.verb,
+            Quoted(request.path)
         );
         return Status::forbidden(message, Details::default());
     }
@@ -375,18 +378,18 @@ fn forbidden(request: &RequestInfo, rule: &RuleRef, self_namespace: &str) -> Sta
     let subject = if request.name.is_empty() {
         format!("{qualified} is forbidden")
     } else {
-        format!("{qualified} {:?} is forbidden", request.name)
+        format!("{qualified} {} is forbidden", Quoted(&request.name))
     };
     let scope = if request.namespace.is_empty() {
         "at the cluster scope".to_string()
     } else {
-        format!("in the namespace {:?}", request.namespace)
+        format!("in the namespace {}", Quoted(request.namespace))
     };
     let message = format!(
-        "{subject}: {who} to {} resource {:?} in API group {:?} {scope}",
+        "{subject}: {who} to {} resource {} in API group {} {scope}",
         request.verb,
-        request.resource_with_subresource().to_string(),
-        request.api_group,
+        Quoted(&request.resource_with_subresource().to_string()),
+        Quoted(request.api_group),
     );
     let details = Details {
         name: request.name.to_string(),

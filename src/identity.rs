@@ -5,6 +5,7 @@ use crate::config::{Config, FileFormat, HeaderSource};
 use crate::downward::parse_map;
 use crate::headers::{encode_map, encode_value};
 use crate::prelude::*;
+use crate::status::Quoted;
 use crate::token::Token;
 
 /// Everything a request needs from the pod's sources, ready to send.
@@ -84,7 +85,7 @@ fn header_value(source: &HeaderSource, sources: &impl Sources) -> Result<String,
         FileFormat::MapKey(key) => map
             .get(key)
             .map(|value| encode_value(value).into_owned())
-            .ok_or_else(|| format!("file {path} has no key {key:?}")),
+            .ok_or_else(|| format!("file {path} has no key {}", Quoted(key))),
         _ => Ok(encode_map(&map)),
     }
 }

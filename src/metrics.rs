@@ -10,7 +10,6 @@ use crate::filter::Refusal;
 use crate::policy::RuleRef;
 use crate::prelude::*;
 use crate::request_info::RequestInfo;
-use alloc::collections::BTreeMap;
 
 /// The host's log and metrics, as the core uses them.
 pub trait Telemetry {
@@ -139,7 +138,8 @@ pub fn code_class(code: u64) -> usize {
 /// defined on first use.
 #[derive(Debug, Default)]
 pub struct RequestSeries {
-    index: BTreeMap<String, usize>,
+    /// (key, series index), sorted by key for binary search.
+    index: Vec<(String, usize)>,
     series: Vec<Series>,
     /// Reused for lookups so that a known series costs no allocation.
     key: String,
@@ -170,7 +170,7 @@ impl RequestSeries {
             use core::fmt::Write;
             let _ = write!(self.key, "{resource}");
         }
-        if let Some(&index) = self.index.get(self.key.as_str()) {
+        if let Some(index) = self.find(&self.key) {
             return index;
         }
         let mut parts = self.key.splitn(3, ' ').map(str::to_owned);
@@ -181,7 +181,7 @@ impl RequestSeries {
             tags[1] = "other".into();
             tags[2] = "other".into();
             let key = tags.join(" ");
-            if let Some(&index) = self.index.get(&key) {
+            if let Some(index) = self.find(&key) {
                 return index;
             }
             return self.push(key, tags);
@@ -190,13 +190,23 @@ impl RequestSeries {
         self.push(key, tags)
     }
 
+    fn find(&self, key: &str) -> Option<usize> {
+        let at = self
+            .index
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()?;
+        self.index.get(at).map(|(_, index)| *index)
+    }
+
     fn push(&mut self, key: String, tags: [String; 3]) -> usize {
         let index = self.series.len();
         self.series.push(Series {
             tags,
             ids: [None; CODE_CLASSES.len()],
         });
-        self.index.insert(key, index);
+        if let Err(at) = self.index.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            self.index.insert(at, (key, index));
+        }
         index
     }
 

@@ -13,6 +13,7 @@
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::prelude::*;
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
+use crate::status::Quoted;
 use core::fmt;
 use serde_json::Value;
 
@@ -201,12 +202,16 @@ impl Policy {
                 .or(preset.default_action)
                 .unwrap_or(Effect::Deny);
         }
-        let mut seen = alloc::collections::BTreeSet::new();
-        for (rule_ref, _) in &rules {
-            if !seen.insert(rule_ref.as_str()) {
+        for (index, (rule_ref, _)) in rules.iter().enumerate() {
+            if rules
+                .get(..index)
+                .into_iter()
+                .flatten()
+                .any(|(seen, _)| seen == rule_ref)
+            {
                 return Err(field_error(
                     "policy.rules",
-                    format!("two rules are named {:?}", rule_ref.as_str()),
+                    format!("two rules are named {}", Quoted(rule_ref.as_str())),
                 ));
             }
         }
@@ -251,7 +256,8 @@ fn preset(name: &str) -> Result<PolicyConfig, FieldError> {
         return Err(field_error(
             "policy.preset",
             format!(
-                "unknown preset {name:?}; known presets: {}",
+                "unknown preset {}; known presets: {}",
+                Quoted(name),
                 known.join(", ")
             ),
         ));
@@ -287,7 +293,8 @@ fn check_rule(rule: &Rule) -> Result<(), (&'static str, String)> {
         return Err((
             "verbs",
             format!(
-                "unknown verb {verb:?}; expected \"*\" or one of {}",
+                "unknown verb {}; expected \"*\" or one of {}",
+                Quoted(verb),
                 known_verbs.join(", ")
             ),
         ));
@@ -335,7 +342,7 @@ fn check_each(
 ) -> Result<(), (&'static str, String)> {
     for value in values {
         if let Some(problem) = problem(value) {
-            return Err((field, format!("{value:?}: {problem}")));
+            return Err((field, format!("{}: {problem}", Quoted(value))));
         }
     }
     Ok(())

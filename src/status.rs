@@ -3,6 +3,7 @@
 //! makes itself reads like one from the API server.
 
 use crate::prelude::*;
+use core::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub code: u32,
@@ -91,22 +92,40 @@ pub fn json_string(text: &str) -> String {
 /// Appends `text` as a JSON string literal (RFC 8259 escapes). On the
 /// per-request path, so it writes in place rather than through serde.
 pub fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
+    // Writing to a String cannot fail.
+    let _ = write_json_string(out, text);
+}
+
+/// `text` quoted for a message, as Go's `%q` would for the names the API
+/// server shows: `"web-0"`, with quotes, backslashes and controls escaped.
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_json_string(f, self.0)
+    }
+}
+
+fn write_json_string(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.write_char('"')?;
     for c in text.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
             c if u32::from(c) < 0x20 => {
-                use core::fmt::Write;
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+                let byte = c as u8;
+                out.write_str("\\u00")?;
+                out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
+                out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
             }
-            c => out.push(c),
+            c => out.write_char(c)?,
         }
     }
-    out.push('"');
+    out.write_char('"')
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use crate::metrics::RequestSeries;
 use crate::prelude::*;
 use crate::status::Status;
 use abi::Action;
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::cell::RefCell;
 use host::{read_fetched_file, reply, start_fetch, ContextRequest};
@@ -56,7 +55,8 @@ fn on_panic(_: &core::panic::PanicInfo) -> ! {
 struct Plugin {
     roots: Vec<Root>,
     /// Each request in flight: the root it belongs to, its metric series.
-    streams: BTreeMap<u32, Stream>,
+    /// A list: one VM serves one app's few concurrent requests.
+    streams: Vec<Stream>,
 }
 
 struct Root {
@@ -66,8 +66,20 @@ struct Root {
 }
 
 struct Stream {
+    id: u32,
     root: u32,
     series: Option<usize>,
+}
+
+impl Plugin {
+    fn stream(&mut self, id: u32) -> Option<&mut Stream> {
+        self.streams.iter_mut().find(|stream| stream.id == id)
+    }
+
+    fn remove_stream(&mut self, id: u32) -> Option<Stream> {
+        let at = self.streams.iter().position(|stream| stream.id == id)?;
+        Some(self.streams.swap_remove(at))
+    }
 }
 
 struct Vm {
@@ -105,7 +117,11 @@ fn root_of(context_id: u32) -> Option<u32> {
     if plugin.roots.iter().any(|root| root.id == context_id) {
         return Some(context_id);
     }
-    plugin.streams.get(&context_id).map(|stream| stream.root)
+    let stream = plugin
+        .streams
+        .iter()
+        .find(|stream| stream.id == context_id)?;
+    Some(stream.root)
 }
 
 #[no_mangle]
@@ -117,11 +133,11 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
                 vm: None,
             });
         } else {
-            let stream = Stream {
+            plugin.streams.push(Stream {
+                id: context_id,
                 root: parent_id,
                 series: None,
-            };
-            plugin.streams.insert(context_id, stream);
+            });
         }
     });
 }
@@ -145,7 +161,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> bool {
         }
     };
     // host_env_keys hands the Downward API variables to the VM at start.
-    let ambassador = Ambassador::new(config.clone(), abi::environment().into_iter().collect());
+    let ambassador = Ambassador::new(config.clone(), abi::environment());
     abi::set_tick_period_ms(ambassador.tick_interval_ms());
     let vm = Vm {
         ambassador,
@@ -186,7 +202,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _: usize, _: bool) -
         // Not configured: Envoy refused the plugin and never gets here.
         None => Action::Continue,
         Some(Admission::Serve(_)) => {
-            if serve(root_id, context_id) {
+            if serve(root_id, context_id, now) {
                 Action::Continue
             } else {
                 Action::Pause
@@ -237,7 +253,7 @@ pub extern "C" fn proxy_on_http_call_response(
 
 #[no_mangle]
 pub extern "C" fn proxy_on_log(context_id: u32) {
-    let stream = with_plugin(|plugin| plugin.streams.remove(&context_id));
+    let stream = with_plugin(|plugin| plugin.remove_stream(context_id));
     let Some(stream) = stream else {
         return;
     };
@@ -258,7 +274,7 @@ pub extern "C" fn proxy_on_done(_: u32) -> bool {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     let stream = with_plugin(|plugin| {
-        let stream = plugin.streams.remove(&context_id);
+        let stream = plugin.remove_stream(context_id);
         if stream.is_none() {
             plugin.roots.retain(|root| root.id != context_id);
         }
@@ -303,7 +319,7 @@ fn start_due_fetches(root_id: u32) {
 fn serve_released(root_id: u32, released: Vec<u32>) {
     for context_id in released {
         // The client may have gone away while it waited.
-        if abi::set_effective_context(context_id) && serve(root_id, context_id) {
+        if abi::set_effective_context(context_id) && serve(root_id, context_id, abi::now_ms()) {
             abi::resume_request();
         }
     }
@@ -311,17 +327,16 @@ fn serve_released(root_id: u32, released: Vec<u32>) {
 
 /// Runs the request path for the effective context; true if the request
 /// goes on upstream. A reply is sent once the state is no longer borrowed.
-fn serve(root_id: u32, context_id: u32) -> bool {
+fn serve(root_id: u32, context_id: u32, now_ms: u64) -> bool {
     let mut request = ContextRequest::default();
     let served = with_vm(root_id, |vm| {
         let prepared = vm.ambassador.prepared()?.clone();
         let config = vm.ambassador.config().clone();
-        let now_s = abi::now_ms() / 1000;
         Some(filter::serve(
             &mut request,
             &config,
             &prepared,
-            now_s,
+            now_ms / 1000,
             &mut vm.series,
             &vm.telemetry,
         ))
@@ -329,7 +344,7 @@ fn serve(root_id: u32, context_id: u32) -> bool {
     .flatten();
     if let Some(series) = served.and_then(|served| served.series) {
         with_plugin(|plugin| {
-            if let Some(stream) = plugin.streams.get_mut(&context_id) {
+            if let Some(stream) = plugin.stream(context_id) {
                 stream.series = Some(series);
             }
         });

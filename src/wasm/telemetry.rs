@@ -6,12 +6,11 @@ use crate::config::{Config, PolicySource};
 use crate::filter::Refusal;
 use crate::metrics::{Counter, Gauge, Level, RequestSeries, Telemetry};
 use crate::prelude::*;
-use alloc::collections::BTreeMap;
 use core::cell::RefCell;
 
 pub struct WasmTelemetry {
-    /// Metric ids by tagged name, defined on first use.
-    ids: RefCell<BTreeMap<String, u32>>,
+    /// (tagged name, metric id), defined on first use: a few dozen at most.
+    ids: RefCell<Vec<(String, u32)>>,
 }
 
 impl WasmTelemetry {
@@ -19,7 +18,7 @@ impl WasmTelemetry {
     /// that they are exported (at zero) before anything happens.
     pub fn new(config: &Config) -> WasmTelemetry {
         let telemetry = WasmTelemetry {
-            ids: RefCell::new(BTreeMap::new()),
+            ids: RefCell::new(Vec::new()),
         };
         let mut known = vec![
             Counter::TokenRefreshes,
@@ -69,11 +68,11 @@ impl WasmTelemetry {
 
     fn id(&self, kind: MetricType, name: String) -> Option<u32> {
         let mut ids = self.ids.borrow_mut();
-        if let Some(id) = ids.get(&name) {
+        if let Some((_, id)) = ids.iter().find(|(known, _)| *known == name) {
             return Some(*id);
         }
         let id = abi::define_metric(kind, &name)?;
-        ids.insert(name, id);
+        ids.push((name, id));
         Some(id)
     }
 
