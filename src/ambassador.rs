@@ -117,9 +117,10 @@ impl<W: PartialEq> Ambassador<W> {
         self.config.refresh_interval_ms.min(STARTUP_RETRY_MS)
     }
 
-    /// Start reading without waiting for a request.
-    pub fn activate(&mut self) {
-        self.active = true;
+    /// Start reading without waiting for a request (a probe, or a host that
+    /// reads from the start); true if reading starts now.
+    pub fn activate(&mut self) -> bool {
+        !core::mem::replace(&mut self.active, true)
     }
 
     pub fn prepared(&self) -> Option<&Prepared> {
@@ -134,7 +135,7 @@ impl<W: PartialEq> Ambassador<W> {
         let give_up_at = now_ms.saturating_add(self.config.startup_wait_ms);
         self.waiting.push((waiter, give_up_at));
         Admission::Wait {
-            start_reading: !core::mem::replace(&mut self.active, true),
+            start_reading: self.activate(),
         }
     }
 

@@ -188,8 +188,6 @@ impl<'r> Handled<'r> {
 
 /// What the request path needs from the host for the request at hand.
 pub trait RequestHost {
-    /// The app's request headers; `None` if the host would not hand them over.
-    fn request_headers(&mut self) -> Option<HeaderList>;
     /// Changes the request's headers as `rewrite` says.
     fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String>;
     /// Answers the request with `status`; the request goes no further.
@@ -206,9 +204,11 @@ pub struct Served {
     pub series: Option<usize>,
 }
 
-/// One request, start to finish: read, decide, then forward or reply.
+/// One request, start to finish, given the app's headers: decide, then
+/// forward or reply.
 pub fn serve(
     host: &mut impl RequestHost,
+    headers: &HeaderList,
     config: &Config,
     prepared: &Prepared,
     now_s: u64,
@@ -219,28 +219,14 @@ pub fn serve(
         telemetry.count(Counter::LocalReplies { reason: refusal });
         host.reply(status);
     };
-    let Some(headers) = host.request_headers() else {
-        let status = Status::unavailable("podward could not read the request's headers".into(), 1);
-        refuse(host, Refusal::HostError, &status);
-        return Served {
-            forwarded: false,
-            series: None,
-        };
-    };
-    let handled = handle(
-        config,
-        &prepared.policy,
-        &prepared.identity,
-        now_s,
-        &headers,
-    );
+    let handled = handle(config, &prepared.policy, &prepared.identity, now_s, headers);
     let series = handled
         .request
         .as_ref()
         .map(|request| series.series_for(request));
     host.record(&handled.access_record());
     let forwarded = match handled.outcome {
-        Outcome::Forward(rewrite) => match host.forward(&rewrite, &headers) {
+        Outcome::Forward(rewrite) => match host.forward(&rewrite, headers) {
             Ok(()) => true,
             Err(error) => {
                 // Never forward without the credentials just decided on.
@@ -259,6 +245,28 @@ pub fn serve(
         }
     };
     Served { forwarded, series }
+}
+
+/// The path podward answers itself with its readiness, for a probe: the
+/// API server has no such path, so nothing of the API is hidden by it.
+pub const READINESS_PATH: &str = "/podward/ready";
+
+/// A readiness probe: `GET` or `HEAD` of [`READINESS_PATH`].
+pub fn is_readiness_probe(headers: &HeaderList) -> bool {
+    let method = headers.get(":method");
+    matches!(method, Some(b"GET" | b"HEAD"))
+        && headers.get(":path") == Some(READINESS_PATH.as_bytes())
+}
+
+/// The answer to a readiness probe: 200 once requests are served at once,
+/// else 503 saying what is missing.
+pub fn readiness_reply(readiness: Result<(), String>) -> Status {
+    match readiness {
+        Ok(()) => {
+            Status::success("podward holds a token, its policy and the pod's identity".into())
+        }
+        Err(why) => Status::unavailable(why, 1),
+    }
 }
 
 /// The request path for one request, given the app's headers.
@@ -786,5 +794,128 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A host that records every call the request path makes.
+    #[derive(Default)]
+    struct MockHost {
+        forwarded: Option<HeaderList>,
+        replies: Vec<Status>,
+        records: Vec<String>,
+        refuse_forwarding: bool,
+    }
+
+    impl RequestHost for MockHost {
+        fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
+            if self.refuse_forwarding {
+                return Err("host status 2".into());
+            }
+            self.forwarded = Some(HeaderList::from_pairs(rewrite.apply(original)));
+            Ok(())
+        }
+        fn reply(&mut self, status: &Status) {
+            self.replies.push(status.clone());
+        }
+        fn record(&mut self, access_record: &str) {
+            self.records.push(access_record.to_string());
+        }
+    }
+
+    #[derive(Default)]
+    struct Counted(std::cell::RefCell<Vec<String>>);
+
+    impl Telemetry for Counted {
+        fn log(&self, _: crate::metrics::Level, _: &str) {}
+        fn count(&self, counter: Counter<'_>) {
+            self.0.borrow_mut().push(counter.tagged_name());
+        }
+        fn gauge(&self, _: crate::metrics::Gauge, _: u64) {}
+    }
+
+    fn serve_one(host: &mut MockHost, method: &str, path: &str) -> (Served, Vec<String>) {
+        let config = Config::parse(b"").unwrap();
+        let prepared = Prepared {
+            identity: alloc::sync::Arc::new(identity(&config, "pod-token")),
+            policy: alloc::sync::Arc::new(inline_policy(&config).clone()),
+        };
+        let headers = request(method, path, &[(":authority", "localhost")]);
+        let telemetry = Counted::default();
+        let mut series = RequestSeries::default();
+        let served = serve(
+            host,
+            &headers,
+            &config,
+            &prepared,
+            0,
+            &mut series,
+            &telemetry,
+        );
+        (served, telemetry.0.into_inner())
+    }
+
+    #[test]
+    fn serve_forwards_or_replies_and_counts_what_it_did() {
+        let mut host = MockHost::default();
+        let (served, counted) = serve_one(&mut host, "GET", "/api/v1/namespaces/a/pods");
+        assert!(served.forwarded && served.series.is_some());
+        assert!(host.replies.is_empty() && counted.is_empty());
+        let forwarded = host.forwarded.take().unwrap();
+        assert_eq!(forwarded.get_str("authorization"), Some("Bearer pod-token"));
+        assert!(host.records[0].starts_with(r#"{"decision":"forward""#));
+
+        let (served, counted) = serve_one(&mut host, "POST", "/api/v1/namespaces/a/pods/p/exec");
+        assert!(!served.forwarded && served.series.is_some());
+        assert!(host.forwarded.is_none());
+        assert_eq!(host.replies.pop().unwrap().code, 403);
+        assert_eq!(
+            counted,
+            [
+                "rule=.=kubectl-proxy/no-exec-or-attach;.;podward_policy_denied_total",
+                "reason=.=policy_denied;.;podward_local_replies_total",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_that_will_not_take_the_headers_gets_a_503_not_a_bare_request() {
+        let mut host = MockHost {
+            refuse_forwarding: true,
+            ..MockHost::default()
+        };
+        let (served, counted) = serve_one(&mut host, "GET", "/api");
+        assert!(!served.forwarded);
+        let status = host.replies.pop().unwrap();
+        assert_eq!(status.code, 503);
+        assert!(status.message.contains("could not set the request headers"));
+        assert_eq!(
+            counted,
+            ["reason=.=host_error;.;podward_local_replies_total"]
+        );
+    }
+
+    #[test]
+    fn readiness_probes_are_recognised_and_answered_with_a_status() {
+        for (method, path, probe) in [
+            ("GET", READINESS_PATH, true),
+            ("HEAD", READINESS_PATH, true),
+            ("POST", READINESS_PATH, false),
+            ("GET", "/podward/ready/", false),
+            ("GET", "/readyz", false),
+        ] {
+            assert_eq!(
+                is_readiness_probe(&request(method, path, &[])),
+                probe,
+                "{method} {path}"
+            );
+        }
+        let ready: serde_json::Value =
+            serde_json::from_str(&readiness_reply(Ok(())).to_json()).unwrap();
+        assert_eq!(
+            (ready["status"].as_str(), ready["code"].as_u64()),
+            (Some("Success"), Some(200))
+        );
+        assert_eq!(ready.get("reason"), None);
+        let waiting = readiness_reply(Err("podward has no service-account token to send".into()));
+        assert_eq!((waiting.code, waiting.reason), (503, "ServiceUnavailable"));
     }
 }

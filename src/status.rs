@@ -7,6 +7,7 @@ use core::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub code: u32,
+    /// Empty for a success.
     pub reason: &'static str,
     pub message: String,
     pub details: Details,
@@ -22,6 +23,16 @@ pub struct Details {
 }
 
 impl Status {
+    /// A `Status` with `status: Success`, as the API server answers a delete.
+    pub fn success(message: String) -> Status {
+        Status {
+            code: 200,
+            reason: "",
+            message,
+            details: Details::default(),
+        }
+    }
+
     pub fn forbidden(message: String, details: Details) -> Status {
         Status {
             code: 403,
@@ -72,11 +83,15 @@ impl Status {
             Some(fields) => format!(",\"details\":{{{fields}}}"),
             None => String::new(),
         };
+        let (status, reason) = if self.reason.is_empty() {
+            ("Success", String::new())
+        } else {
+            ("Failure", format!(",\"reason\":\"{}\"", self.reason))
+        };
         format!(
-            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\
-             \"message\":{},\"reason\":\"{}\"{details},\"code\":{}}}",
+            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"{status}\",\
+             \"message\":{}{reason}{details},\"code\":{}}}",
             json_string(&self.message),
-            self.reason,
             self.code
         )
     }

@@ -16,11 +16,12 @@ pub struct ContextRequest {
     pub reply: Option<Status>,
 }
 
-impl RequestHost for ContextRequest {
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        abi::header_map(MapType::RequestHeaders)
-    }
+/// The effective context's request headers.
+pub fn request_headers() -> Option<HeaderList> {
+    abi::header_map(MapType::RequestHeaders)
+}
 
+impl RequestHost for ContextRequest {
     fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
         abi::set_header_map(MapType::RequestHeaders, &rewrite.apply(original))
     }

@@ -15,13 +15,14 @@ mod telemetry;
 use crate::ambassador::{Admission, Ambassador};
 use crate::config::Config;
 use crate::filter;
+use crate::headers::HeaderList;
 use crate::metrics::RequestSeries;
 use crate::prelude::*;
 use crate::status::Status;
 use abi::Action;
 use alloc::sync::Arc;
 use core::cell::RefCell;
-use host::{read_fetched_file, reply, start_fetch, ContextRequest};
+use host::{read_fetched_file, reply, request_headers, start_fetch, ContextRequest};
 use telemetry::WasmTelemetry;
 
 #[global_allocator]
@@ -191,18 +192,29 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _: usize, _: bool) -> Action {
-    #[cfg(feature = "crash-drill")]
-    crash_drill();
     let Some(root_id) = root_of(context_id) else {
         return Action::Continue;
     };
+    let Some(headers) = request_headers() else {
+        reply(&Status::unavailable(
+            "podward could not read the request's headers".into(),
+            1,
+        ));
+        return Action::Pause;
+    };
+    #[cfg(feature = "crash-drill")]
+    crash_drill(&headers);
+    if filter::is_readiness_probe(&headers) {
+        answer_probe(root_id, context_id);
+        return Action::Pause;
+    }
     let now = abi::now_ms();
     let admission = with_vm(root_id, |vm| vm.ambassador.admit(context_id, now));
     match admission {
         // Not configured: Envoy refused the plugin and never gets here.
         None => Action::Continue,
         Some(Admission::Serve(_)) => {
-            if serve(root_id, context_id, now) {
+            if serve(root_id, context_id, &headers, now) {
                 Action::Continue
             } else {
                 Action::Pause
@@ -218,14 +230,28 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _: usize, _: bool) -
     }
 }
 
+/// A probe starts the reading if no request has yet, and is told at once
+/// whether a request would be served now.
+fn answer_probe(root_id: u32, context_id: u32) {
+    let probed = with_vm(root_id, |vm| {
+        (vm.ambassador.activate(), vm.ambassador.readiness())
+    });
+    let Some((start_reading, readiness)) = probed else {
+        return;
+    };
+    if start_reading {
+        start_due_fetches(root_id);
+        abi::set_effective_context(context_id);
+    }
+    reply(&filter::readiness_reply(readiness));
+}
+
 /// A test build's way to crash the VM on demand (`--features crash-drill`,
 /// never in the shipped module): a request carrying `x-podward-crash-drill`.
 #[cfg(feature = "crash-drill")]
-fn crash_drill() {
-    let drill = abi::header_map(abi::MapType::RequestHeaders)
-        .is_some_and(|headers| headers.get("x-podward-crash-drill").is_some());
+fn crash_drill(headers: &crate::headers::HeaderList) {
     #[allow(clippy::panic)]
-    if drill {
+    if headers.get("x-podward-crash-drill").is_some() {
         panic!("crash drill");
     }
 }
@@ -319,7 +345,13 @@ fn start_due_fetches(root_id: u32) {
 fn serve_released(root_id: u32, released: Vec<u32>) {
     for context_id in released {
         // The client may have gone away while it waited.
-        if abi::set_effective_context(context_id) && serve(root_id, context_id, abi::now_ms()) {
+        if !abi::set_effective_context(context_id) {
+            continue;
+        }
+        let Some(headers) = request_headers() else {
+            continue;
+        };
+        if serve(root_id, context_id, &headers, abi::now_ms()) {
             abi::resume_request();
         }
     }
@@ -327,13 +359,14 @@ fn serve_released(root_id: u32, released: Vec<u32>) {
 
 /// Runs the request path for the effective context; true if the request
 /// goes on upstream. A reply is sent once the state is no longer borrowed.
-fn serve(root_id: u32, context_id: u32, now_ms: u64) -> bool {
+fn serve(root_id: u32, context_id: u32, headers: &HeaderList, now_ms: u64) -> bool {
     let mut request = ContextRequest::default();
     let served = with_vm(root_id, |vm| {
         let prepared = vm.ambassador.prepared()?.clone();
         let config = vm.ambassador.config().clone();
         Some(filter::serve(
             &mut request,
+            headers,
             &config,
             &prepared,
             now_ms / 1000,
