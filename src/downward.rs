@@ -6,11 +6,67 @@
 //! a `\xNN` escape may stand for a byte that is not UTF-8 on its own.
 
 use crate::prelude::*;
-use alloc::collections::BTreeMap;
 use core::fmt;
 
-/// Labels or annotations, keyed and sorted as the kubelet wrote them.
-pub type PodMap = BTreeMap<String, Vec<u8>>;
+/// Labels or annotations: keys unique and sorted, as the kubelet writes
+/// them. A sorted list rather than a BTreeMap, which costs the wasm module
+/// several KB per key and value type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodMap(Vec<(String, Vec<u8>)>);
+
+impl PodMap {
+    pub fn new() -> PodMap {
+        PodMap::default()
+    }
+
+    /// Adds an entry; a key already there takes the new value.
+    pub fn insert(&mut self, key: String, value: Vec<u8>) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(at) => {
+                if let Some(entry) = self.0.get_mut(at) {
+                    entry.1 = value;
+                }
+            }
+            Err(at) => self.0.insert(at, (key, value)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        self.0.get(at).map(|(_, value)| value.as_slice())
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.0.iter().map(|(key, value)| (key, value))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(key, _)| key)
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for PodMap {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(entries: I) -> PodMap {
+        let mut map = PodMap::new();
+        for (key, value) in entries {
+            map.insert(key, value);
+        }
+        map
+    }
+}
+
+impl<'a> IntoIterator for &'a PodMap {
+    type Item = (&'a String, &'a Vec<u8>);
+    type IntoIter = core::iter::Map<
+        core::slice::Iter<'a, (String, Vec<u8>)>,
+        fn(&'a (String, Vec<u8>)) -> (&'a String, &'a Vec<u8>),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(key, value)| (key, value))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapFormatError {
@@ -118,10 +174,20 @@ mod tests {
     use super::*;
 
     fn parsed(text: &str) -> Vec<(String, Vec<u8>)> {
-        parse_map(text.as_bytes()).unwrap().into_iter().collect()
+        let map = parse_map(text.as_bytes()).unwrap();
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     type Entries<'a> = &'a [(&'a str, &'a [u8])];
+
+    #[test]
+    fn a_repeated_key_keeps_the_last_value_and_keys_stay_sorted() {
+        let map = parse_map(b"b=\"1\"\na=\"2\"\nb=\"3\"").unwrap();
+        let keys: Vec<&String> = map.keys().collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(map.get("b"), Some(&b"3"[..]));
+        assert_eq!(map.get("c"), None);
+    }
 
     #[test]
     fn parses_kubelet_output() {
@@ -173,8 +239,8 @@ mod tests {
         let line = "kubectl.kubernetes.io/last-applied-configuration=\"{\\n  \\\"a\\\": 1\\n}\"";
         let map = parse_map(line.as_bytes()).unwrap();
         assert_eq!(
-            map["kubectl.kubernetes.io/last-applied-configuration"],
-            json.as_bytes()
+            map.get("kubectl.kubernetes.io/last-applied-configuration"),
+            Some(json.as_bytes())
         );
     }
 
