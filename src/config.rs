@@ -41,7 +41,31 @@ pub struct FileSource {
     pub cluster: String,
     pub authority: String,
     pub timeout_ms: u64,
+    /// (path prefix, directory): where the files under a prefix are on
+    /// disk. The internal listener's file server maps the same prefixes; a
+    /// host that reads files itself (the native module) uses these.
+    pub directories: Vec<(String, String)>,
 }
+
+impl FileSource {
+    /// Where the file at `path` on the file source is on disk.
+    pub fn local_path(&self, path: &str) -> Option<String> {
+        self.directories.iter().find_map(|(prefix, directory)| {
+            let rest = path.strip_prefix(prefix.as_str())?;
+            rest.starts_with('/').then(|| format!("{directory}{rest}"))
+        })
+    }
+}
+
+/// The sidecar's volumes, as envoy/render.py mounts them.
+const DEFAULT_DIRECTORIES: &[(&str, &str)] = &[
+    (
+        "/serviceaccount",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+    ),
+    ("/podinfo", "/etc/podinfo"),
+    ("/policy", "/etc/podward/policy"),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSettings {
@@ -177,7 +201,7 @@ impl Config {
             })?),
         };
         top.finish()?;
-        Ok(Config {
+        let config = Config {
             file_source,
             refresh_interval_ms,
             startup_wait_ms,
@@ -188,7 +212,21 @@ impl Config {
             allow_impersonation,
             namespace_env,
             policy,
-        })
+        };
+        if let Some(unmapped) = config
+            .files()
+            .into_iter()
+            .find(|path| config.file_source.local_path(path).is_none())
+        {
+            return Err(field_error(
+                "file_source.directories",
+                format!(
+                    "no directory is given for {}; every file podward reads must be under one",
+                    Quoted(unmapped)
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// Every file the filter reads: the token first, then the policy file if
@@ -230,6 +268,10 @@ fn read_file_source(object: Option<Object>) -> Result<FileSource, FieldError> {
         cluster: "podward_files".into(),
         authority: "podward-files".into(),
         timeout_ms: 1000,
+        directories: DEFAULT_DIRECTORIES
+            .iter()
+            .map(|(prefix, directory)| (prefix.to_string(), directory.to_string()))
+            .collect(),
     };
     let Some(mut object) = object else {
         return Ok(source);
@@ -241,6 +283,14 @@ fn read_file_source(object: Option<Object>) -> Result<FileSource, FieldError> {
         source.authority = authority;
     }
     source.timeout_ms = interval(&mut object, "timeout_ms", source.timeout_ms)?;
+    if let Some(directories) = object.string_map("directories")? {
+        for (prefix, directory) in &directories {
+            let field = format!("{}.{prefix}", object.path_of("directories"));
+            check_file_path(&field, prefix)?;
+            check_file_path(&field, directory)?;
+        }
+        source.directories = directories;
+    }
     if source.cluster.is_empty() {
         return Err(field_error(
             object.path_of("cluster"),
@@ -437,6 +487,33 @@ mod tests {
     }
 
     #[test]
+    fn file_source_paths_map_to_directories() {
+        let config = Config::parse(
+            br#"{"file_source": {"directories": {"/sa": "/run/sa", "/sa-old": "/old"}},
+                 "token": {"path": "/sa/token"}, "identity_headers": []}"#,
+        )
+        .unwrap();
+        let source = &config.file_source;
+        assert_eq!(
+            source.local_path("/sa/token").as_deref(),
+            Some("/run/sa/token")
+        );
+        assert_eq!(
+            source.local_path("/sa-old/token").as_deref(),
+            Some("/old/token")
+        );
+        assert_eq!(source.local_path("/satoken"), None);
+        let defaults = Config::parse(b"").unwrap();
+        assert_eq!(
+            defaults
+                .file_source
+                .local_path("/podinfo/labels")
+                .as_deref(),
+            Some("/etc/podinfo/labels")
+        );
+    }
+
+    #[test]
     fn header_names_are_lowercased_and_files_deduplicated() {
         let config = Config::parse(
             br#"{"identity_headers": [
@@ -571,6 +648,16 @@ mod tests {
                 r#"{"accept_hosts": ["a", ""]}"#,
                 "accept_hosts[1]",
                 "is empty",
+            ),
+            (
+                r#"{"policy_file": "/elsewhere/policy.json"}"#,
+                "file_source.directories",
+                "no directory is given for \"/elsewhere/policy.json\"",
+            ),
+            (
+                r#"{"file_source": {"directories": {"/podinfo": "relative"}}}"#,
+                "file_source.directories./podinfo",
+                "absolute path",
             ),
             (
                 r#"{"accept_hosts": ["::1"]}"#,

@@ -109,6 +109,19 @@ impl<'v> Object<'v> {
         })
     }
 
+    /// An object whose values are all strings, as (key, value) in key order.
+    pub fn string_map(
+        &mut self,
+        key: &'static str,
+    ) -> Result<Option<Vec<(String, String)>>, FieldError> {
+        self.typed(key, "an object of strings", |v| {
+            v.as_object()?
+                .iter()
+                .map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+    }
+
     /// One of `choices`, by name.
     pub fn choice<T: Copy>(
         &mut self,

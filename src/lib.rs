@@ -46,3 +46,8 @@ pub mod token;
 // make the wasm test binary a reactor that a WASI runner cannot start.
 #[cfg(all(target_family = "wasm", not(test)))]
 mod wasm;
+
+// The Envoy dynamic-module adapter, built only into libpodward.so: its
+// imports exist only inside Envoy.
+#[cfg(all(feature = "native", not(target_family = "wasm"), not(test)))]
+mod native;

@@ -39,23 +39,53 @@ pub enum Counter<'a> {
     PolicyDenied { rule: &'a RuleRef },
 }
 
+/// Every counter but the request series: its name, and its tag key if it has one.
+pub const COUNTERS: &[(&str, Option<&str>)] = &[
+    (TOKEN_REFRESHES, None),
+    (TOKEN_REFRESH_FAILURES, None),
+    (TOKEN_STALE, None),
+    (POLICY_RELOADS, None),
+    (POLICY_RELOAD_FAILURES, None),
+    (FILE_REFRESHES, Some("file")),
+    (FILE_REFRESH_FAILURES, Some("file")),
+    (LOCAL_REPLIES, Some("reason")),
+    (DENIED, Some("rule")),
+];
+
 impl Counter<'_> {
-    /// The metric's name with its tags folded in (see [`tagged`]).
-    pub fn tagged_name(&self) -> String {
+    pub fn name(&self) -> &'static str {
         match self {
-            Counter::TokenRefreshes => TOKEN_REFRESHES.into(),
-            Counter::TokenRefreshFailures => TOKEN_REFRESH_FAILURES.into(),
-            Counter::TokenStale => TOKEN_STALE.into(),
-            Counter::PolicyReloads => POLICY_RELOADS.into(),
-            Counter::PolicyReloadFailures => POLICY_RELOAD_FAILURES.into(),
-            Counter::FileRefreshes { file } => tagged(FILE_REFRESHES, &[("file", file)]),
-            Counter::FileRefreshFailures { file } => {
-                tagged(FILE_REFRESH_FAILURES, &[("file", file)])
-            }
-            Counter::LocalReplies { reason } => {
-                tagged(LOCAL_REPLIES, &[("reason", reason.as_str())])
-            }
-            Counter::PolicyDenied { rule } => tagged(DENIED, &[("rule", rule.as_str())]),
+            Counter::TokenRefreshes => TOKEN_REFRESHES,
+            Counter::TokenRefreshFailures => TOKEN_REFRESH_FAILURES,
+            Counter::TokenStale => TOKEN_STALE,
+            Counter::PolicyReloads => POLICY_RELOADS,
+            Counter::PolicyReloadFailures => POLICY_RELOAD_FAILURES,
+            Counter::FileRefreshes { .. } => FILE_REFRESHES,
+            Counter::FileRefreshFailures { .. } => FILE_REFRESH_FAILURES,
+            Counter::LocalReplies { .. } => LOCAL_REPLIES,
+            Counter::PolicyDenied { .. } => DENIED,
+        }
+    }
+
+    /// The tag's value, as [`COUNTERS`] names its key.
+    pub fn tag_value(&self) -> Option<&str> {
+        match self {
+            Counter::FileRefreshes { file } | Counter::FileRefreshFailures { file } => Some(file),
+            Counter::LocalReplies { reason } => Some(reason.as_str()),
+            Counter::PolicyDenied { rule } => Some(rule.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The metric's name with its tag folded in (see [`tagged`]).
+    pub fn tagged_name(&self) -> String {
+        let key = COUNTERS
+            .iter()
+            .find(|(name, _)| *name == self.name())
+            .and_then(|(_, key)| *key);
+        match (key, self.tag_value()) {
+            (Some(key), Some(value)) => tagged(self.name(), &[(key, value)]),
+            _ => self.name().into(),
         }
     }
 }
@@ -86,6 +116,9 @@ pub const FILE_REFRESH_FAILURES: &str = "podward_file_refresh_failures_total";
 pub const POLICY_RELOADS: &str = "podward_policy_reloads_total";
 pub const POLICY_RELOAD_FAILURES: &str = "podward_policy_reload_failures_total";
 
+/// The tags of [`REQUESTS`], in the order of their values.
+pub const REQUEST_TAGS: [&str; 4] = ["verb", "group", "resource", "code"];
+
 /// Every tag key podward uses; the Envoy configs get one extraction regex each.
 pub const TAG_KEYS: &[&str] = &[
     "verb", "group", "resource", "code", "rule", "reason", "file",
@@ -106,6 +139,13 @@ pub fn tagged(name: &str, tags: &[(&str, &str)]) -> String {
         out.push_str(";.;");
     }
     out.push_str(name);
+    out
+}
+
+/// A tag value as podward exports it (see [`push_sanitized`]).
+pub fn sanitized(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    push_sanitized(&mut out, value);
     out
 }
 
@@ -208,6 +248,11 @@ impl RequestSeries {
             self.index.insert(at, (key, index));
         }
         index
+    }
+
+    /// The (verb, group, resource) tags of a series.
+    pub fn tags(&self, series: usize) -> Option<&[String; 3]> {
+        self.series.get(series).map(|entry| &entry.tags)
     }
 
     /// The metric id of a series in one code class, defining it with
