@@ -213,20 +213,51 @@ impl Config {
             namespace_env,
             policy,
         };
-        if let Some(unmapped) = config
-            .files()
-            .into_iter()
-            .find(|path| config.file_source.local_path(path).is_none())
-        {
+        config.check_files_are_mapped(json)?;
+        Ok(config)
+    }
+
+    /// Every file must be under a directory of `file_source.directories`.
+    /// The error names the file's own field when the document sets it, else
+    /// the directories.
+    fn check_files_are_mapped(&self, json: &Value) -> Result<(), FieldError> {
+        let mut files = vec![(
+            "/token/path",
+            "token.path".to_string(),
+            self.token.path.as_str(),
+        )];
+        if let PolicySource::File(path) = &self.policy {
+            files.push(("/policy_file", "policy_file".into(), path));
+        }
+        for (index, header) in self.identity_headers.iter().enumerate() {
+            if let HeaderSource::File { path, .. } = &header.source {
+                files.push(("", format!("identity_headers[{index}].file"), path));
+            }
+        }
+        for (pointer, field, path) in files {
+            if self.file_source.local_path(path).is_some() {
+                continue;
+            }
+            let written = if pointer.is_empty() {
+                json.get("identity_headers").is_some()
+            } else {
+                json.pointer(pointer).is_some()
+            };
+            let field = if written {
+                field
+            } else {
+                "file_source.directories".into()
+            };
             return Err(field_error(
-                "file_source.directories",
+                field,
                 format!(
-                    "no directory is given for {}; every file podward reads must be under one",
-                    Quoted(unmapped)
+                    "{} is under no directory of file_source.directories; every file podward \
+                     reads must be",
+                    Quoted(path)
                 ),
             ));
         }
-        Ok(config)
+        Ok(())
     }
 
     /// Every file the filter reads: the token first, then the policy file if
@@ -651,8 +682,13 @@ mod tests {
             ),
             (
                 r#"{"policy_file": "/elsewhere/policy.json"}"#,
+                "policy_file",
+                "\"/elsewhere/policy.json\" is under no directory",
+            ),
+            (
+                r#"{"file_source": {"directories": {"/sa": "/run/sa"}}}"#,
                 "file_source.directories",
-                "no directory is given for \"/elsewhere/policy.json\"",
+                "\"/serviceaccount/token\" is under no directory",
             ),
             (
                 r#"{"file_source": {"directories": {"/podinfo": "relative"}}}"#,

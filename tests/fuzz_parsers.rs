@@ -1876,12 +1876,17 @@ fn valid_config() -> BoxedStrategy<Value> {
         "x-[a-z0-9-]{1,6}",
         prop_oneof![
             "[A-Z_]{1,8}".prop_map(|env| serde_json::json!({ "env": env })),
-            ("(/[a-z0-9_-]{1,6}){1,3}", prop::option::of("[a-z]{1,4}")).prop_map(|(file, key)| {
-                match key {
-                    Some(key) => serde_json::json!({ "file": file, "key": key }),
-                    None => serde_json::json!({ "file": file, "format": "text" }),
-                }
-            }),
+            // Under a prefix file_source.directories maps by default.
+            (
+                "/podinfo(/[a-z0-9_-]{1,6}){1,2}",
+                prop::option::of("[a-z]{1,4}")
+            )
+                .prop_map(|(file, key)| {
+                    match key {
+                        Some(key) => serde_json::json!({ "file": file, "key": key }),
+                        None => serde_json::json!({ "file": file, "format": "text" }),
+                    }
+                }),
         ],
         any::<bool>(),
     )
@@ -1911,7 +1916,7 @@ fn valid_config() -> BoxedStrategy<Value> {
     (
         10u64..=3_600_000,
         10u64..=3_600_000,
-        "(/[a-z0-9_-]{1,6}){1,3}",
+        "/serviceaccount(/[a-z0-9_-]{1,6}){1,2}",
         0u64..=3600,
         vec(header, 0..5),
         vec(select(&["localhost", "*", "example.com"][..]), 1..3),
