@@ -26,7 +26,7 @@ use host::{read_fetched_file, reply, request_headers, start_fetch, ContextReques
 use telemetry::WasmTelemetry;
 
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 /// Byte comparison, which the compiler emits calls to and which, without
 /// `std`, no C library provides.
