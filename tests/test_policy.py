@@ -82,21 +82,6 @@ def test_only_local_hosts_are_accepted(podward, apiserver):
     assert apiserver.requests == []
 
 
-def test_impersonation_headers_are_stripped(podward, pod, apiserver):
-    headers = {"Impersonate-User": "admin", "Impersonate-Group": "system:masters",
-               "Impersonate-Uid": "1", "Impersonate-Extra-Scopes": "all"}
-    assert request(podward, "GET", "/api/v1/namespaces/default/pods", headers=headers).status == 200
-    received = apiserver.requests[-1]
-    assert [name for name, _ in received.headers if name.lower().startswith("impersonate-")] == []
-    assert received.token == pod.token
-
-
-def test_impersonation_can_be_allowed(pod, start_envoy, apiserver):
-    envoy = start_envoy(pod, {"allow_impersonation": True})
-    request(envoy, "GET", "/version", headers={"Impersonate-User": "jane"})
-    assert apiserver.requests[-1].header("impersonate-user") == "jane"
-
-
 def test_read_only_preset(pod, start_envoy, apiserver):
     envoy = start_envoy(pod, {"policy": {"preset": "read-only"}})
     assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200

@@ -11,6 +11,7 @@ exactly what reached "the cluster"; upgraded connections are also kept as `sessi
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import random
@@ -956,17 +957,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise unauthorized()
         user = user or "system:anonymous"
         self.record.user = user
+        attrs = request_attributes(user, self.command, path, self.query)
         impersonated = self.headers.get("Impersonate-User")
         if impersonated is not None or self.headers.get("Impersonate-Group") is not None:
             if not api.allow_impersonation:
-                target = impersonated or self.headers.get("Impersonate-Group")
-                kind = "users" if impersonated is not None else "groups"
-                raise ApiError(403, "Forbidden",
-                               f'{kind} "{target}" is forbidden: User "{user}" cannot impersonate resource '
-                               f'"{kind}" in API group "" at the cluster scope', {"name": target, "kind": kind})
+                # 1.36's constrained impersonation asks for `impersonate-on:user-info:<verb>` on the request's
+                # own resource, and words the refusal that way.
+                raise forbidden(dataclasses.replace(attrs, verb=f"impersonate-on:user-info:{attrs.verb}"))
             user = impersonated or user
-            self.record.user = user
-        attrs = request_attributes(user, self.command, path, self.query)
+            self.record.user = attrs.user = user
         if not api.is_allowed(attrs):
             raise forbidden(attrs)
         return attrs
