@@ -282,8 +282,10 @@ _VERB_BY_METHOD = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update
 
 
 def request_attributes(user: str, method: str, path: str, query: dict) -> RequestAttributes:
+    """requestinfo.go's GetRequestInfo, step by step; test_real_api.py checks it against a real API server."""
     attrs = RequestAttributes(user=user, verb=method.lower(), path=path)
-    parts = [p for p in path.strip("/").split("/") if p]
+    trimmed = path.strip("/")
+    parts = trimmed.split("/") if trimmed else []  # empty inner segments are kept, as splitPath keeps them
     if len(parts) < 3 or parts[0] not in ("api", "apis") or (parts[0] == "apis" and len(parts) < 4):
         return attrs
     if parts[0] == "api":
@@ -291,25 +293,28 @@ def request_attributes(user: str, method: str, path: str, query: dict) -> Reques
     else:
         attrs.api_group, attrs.api_version, rest = parts[1], parts[2], parts[3:]
     attrs.is_resource = True
-    attrs.verb = _VERB_BY_METHOD.get(method, method.lower())
-    if rest[0] in ("watch", "proxy") and len(rest) > 1:  # deprecated /api/v1/watch/... form
+    if rest[0] in ("watch", "proxy") and len(rest) > 1:  # deprecated /api/v1/watch/... and /proxy/... forms
         attrs.verb, rest = rest[0], rest[1:]
+    else:
+        attrs.verb = _VERB_BY_METHOD.get(method, "")  # OPTIONS and the like: no verb at all
     if rest[0] == "namespaces" and len(rest) > 1:
         attrs.namespace = rest[1]
         if len(rest) > 2 and rest[2] not in ("status", "finalize"):
             rest = rest[2:]
     attrs.resource = rest[0]
     attrs.name = rest[1] if len(rest) > 1 else ""
-    attrs.subresource = rest[2] if len(rest) > 2 else ""
+    # The proxy verb takes no subresource: what follows the name is the proxied path.
+    attrs.subresource = rest[2] if len(rest) > 2 and attrs.verb != "proxy" else ""
     if not attrs.name and attrs.verb == "get":
-        watch = query.get("watch", [""])[0]
-        attrs.verb = "watch" if "watch" in query and watch not in ("false", "0") else "list"
+        # ListOptions' bool conversion: only "0" and "false" in any case are false; an empty value is true.
+        watch = query.get("watch")
+        attrs.verb = "watch" if watch and watch[0] != "0" and watch[0].lower() != "false" else "list"
+        for key, op, value in _parse_selector(query.get("fieldSelector", [""])[0]):
+            if key == "metadata.name" and op == "=" and value and "/" not in value and "%" not in value \
+                    and value not in (".", ".."):
+                attrs.name = value
     if not attrs.name and attrs.verb == "delete":
         attrs.verb = "deletecollection"
-    if attrs.verb in ("list", "watch"):
-        for term in _parse_selector(query.get("fieldSelector", [""])[0]):
-            if term[0] == "metadata.name" and term[1] == "=":
-                attrs.name = term[2]
     return attrs
 
 
@@ -974,6 +979,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not attrs.is_resource:
             self._serve_non_resource(api, attrs.path)
             return
+        if attrs.api_group and attrs.api_version not in GROUPS.get(attrs.api_group, []):
+            self._send_page_not_found()  # no API group/version serves it: the server's mux answers
+            return
         rtype = RESOURCES_BY_PATH.get((attrs.api_group, attrs.api_version, attrs.resource))
         verbs = rtype and rtype.verbs_for(attrs.subresource)
         if verbs is None:
@@ -1241,8 +1249,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         document = _discovery_document(path, f"{api.host}:{api.port}")
         if document is None:
-            raise path_not_found()
+            self._send_page_not_found()
+            return
         self._send_json(200, document)
+
+    def _send_page_not_found(self):
+        """A path no API serves gets Go's plain-text 404 from the API server's mux, not a Status."""
+        self._send(404, b"404 page not found\n", "text/plain; charset=utf-8", [("X-Content-Type-Options", "nosniff")])
 
     def _serve_health(self, endpoint, path):
         check = path.strip("/").split("/")[1:]
