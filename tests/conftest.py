@@ -27,6 +27,7 @@ REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"
 
 class _Envtest:
     """What the session learnt about the real-server tests, for the closing lines."""
+    node_ids: set = set()
     not_run = 0
     passed = 0
     startup_seconds: float | None = None
@@ -44,18 +45,18 @@ def pytest_sessionstart(session):
                                 f"kube-apiserver and etcd: {HOW_TO_GET_THEM}")
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they will
 def pytest_collection_modifyitems(config, items):
-    if assets_dir() is not None:
-        return
     real = [item for item in items if item.get_closest_marker("envtest")]
-    if real:
+    _Envtest.node_ids = {item.nodeid for item in real}
+    if real and assets_dir() is None:
         items[:] = [item for item in items if not item.get_closest_marker("envtest")]
         config.hook.pytest_deselected(items=real)
         _Envtest.not_run = len(real)
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" and report.passed and "envtest" in report.keywords:
+    if report.when == "call" and report.passed and report.nodeid in _Envtest.node_ids:
         _Envtest.passed += 1
 
 
@@ -66,7 +67,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                     red=True, bold=True)
     if _Envtest.startup_seconds is not None:
         terminalreporter.write_line(f"real kube-apiserver + etcd ready in {_Envtest.startup_seconds:.1f} s; "
-                                    f"{_Envtest.passed} real-server tests passed")
+                                    f"real-server tests passed: {_Envtest.passed}")
 
 
 def pytest_sessionfinish(session, exitstatus):
