@@ -225,6 +225,17 @@ class KubeApiServer:
                                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
         return answer["status"]["token"]
 
+    def admin_kubeconfig(self, path: pathlib.Path) -> pathlib.Path:
+        """A kubeconfig for kubectl as the admin, straight to the API server."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "envtest",
+            "clusters": [{"name": "envtest", "cluster": {"server": self.url, "certificate-authority": self.pki.ca_cert,
+                                                         "tls-server-name": "kubernetes.default.svc"}}],
+            "users": [{"name": ADMIN_USER, "user": {"token": self.admin_token}}],
+            "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": ADMIN_USER}}],
+        }))
+        return path
+
     # --- The audit log -----------------------------------------------------------------------------------
 
     def audit_events(self, since: float = 0.0) -> list:
