@@ -170,8 +170,10 @@ def test_token_claims_look_like_kubernetes():
     claims = claims_of(token)
     assert claims["iss"] == "https://kubernetes.default.svc.cluster.local"
     assert claims["sub"] == "system:serviceaccount:team-a:builder"
-    assert claims["aud"] == ["https://kubernetes.default.svc"]
-    assert (claims["iat"], claims["nbf"], claims["exp"]) == (now, now, now + 3607)
+    assert claims["aud"] == [claims["iss"]]
+    # The projected volume's default 3607 s, extended to a year as the real API server does.
+    assert (claims["iat"], claims["nbf"], claims["exp"]) == (now, now, now + 365 * 24 * 3600)
+    assert claims["kubernetes.io"]["warnafter"] == now + 3607
     k8s = claims["kubernetes.io"]
     assert k8s["namespace"] == "team-a"
     assert k8s["pod"] == {"name": "build-7", "uid": "pod-uid-1"}
@@ -179,6 +181,8 @@ def test_token_claims_look_like_kubernetes():
     assert k8s["node"]["name"] == "n1"
     assert "=" not in token and token.count(".") == 2
     assert make_token("a", "b", "c") != make_token("a", "b", "c")
+    plain = claims_of(make_token("team-a", "builder", "build-7", lifetime_seconds=1800, now=now))
+    assert plain["exp"] == now + 1800 and "warnafter" not in plain["kubernetes.io"]
 
 
 # --- The API server: authentication and authorization -----------------------------------------------
@@ -188,12 +192,14 @@ UNAUTHORIZED = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": 
 
 
 def test_missing_or_wrong_token_gets_401_status(server, pki):
-    for token in (None, "not-a-valid-token", make_token("default", "default", "other")):
+    foreign = make_token("default", "default", "app-0", audience="https://oidc.eks.example/id/0123")
+    server.accept(foreign)  # even a token it was told of: the audience is not the server's
+    for token in (None, "not-a-valid-token", make_token("default", "default", "other"), foreign):
         status, headers, body = call(server, pki, "GET", "/api/v1/namespaces/default/pods", token=token)
         assert status == 401
         assert headers["Content-Type"] == "application/json"
         assert json.loads(body) == UNAUTHORIZED
-    assert [r.status for r in server.requests] == [401, 401, 401]
+    assert [r.status for r in server.requests] == [401, 401, 401, 401]
     assert server.requests[1].token == "not-a-valid-token"
 
 
@@ -229,7 +235,7 @@ def test_token_file_rotation_keeps_previous_token_valid(pki, tmp_path):
         assert call(server, pki, "GET", "/api", token=old)[0] == 200
         server.revoke(old)
         assert call(server, pki, "GET", "/api", token=old)[0] == 401
-        expired = make_token("default", "default", "p", now=time.time() - 7200)
+        expired = make_token("default", "default", "p", lifetime_seconds=3600, now=time.time() - 7200)
         server.accept(expired)
         assert call(server, pki, "GET", "/api", token=expired)[0] == 401
 
