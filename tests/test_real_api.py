@@ -34,7 +34,8 @@ def python_client(envoy) -> kubernetes.client.ApiClient:
 
 def kubectl(envoy, namespace: str, home, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([os.environ["KUBECTL"], "--server", envoy.url, "--namespace", namespace, *args],
-                          input=stdin, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)})
+                          input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HOME": str(home)})
 
 
 def without_resource_version(document: dict) -> dict:
@@ -56,7 +57,8 @@ def test_ambassador_requests_answer_as_the_api_server_does(real_podward, real_po
     if path == "/":
         # RBAC's discovery roles do not grant `/` to service accounts (the stand-in serves it to anyone).
         status = assert_status(proxied, 403, "Forbidden")
-        assert status["message"] == f'forbidden: User "system:serviceaccount:{real_pod.namespace}:app" cannot get path "/"'
+        user = f"system:serviceaccount:{real_pod.namespace}:app"
+        assert status["message"] == f'forbidden: User "{user}" cannot get path "/"'
     else:
         assert proxied.status == 200 and proxied.headers["content-type"] == "application/json"
 
@@ -128,7 +130,8 @@ def test_every_patch_type_and_server_side_apply(real_podward, real_pod):
         assert images(patched) == {"app": "app:3"}
         # JSON patch, and the API server's 422 when a `test` operation fails.
         patched = apps.patch_namespaced_deployment(name, namespace, [
-            {"op": "test", "path": "/spec/replicas", "value": 1}, {"op": "replace", "path": "/spec/replicas", "value": 2}])
+            {"op": "test", "path": "/spec/replicas", "value": 1},
+            {"op": "replace", "path": "/spec/replicas", "value": 2}])
         assert patched.spec.replicas == 2
         with pytest.raises(kubernetes.client.ApiException) as failed:
             apps.patch_namespaced_deployment(name, namespace, [{"op": "test", "path": "/spec/replicas", "value": 1}])
@@ -164,8 +167,9 @@ def test_kubectl_applies_and_deletes_through_podward(real_podward, real_pod, kub
         result = kubectl(real_podward, namespace, tmp_path, *args, stdin=text)
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout.strip())
+    deleted = f'configmap "applied" deleted from {namespace} namespace'
     assert outputs == ["configmap/applied created", "configmap/applied configured",
-                       "configmap/applied serverside-applied", f'configmap "applied" deleted from {namespace} namespace']
+                       "configmap/applied serverside-applied", deleted]
     assert kube.admin("GET", f"/api/v1/namespaces/{namespace}/configmaps/applied").status == 404
 
 
@@ -311,7 +315,8 @@ def test_the_h2_upstream_variant_serves_lists_watches_and_writes(real_pod, start
     assert [json.loads(line)["object"]["metadata"]["name"] for line in watched.body.splitlines()] == ["over-h2"]
     stats = envoy.stats()
     # One h2 connection carried all three, and the API server negotiated h2 with Envoy.
-    assert stats["cluster.kubernetes.upstream_cx_http2_total"] == 1 and stats["cluster.kubernetes.upstream_rq_total"] == 3
+    assert stats["cluster.kubernetes.upstream_cx_http2_total"] == 1
+    assert stats["cluster.kubernetes.upstream_rq_total"] == 3
 
 
 # --- How a request is read: requestinfo.go, podward, the stand-in --------------------------------------------

@@ -3,8 +3,8 @@ arrive upstream, byte for byte, `logs -f`, exec/attach/port-forward upgrades ove
 kubelet answers a real API server here), and the app speaking HTTP/1.1 or h2c. Watches, the 20 MB list and
 the real clients' reads run against the real API server (test_real_watch.py, test_real_api.py).
 
-Clients are real where it matters: kubectl 1.37 (WebSocket, or SPDY, for exec and attach), the Python kubernetes
-client (WebSocket for exec, attach and port-forward), curl for h2c, raw sockets. Figures
+Clients are real where it matters: kubectl 1.37 (WebSocket, or SPDY, for exec, attach and port-forward), the
+Python kubernetes client (WebSocket for exec, attach and port-forward), curl for h2c, raw sockets. Figures
 (latency, memory) are printed (pytest -s) and written to /tmp/podward-figures/traffic.json.
 """
 
@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.stream import portforward, stream
 
 from conftest import assert_status, request
-from harness.remotecommand import PORT_FORWARD_SPDY, V4_CHANNEL, V5_CHANNEL
+from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, V4_CHANNEL, V5_CHANNEL
 
 FIGURES = pathlib.Path("/tmp/podward-figures/traffic.json")
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
@@ -341,9 +341,16 @@ def echo_through(port: int, message: bytes) -> bytes:
         return received
 
 
-def test_kubectl_port_forward_over_spdy_is_allowed_by_the_default_policy(podward, pod, apiserver, kubectl):
-    # kubectl 1.37 first tries SPDY tunnelled in a WebSocket, which the stand-in does not speak, then falls back.
-    kubectl.env["KUBECTL_PORT_FORWARD_WEBSOCKETS"] = "false"
+# kubectl 1.37 port-forwards over SPDY tunnelled in a WebSocket; KUBECTL_PORT_FORWARD_WEBSOCKETS=false makes it
+# upgrade to SPDY/3.1 itself, as older kubectl does.
+PORT_FORWARD_TRANSPORTS = {"websocket": ({}, PORT_FORWARD_TUNNEL, "websocket"),
+                           "spdy": ({"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}, PORT_FORWARD_SPDY, "SPDY/3.1")}
+
+
+@pytest.mark.parametrize("transport", PORT_FORWARD_TRANSPORTS)
+def test_kubectl_port_forward_is_allowed_by_the_default_policy(podward, pod, apiserver, kubectl, transport):
+    env, protocol, upgrade = PORT_FORWARD_TRANSPORTS[transport]
+    kubectl.env.update(env)
     forwarder = kubectl.start(podward, "port-forward", "pod/demo-0", ":8080")
     try:
         first_line = LineReader(forwarder).next().decode()
@@ -354,9 +361,9 @@ def test_kubectl_port_forward_over_spdy_is_allowed_by_the_default_policy(podward
         stop_process(forwarder)
     assert replies == [f"connection {i}\n".encode() for i in range(3)]
     session = the_session(apiserver, "portforward")
-    assert (session.transport, session.protocol) == ("spdy", PORT_FORWARD_SPDY)
+    assert (session.transport, session.protocol) == (transport, protocol)
     assert session.forwarded == {8080: b"connection 0\nconnection 1\nconnection 2\n"}
-    assert_upgrade_carried_credentials(apiserver, pod, "portforward", "SPDY/3.1")
+    assert_upgrade_carried_credentials(apiserver, pod, "portforward", upgrade)
     wait_until(session.ended.is_set, "the stand-in to see the port-forward end")
     wait_for_envoy_to_drop_every_stream(podward)
 

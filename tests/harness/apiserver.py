@@ -30,8 +30,9 @@ from queue import Empty, Queue
 import yaml
 
 from .jwt import DEFAULT_AUDIENCE, claims_of
-from .remotecommand import (PORT_FORWARD_SPDY, STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL, ExecOptions,
-                            SpdyConnection, StreamSession, WebSocket, negotiate, offered_protocols,
+from .remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL,
+                            ExecOptions, SpdyConnection, StreamSession, TunnelledStream, WebSocket, negotiate,
+                            offered_protocols,
                             serve_spdy_exec, serve_spdy_portforward, serve_websocket_exec,
                             serve_websocket_portforward, websocket_accept)
 
@@ -1194,7 +1195,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Sec-WebSocket-Version") != "13" or not key:
             raise bad_request("websocket: not a valid version 13 handshake")
         offered = offered_protocols(self.headers.get_all("Sec-WebSocket-Protocol") or [])
-        protocol = negotiate(offered, [V4_CHANNEL] if kind == "portforward" else [V5_CHANNEL, V4_CHANNEL])
+        protocol = negotiate(offered, [V4_CHANNEL, PORT_FORWARD_TUNNEL] if kind == "portforward"
+                             else [V5_CHANNEL, V4_CHANNEL])
         if offered and protocol is None:
             raise bad_request(f"requested protocol(s) are not supported: {offered}")
         headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", websocket_accept(key))]
@@ -1203,7 +1205,10 @@ class _Handler(BaseHTTPRequestHandler):
         session = self._switch_protocols(api, kind, "websocket", protocol or "", headers)
         ws = WebSocket(self.rfile, self.wfile)
         try:
-            if kind == "portforward":
+            if protocol == PORT_FORWARD_TUNNEL:
+                tunnel = TunnelledStream(ws)
+                serve_spdy_portforward(SpdyConnection(tunnel, tunnel), session)
+            elif kind == "portforward":
                 ports = [int(p) for v in self.query.get("ports", []) for p in v.split(",") if p]
                 serve_websocket_portforward(ws, session, ports)
             else:
