@@ -29,6 +29,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -99,6 +100,16 @@ class KubeApiServer:
 
     def start(self) -> "KubeApiServer":
         atexit.register(self.stop)
+        # atexit does not run when the test run is terminated; stop first, then let SIGTERM do what it did.
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def stop_then_terminate(signum, frame):
+                self.stop()
+                signal.signal(signal.SIGTERM, previous)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, stop_then_terminate)
         started = time.monotonic()
         self._spawn("etcd", [
             "--data-dir", str(self.workdir / "etcd"), "--name", "envtest",
