@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import json
 import os
 import pathlib
 import secrets
@@ -18,7 +17,7 @@ import pytest
 
 from harness.apiserver import StandInApiServer
 from harness.envoy import WASM, Envoy, local_settings
-from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, assets_dir
+from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
 from harness.pki import make_pki
 from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPod
 
@@ -200,14 +199,6 @@ def start_real_envoy(tmp_path, kube):
 def real_podward(real_pod, start_real_envoy):
     """Envoy with podward and the default configuration, in front of the real API server."""
     return start_real_envoy(real_pod)
-
-
-class Response:
-    def __init__(self, status: int, headers, body: bytes):
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self):
-        return json.loads(self.body)
 
 
 def request(envoy: Envoy, method: str, path: str, headers: dict | None = None, body: bytes | None = None,

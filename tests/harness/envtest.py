@@ -31,7 +31,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
 
 from cryptography.hazmat.primitives import serialization
@@ -71,6 +70,8 @@ class ApiServerFailed(RuntimeError):
 
 
 class Response:
+    """An HTTP answer, read whole: from the API server here, from the sidecar in conftest.request."""
+
     def __init__(self, status: int, headers, body: bytes):
         self.status, self.headers, self.body = status, headers, body
 
@@ -217,12 +218,6 @@ class KubeApiServer:
     def create(self, obj: dict) -> dict:
         return self.admin_ok("POST", collection_path(obj), obj)
 
-    def apply(self, obj: dict, manager: str = "envtest") -> dict:
-        """Server-side apply as the admin: creates or updates `obj`."""
-        path = f"{collection_path(obj)}/{obj['metadata']['name']}?fieldManager={manager}&force=true"
-        return self.admin_ok("PATCH", path, json.dumps(obj).encode(),
-                             {"Content-Type": "application/apply-patch+yaml"})
-
     def token_request(self, namespace: str, service_account: str, expiration_seconds: int = 3607,
                       audiences: list | None = None, pod: dict | None = None) -> str:
         """A token from the TokenRequest API, as the kubelet asks for a projected volume's (bound to `pod`)."""
@@ -285,6 +280,3 @@ def credential_id(event: dict) -> str | None:
     values = event.get("user", {}).get("extra", {}).get("authentication.kubernetes.io/credential-id", [])
     return values[0].removeprefix("JTI=") if values else None
 
-
-def query_of(event: dict) -> dict:
-    return urllib.parse.parse_qs(urllib.parse.urlsplit(event["requestURI"]).query)
