@@ -28,7 +28,6 @@ import secrets
 import signal
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -82,9 +81,9 @@ class Response:
 class KubeApiServer:
     """etcd + kube-apiserver, started once per test session. `admin_*` methods act as cluster-admin."""
 
-    def __init__(self, assets: pathlib.Path, workdir: pathlib.Path | None = None):
-        self.assets = assets
-        self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="podward-envtest-"))
+    def __init__(self, assets: pathlib.Path, workdir: pathlib.Path):
+        """`workdir` holds the PKI, etcd's data, both servers' logs and the audit log."""
+        self.assets, self.workdir = assets, workdir
         self.pki: Pki = make_pki(str(self.workdir / "pki"))
         self.admin_token = secrets.token_urlsafe(32)
         self.audit_log = self.workdir / "audit.log"
@@ -141,7 +140,6 @@ class KubeApiServer:
             "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
             "--bind-address", "127.0.0.1", "--secure-port", str(self.port), "--advertise-address", "127.0.0.1",
             "--tls-cert-file", self.pki.server_cert, "--tls-private-key-file", self.pki.server_key,
-            "--cert-dir", str(self.workdir / "certs"),
             "--service-account-issuer", ISSUER,
             "--service-account-key-file", str(public_file), "--service-account-signing-key-file", str(key_file),
             "--service-cluster-ip-range", "10.0.0.0/24",
