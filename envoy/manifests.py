@@ -4,8 +4,9 @@ Committed (envoy/, checked for drift by tests/test_manifests.py):
   * ``kustomize/base``: the example workload as a Deployment, its RBAC, and a
     kustomization that takes the podward ConfigMap (envoy.yaml + podward.wasm)
     from render.write_dist;
-  * ``kustomize/overlays/example``: namespace, name prefix, token audience and
-    expiry, and the ``read-only`` policy preset;
+  * ``kustomize/overlays/example``: a namespace that enforces the restricted Pod
+    Security Standard, a name prefix, the token's expiry, and the ``read-only``
+    policy preset;
   * ``istio/wasmplugin.yaml``: podward in an Istio sidecar (see README.md).
 
 Built (dist/kustomize): the same tree with the generated ConfigMap next to the
@@ -31,18 +32,20 @@ CONFIGMAP_FILE = "podward-configmap.yaml"
 BASE_DIR = "kustomize/base"
 OVERLAY_DIR = "kustomize/overlays/example"
 WASMPLUGIN_FILE = "istio/wasmplugin.yaml"
-# kubectl 1.20 embeds kustomize v2: directories go under `bases:`, patches under
-# `patchesStrategicMerge`/`patchesJson6902`, and no file may lie outside the
-# kustomization's own directory (hence the ConfigMap is copied next to the base).
+# Current kustomize (v5, in kubectl 1.37): `resources` and `patches`. No file may lie outside a
+# kustomization's own directory, hence the ConfigMap is copied next to the base.
 KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
 
 EXAMPLE_NAMESPACE = "team-a"
 EXAMPLE_PREFIX = "team-a-"
 EXAMPLE_POLICY = {"policy": {"preset": "read-only"}}
-# The API server refuses less than 600 s. The audience must be one that
-# kube-apiserver accepts (--api-audiences; when unset, its issuer): this is
-# kubeadm's and kind's default issuer.
-EXAMPLE_TOKEN = {"expirationSeconds": 1800, "audience": "https://kubernetes.default.svc.cluster.local"}
+# The API server refuses less than 600 s. No audience: the token then gets the
+# API server's own (--api-audiences, else its issuer), which differs between
+# kubeadm, EKS and GKE; a fixed one would get 401 wherever it is not that.
+EXAMPLE_TOKEN = {"expirationSeconds": 1800}
+# What platform teams require of a namespace before a sidecar goes in.
+POD_SECURITY_LABELS = {"pod-security.kubernetes.io/enforce": "restricted",
+                       "pod-security.kubernetes.io/enforce-version": "latest"}
 
 # In an Istio sidecar the app cannot use 127.0.0.1:8001 (loopback is not
 # captured); it calls this mesh host, defined by a ServiceEntry (README.md).
@@ -117,17 +120,23 @@ def policy_patch() -> dict:
             "data": {"envoy.yaml": envoy_yaml}}
 
 
+def namespace() -> dict:
+    """The example's namespace, admitting only pods that meet the restricted Pod Security Standard."""
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": EXAMPLE_NAMESPACE, "labels": POD_SECURITY_LABELS}}
+
+
 def overlay_kustomization() -> dict:
     return {
         **KUSTOMIZATION,
-        "bases": ["../../base"],
+        "resources": ["../../base", "namespace.yaml"],
         "namespace": EXAMPLE_NAMESPACE,
         "namePrefix": EXAMPLE_PREFIX,
-        "patchesStrategicMerge": ["podward-policy.yaml"],
-        "patchesJson6902": [{
-            "target": {"group": "apps", "version": "v1", "kind": "Deployment", "name": APP},
-            "path": "token.yaml",
-        }],
+        "patches": [
+            {"path": "podward-policy.yaml"},
+            {"path": "token.yaml",
+             "target": {"group": "apps", "version": "v1", "kind": "Deployment", "name": APP}},
+        ],
     }
 
 
@@ -191,6 +200,7 @@ def committed_files(module: bytes) -> dict:
         f"{BASE_DIR}/deployment.yaml": yaml_documents([deployment()]),
         f"{BASE_DIR}/rbac.yaml": yaml_documents(rbac()),
         f"{OVERLAY_DIR}/kustomization.yaml": yaml_documents([overlay_kustomization()]),
+        f"{OVERLAY_DIR}/namespace.yaml": yaml_documents([namespace()]),
         f"{OVERLAY_DIR}/podward-policy.yaml": yaml_documents([policy_patch()]),
         f"{OVERLAY_DIR}/token.yaml": yaml_documents([token_patch()]),
         WASMPLUGIN_FILE: yaml_documents([wasm_plugin(module)]),

@@ -304,6 +304,12 @@ def bootstrap(settings: Settings) -> dict:
 
 def example_pod() -> dict:
     """The book's curl-with-ambassador pod, with Envoy and podward as a native sidecar."""
+
+    def restricted(run_as_user: int) -> dict:
+        """A container security context the restricted Pod Security Standard admits, with nothing to write."""
+        return {"runAsNonRoot": True, "runAsUser": run_as_user, "readOnlyRootFilesystem": True,
+                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
     env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in POD_FIELD_ENV.items()]
     env += [
         {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": "main", "resource": resource, "divisor": divisor}}}
@@ -327,14 +333,15 @@ def example_pod() -> dict:
         "startupProbe": {"tcpSocket": {"port": 8001}, "periodSeconds": 1, "failureThreshold": 30},
         # Measured (BENCHMARKS.md): ~99 MB RSS idle, ~101 MB under load at concurrency 1.
         "resources": {"requests": {"cpu": "50m", "memory": "100Mi"}, "limits": {"memory": "160Mi"}},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 101, "readOnlyRootFilesystem": True,
-                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": restricted(run_as_user=101),  # the envoy image's user
     }
     main = {
         "name": "main",
         "image": "curlimages/curl:8.11.1",
         "command": ["sleep", "9999999"],
         "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
+        # The image's curl_user: named, not numbered, so the kubelet could not check runAsNonRoot without it.
+        "securityContext": restricted(run_as_user=100),
     }
     volumes = [
         {"name": "podward", "configMap": {"name": "podward"}},
@@ -356,8 +363,9 @@ def example_pod() -> dict:
             # Only the sidecar mounts a token (its own projected volume); the
             # app container gets none.
             "automountServiceAccountToken": False,
-            # Envoy runs as uid 101; fsGroup makes the projected token readable to it.
-            "securityContext": {"fsGroup": 101},
+            # Envoy runs as uid 101; fsGroup makes the projected token readable to it. Non-root and the
+            # runtime's seccomp profile for every container: the restricted Pod Security Standard.
+            "securityContext": {"fsGroup": 101, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
             "initContainers": [sidecar],
             "containers": [main],
             "volumes": volumes,

@@ -1,23 +1,78 @@
-"""Fixtures for the integration tests: a PKI, the stand-in API server, a local
-pod's volumes, and real Envoy processes running the built podward.wasm."""
+"""Fixtures for the integration tests: a PKI, the stand-in API server, a real kube-apiserver (envtest), a
+local pod's volumes, and real Envoy processes running the built podward.wasm.
+
+Tests marked `envtest` need $KUBEBUILDER_ASSETS. Without it they are deselected, not skipped, and the run ends
+with one line saying so; with PODWARD_REQUIRE_ENVTEST=1 (CI) a missing asset, or a run in which no real-server
+test passed, fails the session."""
 
 from __future__ import annotations
 
 import http.client
-import json
+import itertools
+import os
 import pathlib
+import secrets
 
 import pytest
 
 from harness.apiserver import StandInApiServer
 from harness.envoy import WASM, Envoy, local_settings
+from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
 from harness.pki import make_pki
-from harness.pod import LocalPod
+from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPod
+
+REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"
+
+
+class _Envtest:
+    """What the session learnt about the real-server tests, for the closing lines."""
+    node_ids: set = set()
+    not_run = 0
+    passed = 0
+    startup_seconds: float | None = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "envtest: runs against a real kube-apiserver and etcd ($KUBEBUILDER_ASSETS)")
 
 
 def pytest_sessionstart(session):
     if not WASM.exists():
         raise pytest.UsageError(f"{WASM} is missing: run ./build.sh first (./build.sh test does)")
+    if REQUIRE_ENVTEST and assets_dir() is None:
+        raise pytest.UsageError(f"PODWARD_REQUIRE_ENVTEST=1 but ${ASSETS_VARIABLE} names no directory with "
+                                f"kube-apiserver and etcd: {HOW_TO_GET_THEM}")
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they will
+def pytest_collection_modifyitems(config, items):
+    real = [item for item in items if item.get_closest_marker("envtest")]
+    _Envtest.node_ids = {item.nodeid for item in real}
+    if real and assets_dir() is None:
+        items[:] = [item for item in items if not item.get_closest_marker("envtest")]
+        config.hook.pytest_deselected(items=real)
+        _Envtest.not_run = len(real)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and report.nodeid in _Envtest.node_ids:
+        _Envtest.passed += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _Envtest.not_run:
+        terminalreporter.write_line(f"REAL API SERVER TESTS NOT RUN: {_Envtest.not_run} tests need "
+                                    f"${ASSETS_VARIABLE} (kube-apiserver, etcd): {HOW_TO_GET_THEM}",
+                                    red=True, bold=True)
+    if _Envtest.startup_seconds is not None:
+        terminalreporter.write_line(f"real kube-apiserver + etcd ready in {_Envtest.startup_seconds:.1f} s; "
+                                    f"real-server tests passed: {_Envtest.passed}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_ENVTEST and exitstatus == 0 and _Envtest.passed == 0:
+        print("\nPODWARD_REQUIRE_ENVTEST=1, but no real-server test passed")
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")
@@ -40,18 +95,24 @@ def pod(tmp_path, pki, apiserver):
     return pod
 
 
-@pytest.fixture
-def start_envoy(tmp_path, pki, apiserver):
-    """Starts Envoy with podward for a pod; every Envoy started is stopped afterwards."""
+def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str):
+    """A function that starts Envoy with podward for a pod, and the list of every Envoy it started."""
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
               concurrency: int = 1, extra_args: tuple = (), **settings) -> Envoy:
-        envoy = Envoy(local_settings(pod, apiserver.port, ca_file or pki.ca_cert, plugin_config, **settings),
-                      tmp_path / "envoy", env=pod.env, concurrency=concurrency, extra_args=extra_args)
+        envoy = Envoy(local_settings(pod, api_port, ca_file or default_ca, plugin_config, **settings),
+                      workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args)
         started.append(envoy)
         return envoy.start()
 
+    return start, started
+
+
+@pytest.fixture
+def start_envoy(tmp_path, pki, apiserver):
+    """Starts Envoy with podward in front of the stand-in; every Envoy started is stopped afterwards."""
+    start, started = _envoy_starter(tmp_path / "envoy", apiserver.port, pki.ca_cert)
     yield start
     for envoy in started:
         envoy.stop()
@@ -63,12 +124,81 @@ def podward(pod, start_envoy):
     return start_envoy(pod)
 
 
-class Response:
-    def __init__(self, status: int, headers, body: bytes):
-        self.status, self.headers, self.body = status, headers, body
+# --- The real API server (envtest) ---------------------------------------------------------------------------
 
-    def json(self):
-        return json.loads(self.body)
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """etcd + kube-apiserver from $KUBEBUILDER_ASSETS, once per session; stopped even when tests fail. Its
+    logs and audit log stay in pytest's temporary directory."""
+    server = KubeApiServer(assets_dir(), tmp_path_factory.mktemp("envtest")).start()
+    _Envtest.startup_seconds = server.startup_seconds
+    try:
+        # The node every test pod is bound to, so that their tokens carry node claims as in a cluster.
+        server.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_NAME}})
+        yield server
+    finally:
+        server.stop()
+
+
+NODE_NAME = "node-1"
+# What the pod's service account may do in its own namespace; secrets and everything else are left to RBAC's
+# default deny, so that tests see the API server's own 403.
+APP_RULES = [{"apiGroups": [""], "resources": ["pods", "configmaps", "services"], "verbs": ["*"]},
+             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["*"]}]
+_namespace_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def namespace(kube) -> str:
+    """A namespace of the test's own, so that tests share the API server without seeing each other's objects.
+    Nothing finalises namespaces here, so they are left behind with the session's etcd."""
+    name = f"t{next(_namespace_numbers):03d}-{secrets.token_hex(3)}"
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def grant(kube, namespace: str, service_account: str, rules: list, name: str | None = None) -> None:
+    """A Role with `rules`, bound to the service account."""
+    name = name or f"{service_account}-rules"
+    kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": name, "namespace": namespace}, "rules": rules})
+    kube.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": name, "namespace": namespace},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                 "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]})
+
+
+@pytest.fixture
+def real_pod(tmp_path, kube, namespace) -> ClusterPod:
+    """The example pod in its own namespace of the real API server: ServiceAccount `app` with APP_RULES, the
+    Pod object (Pending: no kubelet), and a TokenRequest token bound to it, laid out kubelet-style."""
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": namespace}})
+    grant(kube, namespace, "app", APP_RULES)
+    pod_object = kube.create({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "curl-with-ambassador", "namespace": namespace, "labels": DEFAULT_LABELS,
+                     "annotations": DEFAULT_ANNOTATIONS},
+        "spec": {"serviceAccountName": "app", "nodeName": NODE_NAME, "automountServiceAccountToken": False,
+                 "containers": [{"name": "main", "image": "curlimages/curl:8.11.1"}]},
+    })
+    pod = ClusterPod(tmp_path / "pod", kube, pod_object)
+    pod.issue_token()
+    return pod
+
+
+@pytest.fixture
+def start_real_envoy(tmp_path, kube):
+    """Starts Envoy with podward in front of the real API server; every Envoy started is stopped afterwards."""
+    start, started = _envoy_starter(tmp_path / "envoy", kube.port, kube.pki.ca_cert)
+    yield start
+    for envoy in started:
+        envoy.stop()
+
+
+@pytest.fixture
+def real_podward(real_pod, start_real_envoy):
+    """Envoy with podward and the default configuration, in front of the real API server."""
+    return start_real_envoy(real_pod)
 
 
 def request(envoy: Envoy, method: str, path: str, headers: dict | None = None, body: bytes | None = None,

@@ -8,7 +8,6 @@ import re
 import time
 
 from conftest import request
-from harness.jwt import claims_of
 
 
 def metric(envoy, series: str) -> float:
@@ -24,13 +23,6 @@ def wait_for(condition, timeout: float = 5.0):
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
-
-
-def test_expiry_gauge_matches_the_tokens_exp(podward, pod):
-    request(podward, "GET", "/version")
-    expected = claims_of(pod.token)["exp"] - time.time()
-    wait_for(lambda: metric(podward, "podward_token_expiry_seconds{}") > 0)
-    assert abs(metric(podward, "podward_token_expiry_seconds{}") - expected) <= 3
 
 
 def test_refresh_counters_move_with_rotations_and_failures(podward, pod, apiserver):

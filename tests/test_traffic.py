@@ -1,17 +1,16 @@
-"""Real API traffic through podward (issue #4): many long watches, a 20 MB list, every kind of write,
-exec/attach/port-forward upgrades over WebSocket and SPDY, and the app speaking HTTP/1.1 or h2c.
+"""Real API traffic through podward (issue #4) where the stand-in must play the API server: bodies as they
+arrive upstream, byte for byte, `logs -f`, exec/attach/port-forward upgrades over WebSocket and SPDY (no
+kubelet answers a real API server here), and the app speaking HTTP/1.1 or h2c. Watches, the 20 MB list and
+the real clients' reads run against the real API server (test_real_watch.py, test_real_api.py).
 
-Clients are real where it matters: kubectl 1.20 (SPDY for exec and port-forward), the Python kubernetes
-client (WebSocket for exec, attach and port-forward), curl for h2c, raw sockets for watches. Figures
+Clients are real where it matters: kubectl 1.37 (WebSocket, or SPDY, for exec, attach and port-forward), the
+Python kubernetes client (WebSocket for exec, attach and port-forward), curl for h2c, raw sockets. Figures
 (latency, memory) are printed (pytest -s) and written to /tmp/podward-figures/traffic.json.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import http.client
 import json
 import os
 import pathlib
@@ -20,7 +19,6 @@ import random
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import threading
 import time
@@ -28,16 +26,14 @@ import urllib.parse
 
 import pytest
 import websocket  # websocket-client, which the kubernetes client depends on
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.stream import portforward, stream
 
 from conftest import assert_status, request
-from harness.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
-from harness.remotecommand import PORT_FORWARD_SPDY, V4_CHANNEL, V5_CHANNEL
+from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, V4_CHANNEL, V5_CHANNEL
 
 FIGURES = pathlib.Path("/tmp/podward-figures/traffic.json")
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
-MAX_EVENT_DELAY_S = 0.1
 
 
 # --- Helpers ---------------------------------------------------------------------------------------------
@@ -62,22 +58,6 @@ def wait_for_envoy_to_drop_every_stream(envoy):
     wait_until(lambda: in_flight(envoy) == (0, 0, 0), "Envoy's active request and upgrade gauges to fall to 0")
 
 
-def watchers_of(apiserver, name: str) -> int:
-    with apiserver.store.lock:
-        return sum(1 for subscription in apiserver.store.subscriptions if subscription.name == name)
-
-
-def event_delay_s(event: dict) -> float:
-    """How long ago the stand-in wrote this event (its SENT_AT stamp)."""
-    return time.time() - float(event["object"]["metadata"]["annotations"][SENT_AT_ANNOTATION])
-
-
-def latency_figures(delays_s: list) -> dict:
-    cuts = statistics.quantiles(delays_s, n=100, method="inclusive")
-    return {"samples": len(delays_s), "p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2),
-            "max_ms": round(max(delays_s) * 1000, 2)}
-
-
 def record_figures(section: str, figures: dict):
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     recorded = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
@@ -97,16 +77,6 @@ def the_session(apiserver, kind: str):
     sessions = [s for s in apiserver.sessions if s.kind == kind]
     assert len(sessions) == 1, apiserver.sessions
     return sessions[0]
-
-
-@contextlib.contextmanager
-def ticking(apiserver, name: str, interval: float):
-    """The stand-in modifies ConfigMap `name` every `interval` seconds, stamping each event it sends."""
-    stop = apiserver.start_ticker(interval, name=name)
-    try:
-        yield
-    finally:
-        stop()
 
 
 class LineReader:
@@ -173,235 +143,6 @@ def stop_process(process: subprocess.Popen):
     process.wait(timeout=10)
 
 
-# --- Watches ---------------------------------------------------------------------------------------------
-
-class Http1Watch:
-    """A watch on its own HTTP/1.1 connection, read as a plain app would: the chunked body decoded by hand,
-    so the terminating chunk is seen for what it is."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-        self.body = b""
-
-    @classmethod
-    async def open(cls, port: int, path: str) -> "Http1Watch":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        watch_ = cls(reader, writer)
-        await watch_.send("GET", path)
-        status, headers = await watch_.read_head()
-        assert status == 200 and headers.get("transfer-encoding") == "chunked", (status, headers)
-        return watch_
-
-    async def send(self, method: str, path: str):
-        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n".encode())
-        await self.writer.drain()
-
-    async def read_head(self) -> tuple:
-        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-        headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines if line))
-        return int(status_line.split()[1]), headers
-
-    async def next_event(self) -> dict | None:
-        """The next event, or None at the terminating chunk."""
-        while b"\n" not in self.body:
-            size = int((await self.reader.readline()).split(b";")[0], 16)
-            if size == 0:
-                assert await self.reader.readline() == b"\r\n" and self.body == b""
-                return None
-            self.body += (await self.reader.readexactly(size + 2))[:-2]
-        line, self.body = self.body.split(b"\n", 1)
-        return json.loads(line)
-
-    async def reuse_for(self, path: str) -> int:
-        """After a response that ended cleanly, the same connection serves the next request."""
-        await self.send("GET", path)
-        status, headers = await self.read_head()
-        await self.reader.readexactly(int(headers["content-length"]))
-        return status
-
-    def close(self):
-        self.writer.close()
-
-
-async def ticks_until(watch_: Http1Watch, until: float) -> list:
-    """(tick number, delay) of each MODIFIED event until the monotonic deadline."""
-    received = []
-    while (remaining := until - time.monotonic()) > 0:
-        try:
-            event = await asyncio.wait_for(watch_.next_event(), remaining)
-        except asyncio.TimeoutError:
-            break
-        assert event is not None, "the watch ended early"
-        if event["type"] == "MODIFIED":
-            received.append((int(event["object"]["metadata"]["annotations"][TICK_ANNOTATION]), event_delay_s(event)))
-    return received
-
-
-def ticker_watch_path(name: str, extra: str = "") -> str:
-    return f"/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name%3D{name}{extra}"
-
-
-WATCHES = 50
-WATCH_SECONDS = 61
-TICK_SECONDS = 0.5
-
-
-def test_fifty_watches_get_every_event_promptly_for_a_minute_then_close_cleanly(podward, apiserver):
-    ticker = "traffic-ticker"
-    port = podward.settings.listen_port
-
-    async def hold_watches():
-        watches = await asyncio.gather(*(Http1Watch.open(port, ticker_watch_path(ticker)) for _ in range(WATCHES)))
-        opened = time.monotonic()
-        # All open at once, end to end: in Envoy on both sides and at the API server.
-        gauges = await asyncio.to_thread(in_flight, podward)
-        subscribed = watchers_of(apiserver, ticker)
-        per_watch = await asyncio.gather(*(ticks_until(w, opened + WATCH_SECONDS) for w in watches))
-        held = time.monotonic() - opened
-        for w in watches:
-            w.close()
-        return gauges, subscribed, per_watch, held
-
-    with ticking(apiserver, ticker, TICK_SECONDS):
-        gauges, subscribed, per_watch, held = asyncio.run(hold_watches())
-
-    assert gauges == (WATCHES, WATCHES, 0) and subscribed == WATCHES
-    ticks = [[tick for tick, _ in received] for received in per_watch]
-    for each in ticks:
-        # 10 % slack: the ticker's period stretches a little under load.
-        assert len(each) >= 0.9 * WATCH_SECONDS / TICK_SECONDS, f"a watch got only {len(each)} events"
-        assert each == list(range(each[0], each[0] + len(each))), "a watch missed or reordered events"
-    # All watches saw the same events, give or take one at either end of the minute.
-    assert max(each[0] for each in ticks) - min(each[0] for each in ticks) <= 1
-    assert max(each[-1] for each in ticks) - min(each[-1] for each in ticks) <= 1
-    delays = [delay for received in per_watch for _, delay in received]
-    figures = {"watches": WATCHES, "held_s": round(held, 1), "tick_s": TICK_SECONDS, **latency_figures(delays)}
-    record_figures("watches_http1", figures)
-    assert max(delays) < MAX_EVENT_DELAY_S, figures
-
-    # The app hung up: Envoy lets go of both sides and the API server sees every watch end.
-    wait_for_envoy_to_drop_every_stream(podward)
-    wait_until(lambda: watchers_of(apiserver, ticker) == 0, "the stand-in to see the watches end")
-
-
-def test_watches_the_server_ends_get_the_terminating_chunk_and_stay_usable(podward, apiserver):
-    ticker = "ending-ticker"
-    port = podward.settings.listen_port
-
-    async def until_the_server_ends_them():
-        watches = [await Http1Watch.open(port, ticker_watch_path(ticker, "&timeoutSeconds=2")) for _ in range(3)]
-        started = time.monotonic()
-        for w in watches:
-            while await asyncio.wait_for(w.next_event(), 10) is not None:
-                pass
-        ended_after = time.monotonic() - started
-        statuses = [await w.reuse_for("/version") for w in watches]
-        for w in watches:
-            w.close()
-        return ended_after, statuses
-
-    with ticking(apiserver, ticker, 0.2):
-        ended_after, statuses = asyncio.run(until_the_server_ends_them())
-    assert 1.5 < ended_after < 5
-    assert statuses == [200, 200, 200]  # the responses ended as HTTP says, not by a dropped connection
-    wait_for_envoy_to_drop_every_stream(podward)
-    wait_until(lambda: watchers_of(apiserver, ticker) == 0, "the stand-in to end the watches")
-
-
-def test_the_python_client_lists_and_watches_through_podward(podward, apiserver):
-    ticker = "python-ticker"
-    with ticking(apiserver, ticker, 0.2), python_client(podward) as api_client:
-        api = client.CoreV1Api(api_client)
-        assert ticker in [cm.metadata.name for cm in api.list_namespaced_config_map("default").items]
-        events = [(event["type"], event["object"].metadata.annotations or {}) for event in watch.Watch().stream(
-            api.list_namespaced_config_map, "default", field_selector=f"metadata.name={ticker}", timeout_seconds=2)]
-    # The generator ended by itself: the server's timeoutSeconds closed the stream through Envoy.
-    assert events[0][0] == "ADDED"
-    ticks = [int(annotations[TICK_ANNOTATION]) for kind, annotations in events if kind == "MODIFIED"]
-    assert len(ticks) >= 5 and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
-    assert upstream(apiserver, "GET", "watch=true").header("authorization").startswith("Bearer ")
-
-
-# --- A large list ----------------------------------------------------------------------------------------
-
-BULK_NAMESPACE = "bulk"
-BULK_ITEMS = 2000
-BULK_VALUE_BYTES = 10_000
-MAX_RSS_GROWTH = 8 * 1024 * 1024
-
-
-@pytest.fixture
-def bulk_configmaps(apiserver):
-    """~20 MB of ConfigMaps in their own namespace."""
-    rng = random.Random(4)
-    apiserver.seed([{"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": f"bulk-{i:04d}", "namespace": BULK_NAMESPACE},
-                     "data": {"value": rng.randbytes(BULK_VALUE_BYTES // 2).hex()}} for i in range(BULK_ITEMS)])
-    yield
-    apiserver.delete_object("namespaces", "", BULK_NAMESPACE)  # takes its ConfigMaps with it
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
-class PeakRss:
-    """Samples a process's resident set size in a thread until stopped; keeps the peak."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self.samples = pid, rss_bytes(pid), 1
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self):
-        while not self.stopped.wait(0.005):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            self.samples += 1
-
-    def stop(self) -> int:
-        self.stopped.set()
-        self.thread.join()
-        return self.peak
-
-
-def test_a_20_mb_list_streams_through_with_bounded_envoy_memory(podward, apiserver, bulk_configmaps):
-    # Warm up first, so the baseline already has the upstream connection and TLS session.
-    assert request(podward, "GET", "/api/v1/namespaces/default/configmaps").status == 200
-    paused_before = podward.stats()["cluster.kubernetes.upstream_flow_control_paused_reading_total"]
-    pid = podward.process.pid
-    before = rss_bytes(pid)
-    sampler = PeakRss(pid)
-    started = time.monotonic()
-    connection = http.client.HTTPConnection("127.0.0.1", podward.settings.listen_port, timeout=30)
-    try:
-        connection.request("GET", f"/api/v1/namespaces/{BULK_NAMESPACE}/configmaps")
-        response = connection.getresponse()
-        body = bytearray()
-        while chunk := response.read(64 * 1024):
-            body += chunk
-            time.sleep(0.005)  # a slow consumer: Envoy must hold the API server back, not buffer for us
-    finally:
-        connection.close()
-        peak = sampler.stop()
-    seconds = time.monotonic() - started
-
-    assert response.status == 200 and len(body) == int(response.getheader("content-length"))
-    listed = json.loads(body)
-    assert listed["kind"] == "ConfigMapList" and len(listed["items"]) == BULK_ITEMS
-    assert listed["items"][-1]["metadata"]["name"] == f"bulk-{BULK_ITEMS - 1:04d}"
-    mib = 1024 * 1024
-    figures = {"body_mib": round(len(body) / mib, 1), "rss_before_mib": round(before / mib, 1),
-               "rss_peak_mib": round(peak / mib, 1), "growth_mib": round((peak - before) / mib, 2),
-               "transfer_s": round(seconds, 2), "rss_samples": sampler.samples}
-    record_figures("large_list", figures)
-    assert sampler.samples > 100, "the sampler must have watched the whole transfer"
-    assert peak - before < MAX_RSS_GROWTH, figures
-    # Growth stayed low because Envoy stopped reading from the API server while the app lagged.
-    assert podward.stats()["cluster.kubernetes.upstream_flow_control_paused_reading_total"] > paused_before
-
-
 # --- Request bodies --------------------------------------------------------------------------------------
 
 class RecordingPoolManager:
@@ -456,18 +197,23 @@ def test_python_client_writes_reach_the_api_server_byte_for_byte(podward, apiser
     assert applied.data == {"a": "replaced", "b": "json-patched", "c": "merged", "d": "strategic", "e": "applied"}
 
 
-KUBECTL_BODY = re.compile(r"Request Body: (.*)$")
-KUBECTL_CURL = re.compile(r"curl -k -v -X(\w+) .*-H \"Content-Type: ([^\"]+)\".* '(http://[^']+)'$")
+# kubectl 1.37 logs at -v=10 in klog's structured form: `"Request Body" body="<Go-quoted>"` on one line, or
+# `body=<` then the body's lines, each indented by a tab, then ` >`; then `"Request" curlCommand=<` and the curl line.
+KUBECTL_QUOTED_BODY = re.compile(r'"Request Body" body=(".*")$')
+KUBECTL_CURL = re.compile(r"curl -v -X(\w+) .*-H \"Content-Type: ([^\"]+)\".* '(http://[^']+)'$")
 
 
 def kubectl_writes(stderr: bytes) -> list:
-    """(method, path, content type, body) of each request kubectl logged sending at -v=10: the body line
-    comes just before the request's curl line."""
+    """(method, path, content type, body) of each request with a body that kubectl logged sending at -v=10: the
+    body comes just before the request's curl line."""
     writes, body = [], None
-    for line in stderr.decode().splitlines():
-        if match := KUBECTL_BODY.search(line):
-            body = match.group(1).encode()
-        elif (match := KUBECTL_CURL.search(line)) and body is not None:
+    lines = iter(stderr.decode().splitlines())
+    for line in lines:
+        if line.endswith('"Request Body" body=<'):
+            body = "\n".join(part[1:] for part in iter(lines.__next__, " >")).encode()
+        elif match := KUBECTL_QUOTED_BODY.search(line):
+            body = json.loads(match.group(1)).encode()  # Go's quoting of these JSON bodies is JSON's
+        elif (match := KUBECTL_CURL.search(line)) and body:
             writes.append((match.group(1), urllib.parse.urlsplit(match.group(3)).path, match.group(2), body))
             body = None
     return writes
@@ -487,10 +233,12 @@ def test_kubectl_writes_reach_the_api_server_as_kubectl_sent_them(podward, apise
         logged += kubectl_writes(result.stderr)
 
     assert outputs == ["configmap/applied created", "configmap/applied configured",
-                       "configmap/applied serverside-applied", 'configmap "applied" deleted']
+                       "configmap/applied serverside-applied", 'configmap "applied" deleted from default namespace']
+    # kubectl 1.37's server-side apply also moves the last-applied annotation to its own field manager.
     assert [(method, content_type) for method, _, content_type, _ in logged] == [
         ("POST", "application/json"), ("PATCH", "application/strategic-merge-patch+json"),
-        ("PATCH", "application/apply-patch+yaml"), ("DELETE", "application/json")]
+        ("PATCH", "application/apply-patch+yaml"), ("PATCH", "application/apply-patch+yaml"),
+        ("DELETE", "application/json")]
     received = received_writes(apiserver)
     assert [r[:3] for r in received] == [w[:3] for w in logged]
     for (_, _, _, sent), (_, _, _, arrived) in zip(logged, received):
@@ -520,25 +268,6 @@ def test_a_patch_body_arrives_byte_for_byte_however_the_app_frames_it(podward, a
 
 # --- kubectl reading and streaming ---------------------------------------------------------------------
 
-def test_kubectl_get_and_a_brief_get_watch(podward, apiserver, kubectl):
-    ticker = "kubectl-ticker"
-    with ticking(apiserver, ticker, 0.2):
-        listed = kubectl.run(podward, "get", "configmaps")
-        watcher = kubectl.start(podward, "get", "configmap", ticker, "--watch", "--output-watch-events")
-        try:
-            lines = LineReader(watcher)
-            rows = [lines.next().decode().split() for _ in range(5)]
-        finally:
-            stop_process(watcher)
-    assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.decode().splitlines()[0].split() == ["NAME", "DATA", "AGE"]
-    assert ticker in listed.stdout.decode()
-    assert rows[0][:2] == ["EVENT", "NAME"] and rows[1][:2] == ["ADDED", ticker]
-    assert [row[:2] for row in rows[2:]] == [["MODIFIED", ticker]] * 3
-    wait_for_envoy_to_drop_every_stream(podward)
-    wait_until(lambda: watchers_of(apiserver, ticker) == 0, "the stand-in to see the watch end")
-
-
 def test_kubectl_logs_follow_streams_until_kubectl_stops(podward, apiserver, kubectl):
     follower = kubectl.start(podward, "logs", "-f", "demo-1")
     try:
@@ -564,7 +293,16 @@ def assert_upgrade_carried_credentials(apiserver, pod, subresource: str, upgrade
     assert received.token == pod.token and received.header("upgrade").lower() == upgrade.lower()
 
 
-def test_kubectl_exec_over_spdy_streams_stdin_stdout_and_exit_codes(interactive, pod, apiserver, kubectl):
+# kubectl 1.37 speaks WebSocket (v5.channel.k8s.io) for exec and attach; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false
+# makes it speak SPDY/3.1 as older kubectl and many client-go programs still do. podward must carry both.
+KUBECTL_TRANSPORTS = {"websocket": ({}, V5_CHANNEL, "websocket"),
+                      "spdy": ({"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}, V4_CHANNEL, "SPDY/3.1")}
+
+
+@pytest.mark.parametrize("transport", KUBECTL_TRANSPORTS)
+def test_kubectl_exec_streams_stdin_stdout_and_exit_codes(interactive, pod, apiserver, kubectl, transport):
+    env, protocol, upgrade = KUBECTL_TRANSPORTS[transport]
+    kubectl.env.update(env)
     data = random.Random(11).randbytes(1024 * 1024)
     started = time.monotonic()
     echoed = kubectl.run(interactive, "exec", "-i", "demo-0", "--", "cat", stdin=data)
@@ -572,10 +310,10 @@ def test_kubectl_exec_over_spdy_streams_stdin_stdout_and_exit_codes(interactive,
     assert (echoed.returncode, echoed.stderr) == (0, b"")
     assert echoed.stdout == data  # a mebibyte of binary both ways, intact
     session = the_session(apiserver, "exec")
-    assert (session.transport, session.protocol, session.exit_code) == ("spdy", V4_CHANNEL, 0)
+    assert (session.transport, session.protocol, session.exit_code) == (transport, protocol, 0)
     assert bytes(session.stdin) == data
-    assert_upgrade_carried_credentials(apiserver, pod, "exec", "SPDY/3.1")
-    record_figures("kubectl_exec_spdy", {"stdin_mib": 1, "round_trip_s": round(seconds, 2)})
+    assert_upgrade_carried_credentials(apiserver, pod, "exec", upgrade)
+    record_figures(f"kubectl_exec_{transport}", {"stdin_mib": 1, "round_trip_s": round(seconds, 2)})
 
     failed = kubectl.run(interactive, "exec", "demo-0", "--", "false")
     assert failed.returncode == 1 and b"command terminated with exit code 1" in failed.stderr
@@ -583,12 +321,15 @@ def test_kubectl_exec_over_spdy_streams_stdin_stdout_and_exit_codes(interactive,
     wait_for_envoy_to_drop_every_stream(interactive)
 
 
-def test_kubectl_attach_over_spdy(interactive, pod, apiserver, kubectl):
+@pytest.mark.parametrize("transport", KUBECTL_TRANSPORTS)
+def test_kubectl_attach(interactive, pod, apiserver, kubectl, transport):
+    env, _, upgrade = KUBECTL_TRANSPORTS[transport]
+    kubectl.env.update(env)
     attached = kubectl.run(interactive, "attach", "-i", "demo-0", stdin=b"to the main process\n")
     assert attached.returncode == 0, attached.stderr
     assert attached.stdout == b"to the main process\n"
-    assert the_session(apiserver, "attach").transport == "spdy"
-    assert_upgrade_carried_credentials(apiserver, pod, "attach", "SPDY/3.1")
+    assert the_session(apiserver, "attach").transport == transport
+    assert_upgrade_carried_credentials(apiserver, pod, "attach", upgrade)
 
 
 def echo_through(port: int, message: bytes) -> bytes:
@@ -600,7 +341,16 @@ def echo_through(port: int, message: bytes) -> bytes:
         return received
 
 
-def test_kubectl_port_forward_over_spdy_is_allowed_by_the_default_policy(podward, pod, apiserver, kubectl):
+# kubectl 1.37 port-forwards over SPDY tunnelled in a WebSocket; KUBECTL_PORT_FORWARD_WEBSOCKETS=false makes it
+# upgrade to SPDY/3.1 itself, as older kubectl does.
+PORT_FORWARD_TRANSPORTS = {"websocket": ({}, PORT_FORWARD_TUNNEL, "websocket"),
+                           "spdy": ({"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}, PORT_FORWARD_SPDY, "SPDY/3.1")}
+
+
+@pytest.mark.parametrize("transport", PORT_FORWARD_TRANSPORTS)
+def test_kubectl_port_forward_is_allowed_by_the_default_policy(podward, pod, apiserver, kubectl, transport):
+    env, protocol, upgrade = PORT_FORWARD_TRANSPORTS[transport]
+    kubectl.env.update(env)
     forwarder = kubectl.start(podward, "port-forward", "pod/demo-0", ":8080")
     try:
         first_line = LineReader(forwarder).next().decode()
@@ -611,9 +361,9 @@ def test_kubectl_port_forward_over_spdy_is_allowed_by_the_default_policy(podward
         stop_process(forwarder)
     assert replies == [f"connection {i}\n".encode() for i in range(3)]
     session = the_session(apiserver, "portforward")
-    assert (session.transport, session.protocol) == ("spdy", PORT_FORWARD_SPDY)
+    assert (session.transport, session.protocol) == (transport, protocol)
     assert session.forwarded == {8080: b"connection 0\nconnection 1\nconnection 2\n"}
-    assert_upgrade_carried_credentials(apiserver, pod, "portforward", "SPDY/3.1")
+    assert_upgrade_carried_credentials(apiserver, pod, "portforward", upgrade)
     wait_until(session.ended.is_set, "the stand-in to see the port-forward end")
     wait_for_envoy_to_drop_every_stream(podward)
 
@@ -739,7 +489,8 @@ def test_the_default_policy_refuses_exec_and_attach_before_the_api_server(podwar
 def test_kubectl_exec_shows_the_default_policys_refusal(podward, apiserver, kubectl):
     refused = kubectl.run(podward, "exec", "demo-0", "--", "true")
     assert refused.returncode == 1
-    assert refused.stderr.decode().startswith('Error from server (Forbidden): pods "demo-0" is forbidden: '
+    # kubectl 1.37 reports a refused upgrade this way, whoever refused it; the Status message follows.
+    assert refused.stderr.decode().startswith('error: unable to upgrade connection: pods "demo-0" is forbidden: '
                                               'podward policy rule "kubectl-proxy/no-exec-or-attach"')
     assert not [r for r in apiserver.requests if "/exec" in r.path] and apiserver.sessions == []
 
@@ -766,27 +517,3 @@ def test_the_app_may_speak_http1_or_h2c(podward, pod, apiserver, flag, version):
     assert upstream(apiserver, "GET", "/pods").token == pod.token
     counter = "downstream_rq_http2_total" if version == "2" else "downstream_rq_http1_total"
     assert podward.stats()[f"http.podward.{counter}"] == 1
-
-
-def test_a_watch_over_h2c_streams_promptly_and_ends_with_the_server(podward, apiserver):
-    ticker = "h2c-ticker"
-    with ticking(apiserver, ticker, 0.2):
-        curl = subprocess.Popen(["curl", "-sSN", "--http2-prior-knowledge", "-w", "%{stderr}%{http_version}",
-                                 podward.url + ticker_watch_path(ticker, "&timeoutSeconds=4")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            lines, events = LineReader(curl), []
-            while (line := lines.next()) is not None:  # None: the server ended the stream
-                event = json.loads(line)
-                events.append((event["type"], event_delay_s(event) if event["type"] == "MODIFIED" else None))
-            curl.wait(timeout=10)
-        finally:
-            curl.kill()
-    assert (curl.returncode, curl.stderr.read()) == (0, b"2")
-    delays = [delay for kind, delay in events if kind == "MODIFIED"]
-    assert events[0][0] == "ADDED" and len(delays) >= 12
-    figures = latency_figures(delays)
-    record_figures("watch_h2c", figures)
-    assert max(delays) < MAX_EVENT_DELAY_S, figures
-    assert podward.stats()["http.podward.downstream_rq_http2_total"] == 1
-    wait_for_envoy_to_drop_every_stream(podward)

@@ -11,6 +11,7 @@ exactly what reached "the cluster"; upgraded connections are also kept as `sessi
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import random
@@ -28,9 +29,10 @@ from queue import Empty, Queue
 
 import yaml
 
-from .jwt import claims_of
-from .remotecommand import (PORT_FORWARD_SPDY, STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL, ExecOptions,
-                            SpdyConnection, StreamSession, WebSocket, negotiate, offered_protocols,
+from .jwt import DEFAULT_AUDIENCE, claims_of
+from .remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL,
+                            ExecOptions, SpdyConnection, StreamSession, TunnelledStream, WebSocket, negotiate,
+                            offered_protocols,
                             serve_spdy_exec, serve_spdy_portforward, serve_websocket_exec,
                             serve_websocket_portforward, websocket_accept)
 
@@ -281,8 +283,10 @@ _VERB_BY_METHOD = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update
 
 
 def request_attributes(user: str, method: str, path: str, query: dict) -> RequestAttributes:
+    """requestinfo.go's GetRequestInfo, step by step; test_real_api.py checks it against a real API server."""
     attrs = RequestAttributes(user=user, verb=method.lower(), path=path)
-    parts = [p for p in path.strip("/").split("/") if p]
+    trimmed = path.strip("/")
+    parts = trimmed.split("/") if trimmed else []  # empty inner segments are kept, as splitPath keeps them
     if len(parts) < 3 or parts[0] not in ("api", "apis") or (parts[0] == "apis" and len(parts) < 4):
         return attrs
     if parts[0] == "api":
@@ -290,25 +294,28 @@ def request_attributes(user: str, method: str, path: str, query: dict) -> Reques
     else:
         attrs.api_group, attrs.api_version, rest = parts[1], parts[2], parts[3:]
     attrs.is_resource = True
-    attrs.verb = _VERB_BY_METHOD.get(method, method.lower())
-    if rest[0] in ("watch", "proxy") and len(rest) > 1:  # deprecated /api/v1/watch/... form
+    if rest[0] in ("watch", "proxy") and len(rest) > 1:  # deprecated /api/v1/watch/... and /proxy/... forms
         attrs.verb, rest = rest[0], rest[1:]
+    else:
+        attrs.verb = _VERB_BY_METHOD.get(method, "")  # OPTIONS and the like: no verb at all
     if rest[0] == "namespaces" and len(rest) > 1:
         attrs.namespace = rest[1]
         if len(rest) > 2 and rest[2] not in ("status", "finalize"):
             rest = rest[2:]
     attrs.resource = rest[0]
     attrs.name = rest[1] if len(rest) > 1 else ""
-    attrs.subresource = rest[2] if len(rest) > 2 else ""
+    # The proxy verb takes no subresource: what follows the name is the proxied path.
+    attrs.subresource = rest[2] if len(rest) > 2 and attrs.verb != "proxy" else ""
     if not attrs.name and attrs.verb == "get":
-        watch = query.get("watch", [""])[0]
-        attrs.verb = "watch" if "watch" in query and watch not in ("false", "0") else "list"
+        # ListOptions' bool conversion: only "0" and "false" in any case are false; an empty value is true.
+        watch = query.get("watch")
+        attrs.verb = "watch" if watch and watch[0] != "0" and watch[0].lower() != "false" else "list"
+        for key, op, value in _parse_selector(query.get("fieldSelector", [""])[0]):
+            if key == "metadata.name" and op == "=" and value and "/" not in value and "%" not in value \
+                    and value not in (".", ".."):
+                attrs.name = value
     if not attrs.name and attrs.verb == "delete":
         attrs.verb = "deletecollection"
-    if attrs.verb in ("list", "watch"):
-        for term in _parse_selector(query.get("fieldSelector", [""])[0]):
-            if term[0] == "metadata.name" and term[1] == "=":
-                attrs.name = term[2]
     return attrs
 
 
@@ -830,9 +837,10 @@ def _apply_defaults(rtype: ResourceType, obj: dict):
 # --- Authentication --------------------------------------------------------------------------------
 
 class TokenRegistry:
-    """Which bearer tokens are valid. JWT-shaped tokens are valid until their `exp`; the token file is
-    re-read on every request, and each token seen there stays valid until it expires, as after a kubelet
-    rotation in a real cluster."""
+    """Which bearer tokens are valid. JWT-shaped tokens are valid until their `exp`, and only for this server's
+    audience; the token file is re-read on every request, and each token seen there stays valid until it
+    expires, as after a kubelet rotation in a real cluster. Signatures are not checked: tokens are accepted by
+    value."""
 
     def __init__(self, token_file: str | None):
         self.token_file = token_file
@@ -855,7 +863,7 @@ class TokenRegistry:
         self._learn_from_file()
         with self.lock:
             user = self.users.get(token)
-        if user is None or _expired(token):
+        if user is None or _expired(token) or not _for_this_server(token):
             return None
         return user
 
@@ -877,6 +885,15 @@ def _subject(token: str) -> str | None:
         return claims_of(token).get("sub")
     except ValueError:
         return None
+
+
+def _for_this_server(token: str) -> bool:
+    """A JWT whose audience is not the API server's gets 401, as from a real one (test_real_auth.py)."""
+    try:
+        audience = claims_of(token).get("aud")
+    except ValueError:
+        return True  # opaque tokens carry no audience
+    return DEFAULT_AUDIENCE in (audience if isinstance(audience, list) else [audience])
 
 
 def _expired(token: str) -> bool:
@@ -956,17 +973,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise unauthorized()
         user = user or "system:anonymous"
         self.record.user = user
+        attrs = request_attributes(user, self.command, path, self.query)
         impersonated = self.headers.get("Impersonate-User")
         if impersonated is not None or self.headers.get("Impersonate-Group") is not None:
             if not api.allow_impersonation:
-                target = impersonated or self.headers.get("Impersonate-Group")
-                kind = "users" if impersonated is not None else "groups"
-                raise ApiError(403, "Forbidden",
-                               f'{kind} "{target}" is forbidden: User "{user}" cannot impersonate resource '
-                               f'"{kind}" in API group "" at the cluster scope', {"name": target, "kind": kind})
+                # 1.36's constrained impersonation asks for `impersonate-on:user-info:<verb>` on the request's
+                # own resource, and words the refusal that way.
+                raise forbidden(dataclasses.replace(attrs, verb=f"impersonate-on:user-info:{attrs.verb}"))
             user = impersonated or user
-            self.record.user = user
-        attrs = request_attributes(user, self.command, path, self.query)
+            self.record.user = attrs.user = user
         if not api.is_allowed(attrs):
             raise forbidden(attrs)
         return attrs
@@ -974,6 +989,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, api, attrs: RequestAttributes, body: bytes):
         if not attrs.is_resource:
             self._serve_non_resource(api, attrs.path)
+            return
+        if attrs.api_group and attrs.api_version not in GROUPS.get(attrs.api_group, []):
+            self._send_page_not_found()  # no API group/version serves it: the server's mux answers
             return
         rtype = RESOURCES_BY_PATH.get((attrs.api_group, attrs.api_version, attrs.resource))
         verbs = rtype and rtype.verbs_for(attrs.subresource)
@@ -1177,7 +1195,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Sec-WebSocket-Version") != "13" or not key:
             raise bad_request("websocket: not a valid version 13 handshake")
         offered = offered_protocols(self.headers.get_all("Sec-WebSocket-Protocol") or [])
-        protocol = negotiate(offered, [V4_CHANNEL] if kind == "portforward" else [V5_CHANNEL, V4_CHANNEL])
+        protocol = negotiate(offered, [V4_CHANNEL, PORT_FORWARD_TUNNEL] if kind == "portforward"
+                             else [V5_CHANNEL, V4_CHANNEL])
         if offered and protocol is None:
             raise bad_request(f"requested protocol(s) are not supported: {offered}")
         headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", websocket_accept(key))]
@@ -1186,7 +1205,10 @@ class _Handler(BaseHTTPRequestHandler):
         session = self._switch_protocols(api, kind, "websocket", protocol or "", headers)
         ws = WebSocket(self.rfile, self.wfile)
         try:
-            if kind == "portforward":
+            if protocol == PORT_FORWARD_TUNNEL:
+                tunnel = TunnelledStream(ws)
+                serve_spdy_portforward(SpdyConnection(tunnel, tunnel), session)
+            elif kind == "portforward":
                 ports = [int(p) for v in self.query.get("ports", []) for p in v.split(",") if p]
                 serve_websocket_portforward(ws, session, ports)
             else:
@@ -1242,8 +1264,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         document = _discovery_document(path, f"{api.host}:{api.port}")
         if document is None:
-            raise path_not_found()
+            self._send_page_not_found()
+            return
         self._send_json(200, document)
+
+    def _send_page_not_found(self):
+        """A path no API serves gets Go's plain-text 404 from the API server's mux, not a Status."""
+        self._send(404, b"404 page not found\n", "text/plain; charset=utf-8", [("X-Content-Type-Options", "nosniff")])
 
     def _serve_health(self, endpoint, path):
         check = path.strip("/").split("/")[1:]

