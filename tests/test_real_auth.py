@@ -122,8 +122,6 @@ def test_a_non_extended_tokens_expiry_gauge_follows_its_exp(real_pod, start_real
     assert abs(metric(envoy, "podward_token_expiry_seconds{}") - (claims["exp"] - time.time())) <= 3
 
 
-@pytest.mark.xfail(strict=True, reason="needs core change: freshness and the expiry gauge should follow "
-                                       "kubernetes.io.warnafter, not the extended exp (a year away)")
 def test_an_extended_tokens_expiry_gauge_follows_warnafter(real_podward, real_pod):
     """A projected volume's default 3607 s token is extended by the API server to a year; `warnafter` is the
     hour at which the kubelet should have replaced it, and what an operator must alert on."""
