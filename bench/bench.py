@@ -51,7 +51,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness.envoy import ENVOY_BINARY, WASM, free_port, local_settings, render, terminate  # noqa: E402
+from harness.envoy import (ENVOY_BINARY, WASM, UnixHTTPConnection, free_port, local_settings,  # noqa: E402
+                           render, terminate)
+from harness.envoy import http_get as envoy_http_get  # noqa: E402
 from harness.jwt import make_token  # noqa: E402
 from harness.pki import make_pki  # noqa: E402
 from harness.pod import LocalPod  # noqa: E402
@@ -229,7 +231,7 @@ class Service:
         self.name, self.argv, self.env, self.log_path, self.url = name, argv, env, log_path, url
         self.stdout = stdout
         self.process: subprocess.Popen | None = None
-        self.admin_url: str | None = None
+        self.admin_socket: str | None = None
 
     @property
     def pid(self) -> int:
@@ -271,6 +273,15 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 5) -> tuple
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
+    except OSError:
+        return 0, ""
+
+
+def admin_get(socket_path: str, path: str) -> tuple[int, str]:
+    """(status, body) from Envoy's admin API, which listens on a Unix socket (render.ADMIN_SOCKET)."""
+    try:
+        status, body = envoy_http_get(UnixHTTPConnection(socket_path, timeout=5), path)
+        return status, body.decode(errors="replace")
     except OSError:
         return 0, ""
 
@@ -537,9 +548,8 @@ class Bench:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.pod.env}
         service = Service(label, argv, env, self.work / f"envoy-{label}-c{concurrency}.log",
                           f"http://127.0.0.1:{settings.listen_port}")
-        service.admin_url = f"http://127.0.0.1:{settings.admin_port}"
-        admin = f"{service.admin_url}/ready"
-        return service.start(lambda s: http_get(admin, timeout=1)[0] == 200 and accepts(settings.listen_port))
+        service.admin_socket = settings.admin_socket
+        return service.start(lambda s: admin_get(s.admin_socket, "/ready")[0] == 200 and accepts(settings.listen_port))
 
     def start_kubectl(self, name: str, concurrency: int) -> Service:
         port = free_port()
@@ -815,7 +825,7 @@ RELEASE_MEMORY = {"bytes_to_release": 8 * 1024 * 1024, "memory_release_interval"
 
 def tcmalloc_stats(service: Service) -> dict:
     """Envoy's allocator as it sees itself (admin /memory): bytes allocated vs. held."""
-    status, body = http_get(f"{service.admin_url}/memory")
+    status, body = admin_get(service.admin_socket, "/memory")
     if status != 200:
         return {}
     return {key: int(value) for key, value in json.loads(body).items() if str(value).isdigit()}
