@@ -93,14 +93,23 @@ REQUEST_HEADERS_TIMEOUT = "5s"
 # windows, unlimited streams and connections); the sidecar has a small memory
 # limit, so each of these bounds one way to grow it.
 MAX_DOWNSTREAM_CONNECTIONS = 1000
+# Each connection to the API server holds TLS and HTTP/1.1 state (~57 KB
+# measured); an exec, a watch or `logs -f` holds one for as long as it runs.
+# Requests beyond wait for a free one, until request_timeout.
+MAX_API_CONNECTIONS = 200
+API_CONNECTION_IDLE_TIMEOUT = "30s"
 CONNECTION_BUFFER_BYTES = 32 * 1024
 MAX_REQUEST_HEADERS_KB = 32
 MAX_HEADERS_COUNT = 100
-# The sidecar's memory: what tests/test_limits.py measures under a flood, with
-# room to spare; Envoy's own heap (see _overload_manager) gets a share of it.
-MEMORY_REQUEST = "100Mi"
-MEMORY_LIMIT = "160Mi"
-HEAP_BUDGET_BYTES = 64 * 1024 * 1024
+# The sidecar's memory (RSS) as tests/test_limits.py measures it: ~99 MiB
+# idle, ~133 MiB at the peak of a flood at every limit above; the limit leaves
+# room for worse. About 50 MiB of it is the binary's file pages and 25 MiB
+# the V8 VMs; Envoy's own heap gets a budget (see _overload_manager) that
+# keeps the total under the limit with allocator caches on top.
+MEMORY_REQUEST_MIB = 112
+MEMORY_LIMIT_MIB = 192
+NOT_ENVOY_HEAP_MIB = 128
+HEAP_BUDGET_BYTES = (MEMORY_LIMIT_MIB - NOT_ENVOY_HEAP_MIB) * 1024 * 1024
 HTTP2_LIMITS = {
     "max_concurrent_streams": 100,
     "initial_stream_window_size": 64 * 1024,
@@ -305,18 +314,23 @@ def _status_reply(when: dict, reason: str, message: str, retry: bool = False) ->
 def local_replies(not_found: str) -> dict:
     """Every answer Envoy makes itself, as a Kubernetes Status that kubectl prints well.
 
-    First match wins: the API server unreachable, a crashed podward VM, the
-    overload manager shedding load, then each status code, then whatever is
+    First match wins: the API server unreachable, the overload manager
+    shedding load, a crashed podward VM, Envoy's backstop timeout, then each
+    status code, then whatever is
     left. Replies that already are a Status (podward's) are never rewritten.
     """
     mappers = [
         _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
                       "podward could not reach the API server: %LOCAL_REPLY_BODY% (Envoy response flags "
                       "%RESPONSE_FLAGS%)", retry=True),
-        _status_reply({"response_flag_filter": {"flags": ["OM"]}}, "ServiceUnavailable",
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'overload'"), "ServiceUnavailable",
                       "the podward sidecar is overloaded; retry", retry=True),
         _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'wasm_fail_stream'"),
                       "ServiceUnavailable", "podward failed on this request and is restarting; retry", retry=True),
+        # request_timeout: 408 while the body is still arriving, 504 for a whole request still held.
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'request_overall_timeout'"),
+                      "Timeout", "the podward sidecar did not pass the request on in time: it was not fully "
+                      "received, or held too long (request_overall_timeout); retry", retry=True),
     ]
     replies = {**ENVOY_REPLIES, 404: ("NotFound", not_found)}
     mappers += [
@@ -383,6 +397,8 @@ def _files_listener(settings: Settings) -> dict:
     return {
         "name": FILES_LISTENER,
         "internal_listener": {},
+        # The token keeps being refreshed while the app holds every connection it may.
+        "ignore_global_conn_limit": True,
         "filter_chains": [{"filters": [_connection_manager(FILES_LISTENER, [not_found], [file_server])]}],
     }
 
@@ -402,6 +418,8 @@ def _api_cluster(settings: Settings) -> dict:
         },
     )
     protocol = {"http2_protocol_options": {}} if settings.upstream_http2 else {"http_protocol_options": {}}
+    limits = {"max_connections": MAX_API_CONNECTIONS, "max_requests": MAX_API_CONNECTIONS,
+              "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}
     is_ip = settings.api_address.replace(".", "").isdigit()
     return {
         "name": "kubernetes",
@@ -409,6 +427,7 @@ def _api_cluster(settings: Settings) -> dict:
         "connect_timeout": "5s",
         # What Envoy reads ahead from the API server for an app that reads slowly (default 1 MiB).
         "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
+        "circuit_breakers": {"thresholds": [limits]},
         "load_assignment": {
             "cluster_name": "kubernetes",
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
@@ -419,6 +438,8 @@ def _api_cluster(settings: Settings) -> dict:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 explicit_http_config=protocol,
+                # A burst's connections are closed once idle, not kept for an hour.
+                common_http_protocol_options={"idle_timeout": API_CONNECTION_IDLE_TIMEOUT},
             )
         },
     }
@@ -448,6 +469,13 @@ def _admin_cluster(settings: Settings) -> dict:
     }
 
 
+RUNTIME = {
+    # The heap monitor counts bytes allocated, not what tcmalloc keeps cached
+    # after a burst (which would hold the pressure up long after it ended).
+    "envoy.reloadable_features.fixed_heap_use_allocated": True,
+}
+
+
 def _overload_manager() -> dict:
     """Envoy protects itself before the kubelet's OOM kill would.
 
@@ -472,10 +500,11 @@ def _overload_manager() -> dict:
                 "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                 max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)},
         ],
+        # New requests get a 503 Status rather than the connection being left
+        # unaccepted, which a client would see as a hang.
         "actions": [
             {"name": "envoy.overload_actions.shrink_heap", "triggers": at(0.80)},
             {"name": "envoy.overload_actions.disable_http_keepalive", "triggers": at(0.85)},
-            {"name": "envoy.overload_actions.stop_accepting_connections", "triggers": at(0.90)},
             {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": at(0.95)},
         ],
     }
@@ -498,6 +527,8 @@ def bootstrap(settings: Settings) -> dict:
             "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
         }],
         "overload_manager": _overload_manager(),
+        # The only runtime layer: nothing can change the runtime while Envoy runs.
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": RUNTIME}]},
         "static_resources": {
             "listeners": [_app_listener(settings), _metrics_listener(settings), _files_listener(settings)],
             "clusters": [_api_cluster(settings), _files_cluster(), _admin_cluster(settings)],
@@ -530,7 +561,8 @@ def example_pod() -> dict:
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
         "startupProbe": {"tcpSocket": {"port": 8001}, "periodSeconds": 1, "failureThreshold": 30},
-        "resources": {"requests": {"cpu": "50m", "memory": MEMORY_REQUEST}, "limits": {"memory": MEMORY_LIMIT}},
+        "resources": {"requests": {"cpu": "50m", "memory": f"{MEMORY_REQUEST_MIB}Mi"},
+                      "limits": {"memory": f"{MEMORY_LIMIT_MIB}Mi"}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 101, "readOnlyRootFilesystem": True,
                             "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }

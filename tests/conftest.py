@@ -46,9 +46,10 @@ def start_envoy(tmp_path, pki, apiserver):
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
-              concurrency: int = 1, extra_args: tuple = (), **settings) -> Envoy:
+              concurrency: int = 1, extra_args: tuple = (), adjust=None, **settings) -> Envoy:
         envoy = Envoy(local_settings(pod, apiserver.port, ca_file or pki.ca_cert, plugin_config, **settings),
-                      tmp_path / "envoy", env=pod.env, concurrency=concurrency, extra_args=extra_args)
+                      tmp_path / "envoy", env=pod.env, concurrency=concurrency, extra_args=extra_args,
+                      adjust=adjust)
         started.append(envoy)
         return envoy.start()
 

@@ -33,6 +33,7 @@ from kubernetes.stream import portforward, stream
 
 from conftest import assert_status, request
 from harness.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
+from harness.flood import PeakRss, rss_bytes
 from harness.remotecommand import PORT_FORWARD_SPDY, V4_CHANNEL, V5_CHANNEL
 
 FIGURES = pathlib.Path("/tmp/podward-figures/traffic.json")
@@ -339,31 +340,6 @@ def bulk_configmaps(apiserver):
                      "data": {"value": rng.randbytes(BULK_VALUE_BYTES // 2).hex()}} for i in range(BULK_ITEMS)])
     yield
     apiserver.delete_object("namespaces", "", BULK_NAMESPACE)  # takes its ConfigMaps with it
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
-class PeakRss:
-    """Samples a process's resident set size in a thread until stopped; keeps the peak."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self.samples = pid, rss_bytes(pid), 1
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self):
-        while not self.stopped.wait(0.005):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            self.samples += 1
-
-    def stop(self) -> int:
-        self.stopped.set()
-        self.thread.join()
-        return self.peak
 
 
 def test_a_20_mb_list_streams_through_with_bounded_envoy_memory(podward, apiserver, bulk_configmaps):

@@ -75,8 +75,11 @@ class Envoy:
     """One Envoy process; `start()` returns once its listener accepts connections."""
 
     def __init__(self, settings: render.Settings, workdir: pathlib.Path, env: dict | None = None,
-                 concurrency: int = 1, extra_args: tuple = ()):
+                 concurrency: int = 1, extra_args: tuple = (), adjust=None):
+        """`adjust(bootstrap)` may change the rendered config in place: for tests of Envoy's own
+        behaviour at settings the shipped config does not use (a shorter timeout, say)."""
         self.settings = settings
+        self.adjust = adjust
         self.workdir = workdir
         self.env = env or {}
         self.concurrency = concurrency
@@ -101,11 +104,17 @@ class Envoy:
         return [str(ENVOY_BINARY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
                 "--disable-hot-restart", "--log-level", "info", *self.extra_args]
 
-    def start(self, timeout: float = 30) -> "Envoy":
+    def write_config(self) -> None:
         if len(self.settings.admin_socket.encode()) >= UNIX_PATH_MAX:
             raise EnvoyFailed(f"admin socket path too long for a Unix socket: {self.settings.admin_socket}")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render.to_yaml(render.bootstrap(self.settings)))
+        config = render.bootstrap(self.settings)
+        if self.adjust:
+            self.adjust(config)
+        self.config_path.write_text(render.to_yaml(config))
+
+    def start(self, timeout: float = 30) -> "Envoy":
+        self.write_config()
         log = open(self.log_path, "wb")
         # The pod's environment only: no host variables leak into the VM.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
@@ -131,8 +140,7 @@ class Envoy:
 
     def run_to_exit(self, timeout: float = 30) -> int:
         """For configs Envoy must refuse: runs it and returns its exit code."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render.to_yaml(render.bootstrap(self.settings)))
+        self.write_config()
         with open(self.log_path, "wb") as log:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
             completed = subprocess.run(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
