@@ -121,7 +121,8 @@ def test_a_body_trickled_past_request_timeout_gets_a_408_status(pod, start_envoy
     envoy = start_envoy(pod, adjust=short_request_timeout)
     with socket.create_connection(("127.0.0.1", envoy.settings.listen_port), timeout=10) as connection:
         connection.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: localhost\r\n"
-                           b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"metadata\": {\"name\": \"trickled\"")
+                           b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                           b'{"metadata": {"name": "trickled"')
         time.sleep(SHORT_REQUEST_TIMEOUT_S + 0.5)
         answer = connection.recv(65536)
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -140,7 +141,8 @@ def test_request_timeout_does_not_cut_a_watch(pod, start_envoy, apiserver):
     stop_ticker = apiserver.start_ticker(0.2, name="long-watch")
     try:
         connection = http.client.HTTPConnection("127.0.0.1", envoy.settings.listen_port, timeout=5)
-        connection.request("GET", "/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name%3Dlong-watch")
+        connection.request("GET", "/api/v1/namespaces/default/configmaps?watch=1"
+                                  "&fieldSelector=metadata.name%3Dlong-watch")
         response = connection.getresponse()
         ticks, started = [], time.monotonic()
         while time.monotonic() - started < OUTLIVE_S:
