@@ -285,9 +285,14 @@ def test_connections_beyond_the_limit_are_closed_but_metrics_and_token_refresh_g
 
     envoy = start_envoy(pod, adjust=few_connections)
     active = f"listener.127.0.0.1_{envoy.settings.listen_port}.downstream_cx_active"
-    # A few more than the limit: the harness's own readiness probe may still hold a slot for a moment.
-    held = [socket.create_connection(("127.0.0.1", envoy.settings.listen_port)) for _ in range(limit + 3)]
+    held = []
     try:
+        # Up to the limit exactly; a slot may be held a moment longer by the harness's readiness probe.
+        for _ in range(3 * limit):
+            if envoy.stats()[active] == limit:
+                break
+            held.append(socket.create_connection(("127.0.0.1", envoy.settings.listen_port)))
+            time.sleep(0.05)
         time.sleep(0.5)
         assert envoy.stats()[active] == limit
         closed_unanswered = 0
