@@ -81,9 +81,10 @@ STREAM_IDLE_TIMEOUT = "3700s"
 # src/config.rs's default for `startup_wait_ms`: how long podward holds a
 # request that arrived before the first token.
 STARTUP_WAIT_MS = 5000
-# Envoy answers 408 to a request not fully received (or still held by a
-# filter) this long after podward would have answered it itself, so no request
-# waits without bound even if the filter loses track of it (a VM reload).
+# Envoy answers a Timeout Status to a request not fully received (408) or
+# still held by a filter (504) this long after podward would have answered it
+# itself, so no request waits without bound even if the filter loses track of
+# it (a VM reload).
 REQUEST_TIMEOUT_MARGIN_MS = 1000
 # A client sends its headers at once; a slow trickle is a slowloris.
 REQUEST_HEADERS_TIMEOUT = "5s"
@@ -101,11 +102,11 @@ API_CONNECTION_IDLE_TIMEOUT = "30s"
 CONNECTION_BUFFER_BYTES = 32 * 1024
 MAX_REQUEST_HEADERS_KB = 32
 MAX_HEADERS_COUNT = 100
-# The sidecar's memory (RSS) as tests/test_limits.py measures it: ~99 MiB
-# idle, ~133 MiB at the peak of a flood at every limit above; the limit leaves
-# room for worse. About 50 MiB of it is the binary's file pages and 25 MiB
-# the V8 VMs; Envoy's own heap gets a budget (see _overload_manager) that
-# keeps the total under the limit with allocator caches on top.
+# The sidecar's memory (RSS) as tests/test_limits.py measures it: ~100 MiB
+# idle, ~135 MiB at the peak of a flood at every limit above; the limit leaves
+# room for worse. What is not Envoy's heap (the binary's file pages ~50 MiB,
+# the V8 VMs ~25 MiB, allocator caches and headroom) is set aside; Envoy's own
+# heap gets the rest as its overload budget (see _overload_manager).
 MEMORY_REQUEST_MIB = 112
 MEMORY_LIMIT_MIB = 192
 NOT_ENVOY_HEAP_MIB = 128
@@ -138,7 +139,7 @@ class Settings:
 
     @property
     def request_timeout_ms(self) -> int:
-        """podward's own give-up time plus a margin: Envoy's 408 is the backstop, never the first answer."""
+        """podward's own give-up time plus a margin: Envoy's timeout is the backstop, never the first answer."""
         return self.plugin_config.get("startup_wait_ms", STARTUP_WAIT_MS) + REQUEST_TIMEOUT_MARGIN_MS
 
 
@@ -158,7 +159,7 @@ def _seconds(milliseconds: int) -> str:
     return f"{milliseconds / 1000:g}s"
 
 
-def _bounded_http(settings: "Settings", not_found: str) -> dict:
+def _bounded_http(settings: Settings, not_found: str) -> dict:
     """HTTP connection manager options for a listener the app can reach: bounded sizes and waits.
 
     Envoy 1.40 counts no peer as internal while `internal_address_config` is
@@ -316,8 +317,8 @@ def local_replies(not_found: str) -> dict:
 
     First match wins: the API server unreachable, the overload manager
     shedding load, a crashed podward VM, Envoy's backstop timeout, then each
-    status code, then whatever is
-    left. Replies that already are a Status (podward's) are never rewritten.
+    status code, then whatever is left. Replies that already are a Status
+    (podward's) are never rewritten.
     """
     mappers = [
         _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
@@ -495,7 +496,7 @@ def _overload_manager() -> dict:
                 "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
                 max_heap_size_bytes=HEAP_BUDGET_BYTES)},
             # Connections past this are closed at accept, on every listener
-            # but the metrics one.
+            # but those that ignore it (metrics, admin, the file source).
             {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": _typed(
                 "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                 max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)},
