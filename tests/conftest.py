@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
+import time
 
 import pytest
 
@@ -82,6 +83,21 @@ def request(envoy: Envoy, method: str, path: str, headers: dict | None = None, b
         return Response(response.status, response.headers, response.read())
     finally:
         connection.close()
+
+
+def served_again(envoy: Envoy, path: str = "/api/v1/namespaces/default/pods", timeout: float = 10) -> Response:
+    """The first 200 after a flood: until Envoy has seen the flood's connections close, a new one may still
+    be refused at the connection limit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = request(envoy, "GET", path)
+            if response.status == 200:
+                return response
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() < deadline, f"the sidecar did not serve {path} again within {timeout}s"
+        time.sleep(0.1)
 
 
 def assert_status(response: Response, code: int, reason: str) -> dict:

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import assert_status, request
+from conftest import assert_status, request, served_again
 from harness.envoy import Envoy, local_settings, render
 from harness.flood import MADE_UP_PREFIX
 from harness.h2c import h2c_requests
@@ -730,9 +730,7 @@ def test_a_thousand_connections_at_once_then_the_sidecar_still_serves(sidecar, a
     finally:
         for connection in opened:
             connection.close()
-    deadline = time.monotonic() + 5
-    while request(envoy, "GET", "/api/v1/namespaces/default/pods").status != 200:
-        assert time.monotonic() < deadline
+    served_again(envoy)
     assert apiserver.requests[-1].token == pod.token
     overflow = f"listener.127.0.0.1_{envoy.settings.listen_port}.downstream_global_cx_overflow"
     assert envoy.stats()[overflow] >= 200
