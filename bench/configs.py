@@ -18,7 +18,8 @@ import shutil
 import time
 from typing import Callable
 
-from harness.envoy import ENVOY_BINARY, WASM, free_port, local_settings, render
+from harness.envoy import ENVOY_BINARY, WASM, UnixHTTPConnection, free_port, local_settings, render
+from harness.envoy import http_get as envoy_http_get
 from harness.jwt import make_token
 from harness.pki import make_pki
 from harness.pod import LocalPod
@@ -123,8 +124,12 @@ BY_KEY = {config.key: config for config in CONFIGURATIONS}
 
 
 def admin_get(settings: render.Settings, path: str) -> tuple[int, str]:
-    """The one place that knows where Envoy's admin interface listens."""
-    return http_get(f"http://127.0.0.1:{settings.admin_port}{path}", timeout=1)
+    """The one place that knows where Envoy's admin interface listens: a Unix socket, as in the sidecar."""
+    try:
+        status, body = envoy_http_get(UnixHTTPConnection(settings.admin_socket, timeout=1), path)
+    except OSError:
+        return 0, ""
+    return status, body.decode(errors="replace")
 
 
 class Testbed:

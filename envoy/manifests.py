@@ -67,7 +67,7 @@ def deployment() -> dict:
             "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, "annotations": pod["metadata"]["annotations"]},
                 "spec": {"serviceAccountName": APP, **pod["spec"]},
             },
         },

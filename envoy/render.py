@@ -29,6 +29,25 @@ PODWARD_DIR = "/etc/podward"
 API_SERVER_NAME = "kubernetes.default.svc"
 FILES_LISTENER = "podward_files"
 
+# Envoy's admin API can change the sidecar (log levels that print the injected
+# Authorization, /quitquitquit, /drain_listeners, /runtime_modify), and every
+# container in a pod shares one network namespace. So admin listens on a Unix
+# socket in an emptyDir only the sidecar mounts, readable by Envoy's uid alone.
+# (Not an abstract socket: those belong to the network namespace, so the app
+# could reach them.)
+ADMIN_DIR = "/var/run/podward-admin"
+ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
+ADMIN_SOCKET_MODE = 0o600
+ADMIN_CLUSTER = "envoy_admin"
+# Prometheus scrapes this port from outside the pod; it serves GET METRICS_PATH
+# (proxied to admin) and nothing else, so it may listen on every address.
+METRICS_LISTENER = "podward_metrics"
+METRICS_PORT = 9102
+METRICS_PATH = "/stats/prometheus"
+# The de-facto scrape annotations (Prometheus' kubernetes-pods example job).
+PROMETHEUS_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                          "prometheus.io/path": METRICS_PATH}
+
 # Downward API environment variables the filter reads (host_env_keys), each
 # with the pod field or container resource it comes from.
 POD_FIELD_ENV = {
@@ -59,6 +78,45 @@ METRIC_TAG_KEYS = ["verb", "group", "resource", "code", "rule", "reason", "file"
 # only cut after that.
 STREAM_IDLE_TIMEOUT = "3700s"
 
+# src/config.rs's default for `startup_wait_ms`: how long podward holds a
+# request that arrived before the first token.
+STARTUP_WAIT_MS = 5000
+# Envoy answers a Timeout Status to a request not fully received (408) or
+# still held by a filter (504) this long after podward would have answered it
+# itself, so no request waits without bound even if the filter loses track of
+# it (a VM reload).
+REQUEST_TIMEOUT_MARGIN_MS = 1000
+# A client sends its headers at once; a slow trickle is a slowloris.
+REQUEST_HEADERS_TIMEOUT = "5s"
+
+# Limits on what the app can make Envoy hold. Envoy's defaults suit an edge
+# proxy with lots of memory (1 MiB per connection buffer, 256 MiB HTTP/2
+# windows, unlimited streams and connections); the sidecar has a small memory
+# limit, so each of these bounds one way to grow it.
+MAX_DOWNSTREAM_CONNECTIONS = 1000
+# Each connection to the API server holds TLS and HTTP/1.1 state (~57 KB
+# measured); an exec, a watch or `logs -f` holds one for as long as it runs.
+# Requests beyond wait for a free one, until request_timeout.
+MAX_API_CONNECTIONS = 200
+API_CONNECTION_IDLE_TIMEOUT = "30s"
+CONNECTION_BUFFER_BYTES = 32 * 1024
+MAX_REQUEST_HEADERS_KB = 32
+MAX_HEADERS_COUNT = 100
+# The sidecar's memory (RSS) as tests/test_limits.py measures it: ~100 MiB
+# idle, ~135 MiB at the peak of a flood at every limit above; the limit leaves
+# room for worse. What is not Envoy's heap (the binary's file pages ~50 MiB,
+# the V8 VMs ~25 MiB, allocator caches and headroom) is set aside; Envoy's own
+# heap gets the rest as its overload budget (see _overload_manager).
+MEMORY_REQUEST_MIB = 112
+MEMORY_LIMIT_MIB = 192
+NOT_ENVOY_HEAP_MIB = 128
+HEAP_BUDGET_BYTES = (MEMORY_LIMIT_MIB - NOT_ENVOY_HEAP_MIB) * 1024 * 1024
+HTTP2_LIMITS = {
+    "max_concurrent_streams": 100,
+    "initial_stream_window_size": 64 * 1024,
+    "initial_connection_window_size": 1024 * 1024,
+}
+
 
 @dataclasses.dataclass
 class Settings:
@@ -73,9 +131,16 @@ class Settings:
     ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
     listen_address: str = "127.0.0.1"
     listen_port: int = 8001
-    admin_port: int = 9901
+    admin_socket: str = ADMIN_SOCKET
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT
     plugin_config: dict = dataclasses.field(default_factory=dict)
     upstream_http2: bool = False
+
+    @property
+    def request_timeout_ms(self) -> int:
+        """podward's own give-up time plus a margin: Envoy's timeout is the backstop, never the first answer."""
+        return self.plugin_config.get("startup_wait_ms", STARTUP_WAIT_MS) + REQUEST_TIMEOUT_MARGIN_MS
 
 
 def _typed(type_name: str, **fields) -> dict:
@@ -85,7 +150,32 @@ def _typed(type_name: str, **fields) -> dict:
 def _router() -> dict:
     return {
         "name": "envoy.filters.http.router",
-        "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+        # No x-envoy-* headers of Envoy's own, upstream or back to the app.
+        "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True),
+    }
+
+
+def _seconds(milliseconds: int) -> str:
+    return f"{milliseconds / 1000:g}s"
+
+
+def _bounded_http(settings: Settings, not_found: str) -> dict:
+    """HTTP connection manager options for a listener the app can reach: bounded sizes and waits.
+
+    Envoy 1.40 counts no peer as internal while `internal_address_config` is
+    unset, so it ignores the app's x-envoy-* control headers (retries,
+    timeouts); setting that field, even to an empty list, would trust
+    private and loopback addresses again.
+    """
+    return {
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "common_http_protocol_options": {"max_headers_count": MAX_HEADERS_COUNT},
+        "http2_protocol_options": HTTP2_LIMITS,
+        "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
+        # Disarmed once the request has gone upstream or a response has
+        # started, so watches, `logs -f` and upgraded streams are not cut.
+        "request_timeout": _seconds(settings.request_timeout_ms),
+        "local_reply_config": local_replies(not_found),
     }
 
 
@@ -150,11 +240,36 @@ def _app_listener(settings: Settings) -> dict:
         # exec, attach and port-forward: WebSocket (kubectl >= 1.30) and SPDY.
         upgrade_configs=[{"upgrade_type": "websocket"}, {"upgrade_type": "spdy/3.1"}],
         access_log=[access_log()],
-        local_reply_config=unreachable_api_server_reply(),
+        **_bounded_http(settings, "the sidecar has no route for this request"),
     )
     return {
         "name": "podward",
         "address": {"socket_address": {"address": settings.listen_address, "port_value": settings.listen_port}},
+        "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
+        "filter_chains": [{"filters": [manager]}],
+    }
+
+
+def metrics_routes() -> list:
+    """What the metrics port serves: one route per endpoint; anything else is a 404 Status."""
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    return [
+        {"match": {"path": METRICS_PATH, "headers": get}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+
+
+def _metrics_listener(settings: Settings) -> dict:
+    """Prometheus' view of the sidecar: admin's /stats/prometheus and nothing else of admin."""
+    manager = _connection_manager(METRICS_LISTENER, metrics_routes(), [], codec_type="HTTP1",
+                                  **_bounded_http(settings, f"this port serves only GET {METRICS_PATH}"))
+    return {
+        "name": METRICS_LISTENER,
+        "address": {"socket_address": {"address": settings.metrics_address, "port_value": settings.metrics_port}},
+        "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
+        # Scrapes (and the kubelet's probes) still get through when the app
+        # holds every connection the sidecar allows.
+        "ignore_global_conn_limit": True,
         "filter_chains": [{"filters": [manager]}],
     }
 
@@ -163,26 +278,75 @@ def _app_listener(settings: Settings) -> dict:
 # host, connection failure (TLS verification included), overflow, reset.
 UPSTREAM_FAILURE_FLAGS = ["UH", "UF", "UO", "URX", "UC", "UR", "LR"]
 
+# Every other reply Envoy makes itself, by status code (404s are the
+# listener's own): the Kubernetes reason clients expect and what it means for
+# the app. Envoy's details string (e.g.
+# `http1.content_length_and_chunked_not_allowed`) is appended to the message.
+ENVOY_REPLIES = {
+    400: ("BadRequest", "the request is malformed or ambiguous"),
+    403: ("Forbidden", "the sidecar does not carry this kind of request"),
+    408: ("Timeout", "the request was not complete in time"),
+    413: ("RequestEntityTooLarge", "the request body is too large"),
+    426: ("BadRequest", "HTTP/1.0 is not supported: use HTTP/1.1 or h2c"),
+    431: ("RequestEntityTooLarge", "the request headers are too large or too many"),
+    501: ("BadRequest", "this transfer encoding is not supported"),
+    503: ("ServiceUnavailable", "the sidecar cannot serve the request now"),
+    504: ("Timeout", "the API server did not answer in time"),
+}
+# podward answers with a Status (application/json) already; only Envoy's own
+# text replies are rewritten. CEL sees the reply's headers as they would be sent.
+NOT_YET_A_STATUS = "!('content-type' in response.headers && response.headers['content-type'] == 'application/json')"
 
-def unreachable_api_server_reply() -> dict:
-    """Envoy's own 503s, as a Kubernetes Status that kubectl prints well.
 
-    Only replies carrying an upstream-failure flag are rewritten: podward's own
-    replies are Status objects already.
+def _when(expression: str) -> dict:
+    """An access-log filter (as local_reply_config takes) from a CEL expression over the reply."""
+    cel = _typed("envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression)
+    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": cel}}
+
+
+def _status_reply(when: dict, reason: str, message: str, retry: bool = False) -> dict:
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+              "reason": reason, "code": "%RESPONSE_CODE%"}
+    if retry:
+        status["details"] = {"retryAfterSeconds": 1}
+    return {"filter": when, "body_format_override": {"json_format": status, "content_type": "application/json"}}
+
+
+def local_replies(not_found: str) -> dict:
+    """Every answer Envoy makes itself, as a Kubernetes Status that kubectl prints well.
+
+    First match wins: the API server unreachable, the overload manager
+    shedding load, a crashed podward VM, Envoy's backstop timeout, then each
+    status code, then whatever is left. Replies that already are a Status
+    (podward's) are never rewritten.
     """
-    status = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": "podward could not reach the API server: %LOCAL_REPLY_BODY% (Envoy response flags %RESPONSE_FLAGS%)",
-        "reason": "ServiceUnavailable",
-        "code": "%RESPONSE_CODE%",
-    }
-    return {"mappers": [{
-        "filter": {"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}},
-        "body_format_override": {"json_format": status, "content_type": "application/json"},
-    }]}
+    mappers = [
+        _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
+                      "podward could not reach the API server: %LOCAL_REPLY_BODY% (Envoy response flags "
+                      "%RESPONSE_FLAGS%)", retry=True),
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'overload'"), "ServiceUnavailable",
+                      "the podward sidecar is overloaded; retry", retry=True),
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'wasm_fail_stream'"),
+                      "ServiceUnavailable", "podward failed on this request and is restarting; retry", retry=True),
+        # request_timeout: 408 while the body is still arriving, 504 for a whole request still held.
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'request_overall_timeout'"),
+                      "Timeout", "the podward sidecar did not pass the request on in time: it was not fully "
+                      "received, or held too long (request_overall_timeout); retry", retry=True),
+    ]
+    replies = {**ENVOY_REPLIES, 404: ("NotFound", not_found)}
+    mappers += [
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code == {code}"), reason,
+                      f"the podward sidecar refused this request: {meaning} (%RESPONSE_CODE_DETAILS%)",
+                      retry=code == 503)
+        for code, (reason, meaning) in sorted(replies.items())
+    ]
+    mappers += [
+        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code >= 500"), "InternalError",
+                      "the podward sidecar failed on this request (%RESPONSE_CODE_DETAILS%)"),
+        _status_reply(_when(NOT_YET_A_STATUS), "BadRequest",
+                      "the podward sidecar refused this request (%RESPONSE_CODE_DETAILS%)"),
+    ]
+    return {"mappers": mappers}
 
 
 def access_log() -> dict:
@@ -190,7 +354,9 @@ def access_log() -> dict:
     fields = {
         "time": "%START_TIME%",
         "method": "%REQ(:METHOD)%",
-        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        # The path as Envoy normalised it, which podward classified and the API
+        # server received; never a header the app could set.
+        "path": "%REQ(:PATH)%",
         "code": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",
         "details": "%RESPONSE_CODE_DETAILS%",
@@ -232,6 +398,8 @@ def _files_listener(settings: Settings) -> dict:
     return {
         "name": FILES_LISTENER,
         "internal_listener": {},
+        # The token keeps being refreshed while the app holds every connection it may.
+        "ignore_global_conn_limit": True,
         "filter_chains": [{"filters": [_connection_manager(FILES_LISTENER, [not_found], [file_server])]}],
     }
 
@@ -251,11 +419,16 @@ def _api_cluster(settings: Settings) -> dict:
         },
     )
     protocol = {"http2_protocol_options": {}} if settings.upstream_http2 else {"http_protocol_options": {}}
+    limits = {"max_connections": MAX_API_CONNECTIONS, "max_requests": MAX_API_CONNECTIONS,
+              "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}
     is_ip = settings.api_address.replace(".", "").isdigit()
     return {
         "name": "kubernetes",
         "type": "STATIC" if is_ip else "STRICT_DNS",
         "connect_timeout": "5s",
+        # What Envoy reads ahead from the API server for an app that reads slowly (default 1 MiB).
+        "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
+        "circuit_breakers": {"thresholds": [limits]},
         "load_assignment": {
             "cluster_name": "kubernetes",
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
@@ -266,6 +439,8 @@ def _api_cluster(settings: Settings) -> dict:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 explicit_http_config=protocol,
+                # A burst's connections are closed once idle, not kept for an hour.
+                common_http_protocol_options={"idle_timeout": API_CONNECTION_IDLE_TIMEOUT},
             )
         },
     }
@@ -283,11 +458,68 @@ def _files_cluster() -> dict:
     }
 
 
+def _admin_cluster(settings: Settings) -> dict:
+    """The metrics listener's way to admin: the admin socket."""
+    return {
+        "name": ADMIN_CLUSTER,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": settings.admin_socket}}}}]}],
+        },
+    }
+
+
+RUNTIME = {
+    # The heap monitor counts bytes allocated, not what tcmalloc keeps cached
+    # after a burst (which would hold the pressure up long after it ended).
+    "envoy.reloadable_features.fixed_heap_use_allocated": True,
+}
+
+
+def _overload_manager() -> dict:
+    """Envoy protects itself before the kubelet's OOM kill would.
+
+    The heap monitor watches Envoy's own allocator (connections, buffers,
+    headers), not the V8 VMs, whose memory is fixed once started: so its
+    budget is the memory limit minus what the binary's pages and the VMs take.
+    """
+    heap = "envoy.resource_monitors.fixed_heap"
+
+    def at(fraction: float) -> list:
+        return [{"name": heap, "threshold": {"value": fraction}}]
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {"name": heap, "typed_config": _typed(
+                "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                max_heap_size_bytes=HEAP_BUDGET_BYTES)},
+            # Connections past this are closed at accept, on every listener
+            # but those that ignore it (metrics, admin, the file source).
+            {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": _typed(
+                "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)},
+        ],
+        # New requests get a 503 Status rather than the connection being left
+        # unaccepted, which a client would see as a hang.
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": at(0.80)},
+            {"name": "envoy.overload_actions.disable_http_keepalive", "triggers": at(0.85)},
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": at(0.95)},
+        ],
+    }
+
+
 def bootstrap(settings: Settings) -> dict:
     return {
         # File-based config needs a node identity; it names nothing outside the pod.
         "node": {"id": "podward", "cluster": "podward"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
+        "admin": {
+            "address": {"pipe": {"path": settings.admin_socket, "mode": ADMIN_SOCKET_MODE}},
+            # The metrics listener's scrapes go through admin: never refused for the app's connections.
+            "ignore_global_conn_limit": True,
+        },
         "stats_config": {"stats_tags": [
             {"tag_name": key, "regex": f"({key}=\\.=(.*?);\\.;)"} for key in METRIC_TAG_KEYS
         ]},
@@ -295,9 +527,12 @@ def bootstrap(settings: Settings) -> dict:
             "name": "envoy.bootstrap.internal_listener",
             "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
         }],
+        "overload_manager": _overload_manager(),
+        # The only runtime layer: nothing can change the runtime while Envoy runs.
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": RUNTIME}]},
         "static_resources": {
-            "listeners": [_app_listener(settings), _files_listener(settings)],
-            "clusters": [_api_cluster(settings), _files_cluster()],
+            "listeners": [_app_listener(settings), _metrics_listener(settings), _files_listener(settings)],
+            "clusters": [_api_cluster(settings), _files_cluster(), _admin_cluster(settings)],
         },
     }
 
@@ -329,10 +564,12 @@ def example_pod() -> dict:
             {"name": "podward", "mountPath": PODWARD_DIR, "readOnly": True},
             {"name": "service-account", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
             {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
+            {"name": "podward-admin", "mountPath": ADMIN_DIR},
         ],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
         "startupProbe": {"tcpSocket": {"port": 8001}, "periodSeconds": 1, "failureThreshold": 30},
-        # Measured (BENCHMARKS.md): ~99 MB RSS idle, ~101 MB under load at concurrency 1.
-        "resources": {"requests": {"cpu": "50m", "memory": "100Mi"}, "limits": {"memory": "160Mi"}},
+        "resources": {"requests": {"cpu": "50m", "memory": f"{MEMORY_REQUEST_MIB}Mi"},
+                      "limits": {"memory": f"{MEMORY_LIMIT_MIB}Mi"}},
         "securityContext": restricted(run_as_user=101),  # the envoy image's user
     }
     main = {
@@ -354,11 +591,14 @@ def example_pod() -> dict:
             {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
             {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
         ]}},
+        # Holds the admin socket; mounted in the sidecar only.
+        {"name": "podward-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
     ]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "curl-with-ambassador", "labels": {"app": "curl-with-ambassador"}},
+        "metadata": {"name": "curl-with-ambassador", "labels": {"app": "curl-with-ambassador"},
+                     "annotations": PROMETHEUS_ANNOTATIONS},
         "spec": {
             # Only the sidecar mounts a token (its own projected volume); the
             # app container gets none.

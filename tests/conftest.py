@@ -12,6 +12,7 @@ import itertools
 import os
 import pathlib
 import secrets
+import time
 
 import pytest
 
@@ -100,9 +101,9 @@ def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str):
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
-              concurrency: int = 1, extra_args: tuple = (), **settings) -> Envoy:
+              concurrency: int = 1, extra_args: tuple = (), adjust=None, **settings) -> Envoy:
         envoy = Envoy(local_settings(pod, api_port, ca_file or default_ca, plugin_config, **settings),
-                      workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args)
+                      workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args, adjust=adjust)
         started.append(envoy)
         return envoy.start()
 
@@ -211,6 +212,21 @@ def request(envoy: Envoy, method: str, path: str, headers: dict | None = None, b
         return Response(response.status, response.headers, response.read())
     finally:
         connection.close()
+
+
+def served_again(envoy: Envoy, path: str = "/api/v1/namespaces/default/pods", timeout: float = 10) -> Response:
+    """The first 200 after a flood: until Envoy has seen the flood's connections close, a new one may still
+    be refused at the connection limit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = request(envoy, "GET", path)
+            if response.status == 200:
+                return response
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() < deadline, f"the sidecar did not serve {path} again within {timeout}s"
+        time.sleep(0.1)
 
 
 def assert_status(response: Response, code: int, reason: str) -> dict:

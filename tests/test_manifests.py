@@ -115,6 +115,7 @@ def in_pod_paths(root: pathlib.Path, ca_file: str) -> dict:
         render.SERVICE_ACCOUNT_DIR: root / "serviceaccount",
         render.PODINFO_DIR: root / "podinfo",
         render.PODWARD_DIR: root / "podward",
+        render.ADMIN_DIR: root / "admin",
     }
     for directory in directories.values():
         directory.mkdir(parents=True)

