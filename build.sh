@@ -12,6 +12,7 @@ cd "$(dirname "$0")"
 
 VENV=.venv
 WASM=dist/podward.wasm
+NATIVE=dist/libpodward.so
 # What ships (after wasm-opt), and cargo's own output: nothing may depend on
 # wasm-opt to fit. V8's memory per VM grows with the module (BENCHMARKS.md).
 WASM_BUDGET=150000
@@ -77,8 +78,12 @@ build() {
     echo "podward.wasm is over its size budget" >&2
     exit 1
   fi
+  log "building libpodward.so (the native build, an Envoy dynamic module)"
+  cargo build --quiet --profile native --features native
+  cp target/native/libpodward.so "$NATIVE"
+  echo "libpodward.so: $(stat -c %s "$NATIVE") bytes, sha256 $(sha256sum "$NATIVE" | cut -d' ' -f1)"
   setup_python
-  "$VENV/bin/python" envoy/render.py --dist dist --wasm "$WASM"
+  "$VENV/bin/python" envoy/render.py --dist dist --wasm "$WASM" --native "$NATIVE"
   "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
@@ -93,6 +98,7 @@ run_tests() {
   cargo fmt --all -- --check
   cargo clippy --quiet --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -- -D warnings
+  cargo clippy --quiet --features native -- -D warnings
   log "unit tests, native"
   cargo test --quiet
   log "unit tests, as wasm"

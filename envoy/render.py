@@ -26,6 +26,8 @@ ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PODINFO_DIR = "/etc/podinfo"
 PODWARD_DIR = "/etc/podward"
+# The policy file's own ConfigMap (a key mounted here), re-read while podward runs.
+POLICY_DIR = "/etc/podward-policy"
 API_SERVER_NAME = "kubernetes.default.svc"
 FILES_LISTENER = "podward_files"
 
@@ -122,9 +124,13 @@ HTTP2_LIMITS = {
 class Settings:
     """What differs between the in-cluster sidecar and a local run."""
 
+    # "wasm": the proxy-wasm module in V8; "native": the Envoy dynamic module.
+    build: str = "wasm"
     wasm_path: str = f"{PODWARD_DIR}/podward.wasm"
+    native_path: str = f"{PODWARD_DIR}/libpodward.so"
     service_account_dir: str = SERVICE_ACCOUNT_DIR
     podinfo_dir: str = PODINFO_DIR
+    policy_dir: str = POLICY_DIR
     api_address: str = API_SERVER_NAME
     api_port: int = 443
     api_sni: str = API_SERVER_NAME
@@ -136,6 +142,24 @@ class Settings:
     metrics_port: int = METRICS_PORT
     plugin_config: dict = dataclasses.field(default_factory=dict)
     upstream_http2: bool = False
+
+    @property
+    def native(self) -> bool:
+        return self.build == "native"
+
+    @property
+    def file_directories(self) -> dict:
+        """Where the files podward reads are: the wasm build fetches them through the file listener, which
+        maps these prefixes; the native build reads them itself (file_source.directories)."""
+        return {"/serviceaccount": self.service_account_dir, "/podinfo": self.podinfo_dir,
+                "/policy": self.policy_dir}
+
+    @property
+    def filter_config(self) -> str:
+        """podward's JSON configuration: the same for both builds."""
+        config = json.loads(json.dumps(self.plugin_config))
+        config.setdefault("file_source", {})["directories"] = self.file_directories
+        return json.dumps(config, sort_keys=True)
 
     @property
     def request_timeout_ms(self) -> int:
@@ -192,8 +216,24 @@ def _connection_manager(stat_prefix: str, routes: list, http_filters: list, **ex
     }
 
 
+# The filter state podward publishes its reading of each request under, by build.
+RECORD_KEYS = {"wasm": "wasm.podward", "native": "podward"}
+
+
 def podward_filter(settings: Settings) -> dict:
-    """The wasm filter, as the sidecar listener and the mesh manifests use it."""
+    """podward, as the sidecar listener and the mesh manifests use it: the wasm filter or the dynamic module."""
+    if settings.native:
+        return {
+            "name": "envoy.filters.http.dynamic_modules",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                # Metric names as the wasm build's, once RUNTIME_NATIVE strips this prefix.
+                dynamic_module_config={"module": {"local": {"filename": settings.native_path}},
+                                       "metrics_namespace": "podward"},
+                filter_name="podward",
+                filter_config=_typed("google.protobuf.StringValue", value=settings.filter_config),
+            ),
+        }
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": _typed(
@@ -211,10 +251,7 @@ def podward_filter(settings: Settings) -> dict:
                     "code": {"local": {"filename": settings.wasm_path}},
                     "environment_variables": {"host_env_keys": ENV_KEYS},
                 },
-                "configuration": _typed(
-                    "google.protobuf.StringValue",
-                    value=json.dumps(settings.plugin_config, sort_keys=True),
-                ),
+                "configuration": _typed("google.protobuf.StringValue", value=settings.filter_config),
             },
         ),
     }
@@ -239,7 +276,7 @@ def _app_listener(settings: Settings) -> dict:
         stream_idle_timeout=STREAM_IDLE_TIMEOUT,
         # exec, attach and port-forward: WebSocket (kubectl >= 1.30) and SPDY.
         upgrade_configs=[{"upgrade_type": "websocket"}, {"upgrade_type": "spdy/3.1"}],
-        access_log=[access_log()],
+        access_log=[access_log(settings)],
         **_bounded_http(settings, "the sidecar has no route for this request"),
     )
     return {
@@ -349,7 +386,7 @@ def local_replies(not_found: str) -> dict:
     return {"mappers": mappers}
 
 
-def access_log() -> dict:
+def access_log(settings: Settings) -> dict:
     """One JSON line per request; podward's findings come from its filter state."""
     fields = {
         "time": "%START_TIME%",
@@ -365,7 +402,7 @@ def access_log() -> dict:
         "user_agent": "%REQ(USER-AGENT)%",
         "pod": "%ENVIRONMENT(POD_NAMESPACE)%/%ENVIRONMENT(POD_NAME)%",
         # podward's reading of the request and its decision (JSON text).
-        "podward": "%FILTER_STATE(wasm.podward:PLAIN)%",
+        "podward": f"%FILTER_STATE({RECORD_KEYS[settings.build]}:PLAIN)%",
     }
     return {
         "name": "envoy.access_loggers.stdout",
@@ -388,10 +425,8 @@ def _files_listener(settings: Settings) -> dict:
         "typed_config": _typed(
             "envoy.extensions.filters.http.file_server.v3.FileServerConfig",
             manager_config={"thread_pool": {"thread_count": 1}},
-            path_mappings=[
-                {"request_path_prefix": "/serviceaccount", "file_path_prefix": settings.service_account_dir},
-                {"request_path_prefix": "/podinfo", "file_path_prefix": settings.podinfo_dir},
-            ],
+            path_mappings=[{"request_path_prefix": prefix, "file_path_prefix": directory}
+                           for prefix, directory in settings.file_directories.items()],
         ),
     }
     not_found = {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
@@ -475,6 +510,12 @@ RUNTIME = {
     # after a burst (which would hold the pressure up long after it ended).
     "envoy.reloadable_features.fixed_heap_use_allocated": True,
 }
+RUNTIME_NATIVE = {
+    **RUNTIME,
+    # A dynamic module's metrics are named `podward_requests_total{...}`, as
+    # the wasm build's, rather than `envoy_podward_podward_requests_total`.
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": True,
+}
 
 
 def _overload_manager() -> dict:
@@ -512,6 +553,8 @@ def _overload_manager() -> dict:
 
 
 def bootstrap(settings: Settings) -> dict:
+    # The native build reads the pod's files itself: no file listener.
+    file_source = not settings.native
     return {
         # File-based config needs a node identity; it names nothing outside the pod.
         "node": {"id": "podward", "cluster": "podward"},
@@ -526,13 +569,16 @@ def bootstrap(settings: Settings) -> dict:
         "bootstrap_extensions": [{
             "name": "envoy.bootstrap.internal_listener",
             "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
-        }],
+        }] if file_source else [],
         "overload_manager": _overload_manager(),
         # The only runtime layer: nothing can change the runtime while Envoy runs.
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": RUNTIME}]},
+        "layered_runtime": {"layers": [{"name": "static", "static_layer":
+                                        RUNTIME_NATIVE if settings.native else RUNTIME}]},
         "static_resources": {
-            "listeners": [_app_listener(settings), _metrics_listener(settings), _files_listener(settings)],
-            "clusters": [_api_cluster(settings), _files_cluster(), _admin_cluster(settings)],
+            "listeners": [_app_listener(settings), _metrics_listener(settings),
+                          *([_files_listener(settings)] if file_source else [])],
+            "clusters": [_api_cluster(settings), *([_files_cluster()] if file_source else []),
+                         _admin_cluster(settings)],
         },
     }
 
@@ -632,32 +678,46 @@ HEADER = "# Generated by envoy/render.py; edit that file, then run ./build.sh.\n
 CONFIGMAP_LIMIT = 1024 * 1024
 
 
+# Each build's committed bootstrap, ConfigMap file and module file name.
+BUILDS = {
+    "wasm": ("sidecar.yaml", "podward-configmap.yaml", "podward.wasm"),
+    "native": ("sidecar-native.yaml", "podward-native-configmap.yaml", "libpodward.so"),
+}
+
+
 def write_committed(envoy_dir: pathlib.Path) -> None:
-    (envoy_dir / "sidecar.yaml").write_text(HEADER + to_yaml(bootstrap(Settings())))
+    for build, (sidecar, _, _) in BUILDS.items():
+        (envoy_dir / sidecar).write_text(HEADER + to_yaml(bootstrap(Settings(build=build))))
     (envoy_dir / "pod.yaml").write_text(HEADER + to_yaml(example_pod()))
 
 
-def write_dist(dist: pathlib.Path, wasm: pathlib.Path) -> None:
-    module = wasm.read_bytes()
-    config = configmap("podward", data={"envoy.yaml": to_yaml(bootstrap(Settings()))}, binary={"podward.wasm": module})
-    text = HEADER + to_yaml(config)
+def write_dist(dist: pathlib.Path, build: str, module_path: pathlib.Path) -> None:
+    """The ConfigMap `podward` of one build: its bootstrap and its module. The pod mounts either."""
+    _, configmap_file, module_name = BUILDS[build]
+    module = module_path.read_bytes()
+    envoy_yaml = to_yaml(bootstrap(Settings(build=build)))
+    text = HEADER + to_yaml(configmap("podward", data={"envoy.yaml": envoy_yaml}, binary={module_name: module}))
     if len(text.encode()) > CONFIGMAP_LIMIT:
-        sys.exit(f"the podward ConfigMap is {len(text.encode())} bytes, over the 1 MiB limit")
-    (dist / "podward-configmap.yaml").write_text(text)
+        sys.exit(f"the {build} podward ConfigMap is {len(text.encode())} bytes, over the 1 MiB limit")
+    (dist / configmap_file).write_text(text)
     digest = hashlib.sha256(module).hexdigest()
-    print(f"podward ConfigMap: {len(text.encode())} bytes (limit {CONFIGMAP_LIMIT}); wasm sha256 {digest}")
+    print(f"podward ConfigMap ({build}): {len(text.encode())} bytes (limit {CONFIGMAP_LIMIT}); "
+          f"{module_name} sha256 {digest}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envoy-dir", type=pathlib.Path, default=pathlib.Path(__file__).parent)
     parser.add_argument("--dist", type=pathlib.Path, help="also write the ConfigMaps here")
-    parser.add_argument("--wasm", type=pathlib.Path, help="the built module, for the ConfigMap")
+    parser.add_argument("--wasm", type=pathlib.Path, help="the built podward.wasm, for its ConfigMap")
+    parser.add_argument("--native", type=pathlib.Path, help="the built libpodward.so, for its ConfigMap")
     args = parser.parse_args()
     write_committed(args.envoy_dir)
     if args.dist:
         args.dist.mkdir(parents=True, exist_ok=True)
-        write_dist(args.dist, args.wasm)
+        for build, module in (("wasm", args.wasm), ("native", args.native)):
+            if module:
+                write_dist(args.dist, build, module)
 
 
 if __name__ == "__main__":

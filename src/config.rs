@@ -64,7 +64,7 @@ const DEFAULT_DIRECTORIES: &[(&str, &str)] = &[
         "/var/run/secrets/kubernetes.io/serviceaccount",
     ),
     ("/podinfo", "/etc/podinfo"),
-    ("/policy", "/etc/podward/policy"),
+    ("/policy", "/etc/podward-policy"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -74,9 +74,13 @@ impl Rewrite<'_> {
         }
     }
 
+    /// What podward sets. An empty value (a pod without annotations) is left
+    /// out: Envoy's dynamic-module API cannot send an empty header, and both
+    /// builds must send the same.
     fn additions(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.set
             .iter()
+            .filter(|(_, value)| !value.is_empty())
             .map(|(name, value)| (name.as_bytes(), *value))
             .chain(
                 self.user_agent
@@ -545,6 +549,35 @@ mod tests {
         assert_eq!(request.get("x-pod-team"), None);
         assert_eq!(value(&request, "x-pod-name"), "web-0");
         assert_eq!(value(&request, "x-app-own"), "kept");
+    }
+
+    #[test]
+    fn an_empty_identity_value_is_not_sent_and_the_apps_is_still_dropped() {
+        let config = r#"{"identity_headers": [{"header": "x-pod-team", "env": "EMPTY"}]}"#;
+        let config = Config::parse(config.as_bytes()).unwrap();
+        let mut sources = standard_pod();
+        sources.env.insert("EMPTY".into(), String::new());
+        let identity = build(&config, Token::parse(b"t").unwrap(), &sources).0;
+        assert_eq!(
+            identity.headers,
+            [("x-pod-team".to_string(), String::new())]
+        );
+        let request = request(
+            "GET",
+            "/api",
+            &[(":authority", "localhost"), ("x-pod-team", "forged")],
+        );
+        let handled = handle(&config, inline_policy(&config), &identity, 0, &request);
+        let Outcome::Forward(rewrite) = handled.outcome else {
+            panic!("forwarded")
+        };
+        let forwarded = HeaderList::from_pairs(rewrite.apply(&request));
+        assert_eq!(forwarded.get("x-pod-team"), None);
+        assert!(!rewrite
+            .edits(&request)
+            .additions
+            .iter()
+            .any(|(_, v)| v.is_empty()));
     }
 
     #[test]

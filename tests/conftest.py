@@ -1,5 +1,9 @@
 """Fixtures for the integration tests: a PKI, the stand-in API server, a real kube-apiserver (envtest), a
-local pod's volumes, and real Envoy processes running the built podward.wasm.
+local pod's volumes, and real Envoy processes running podward.
+
+Every test that starts Envoy runs once per build: podward.wasm (the proxy-wasm filter) and libpodward.so (the
+Envoy dynamic module), as the `podward_build` parameter. Tests marked `wasm_only` are about the wasm build
+alone (V8 and its VM reloads) and run for it only.
 
 Tests marked `envtest` need $KUBEBUILDER_ASSETS. Without it they are deselected, not skipped, and the run ends
 with one line saying so; with PODWARD_REQUIRE_ENVTEST=1 (CI) a missing asset, or a run in which no real-server
@@ -17,7 +21,7 @@ import time
 import pytest
 
 from harness.apiserver import StandInApiServer
-from harness.envoy import WASM, Envoy, local_settings
+from harness.envoy import NATIVE, WASM, Envoy, local_settings
 from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
 from harness.pki import make_pki
 from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPod
@@ -33,20 +37,34 @@ class _Envtest:
     startup_seconds: float | None = None
 
 
+BUILDS = ("wasm", "native")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "envtest: runs against a real kube-apiserver and etcd ($KUBEBUILDER_ASSETS)")
+    config.addinivalue_line("markers", "wasm_only: about the wasm build alone; not run for the native build")
 
 
 def pytest_sessionstart(session):
-    if not WASM.exists():
-        raise pytest.UsageError(f"{WASM} is missing: run ./build.sh first (./build.sh test does)")
+    for module in (WASM, NATIVE):
+        if not module.exists():
+            raise pytest.UsageError(f"{module} is missing: run ./build.sh first (./build.sh test does)")
     if REQUIRE_ENVTEST and assets_dir() is None:
         raise pytest.UsageError(f"PODWARD_REQUIRE_ENVTEST=1 but ${ASSETS_VARIABLE} names no directory with "
                                 f"kube-apiserver and etcd: {HOW_TO_GET_THEM}")
 
 
+def _native_instance_of_a_wasm_only_test(item) -> bool:
+    build = getattr(item, "callspec", None) and item.callspec.params.get("podward_build")
+    return build == "native" and item.get_closest_marker("wasm_only") is not None
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they will
 def pytest_collection_modifyitems(config, items):
+    wasm_only = [item for item in items if _native_instance_of_a_wasm_only_test(item)]
+    if wasm_only:
+        items[:] = [item for item in items if item not in wasm_only]
+        config.hook.pytest_deselected(items=wasm_only)
     real = [item for item in items if item.get_closest_marker("envtest")]
     _Envtest.node_ids = {item.nodeid for item in real}
     if real and assets_dir() is None:
@@ -96,12 +114,19 @@ def pod(tmp_path, pki, apiserver):
     return pod
 
 
-def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str):
+@pytest.fixture(scope="session", params=BUILDS)
+def podward_build(request) -> str:
+    """Which build of podward the test's Envoy runs."""
+    return request.param
+
+
+def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str, build: str):
     """A function that starts Envoy with podward for a pod, and the list of every Envoy it started."""
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
               concurrency: int = 1, extra_args: tuple = (), adjust=None, **settings) -> Envoy:
+        settings.setdefault("build", build)
         envoy = Envoy(local_settings(pod, api_port, ca_file or default_ca, plugin_config, **settings),
                       workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args, adjust=adjust)
         started.append(envoy)
@@ -111,9 +136,9 @@ def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str):
 
 
 @pytest.fixture
-def start_envoy(tmp_path, pki, apiserver):
+def start_envoy(tmp_path, pki, apiserver, podward_build):
     """Starts Envoy with podward in front of the stand-in; every Envoy started is stopped afterwards."""
-    start, started = _envoy_starter(tmp_path / "envoy", apiserver.port, pki.ca_cert)
+    start, started = _envoy_starter(tmp_path / "envoy", apiserver.port, pki.ca_cert, podward_build)
     yield start
     for envoy in started:
         envoy.stop()
@@ -188,9 +213,9 @@ def real_pod(tmp_path, kube, namespace) -> ClusterPod:
 
 
 @pytest.fixture
-def start_real_envoy(tmp_path, kube):
+def start_real_envoy(tmp_path, kube, podward_build):
     """Starts Envoy with podward in front of the real API server; every Envoy started is stopped afterwards."""
-    start, started = _envoy_starter(tmp_path / "envoy", kube.port, kube.pki.ca_cert)
+    start, started = _envoy_starter(tmp_path / "envoy", kube.port, kube.pki.ca_cert, podward_build)
     yield start
     for envoy in started:
         envoy.stop()

@@ -105,7 +105,9 @@ def test_a_body_sent_while_the_request_waits_for_the_token_arrives_whole(pod, st
     pod.write_service_account(None)
     envoy = start_envoy(pod)
     data = "x" * (256 * 1024)
-    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big-while-waiting"},
+    # One name per build: the stand-in keeps what each run created.
+    name = f"big-while-waiting-{envoy.settings.build}"
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
                        "data": {"blob": data}}).encode()
     threading.Timer(1.0, lambda: apiserver.accept(pod.issue_token())).start()
     response, seconds = timed(envoy, "POST", "/api/v1/namespaces/default/configmaps", body=body,

@@ -66,7 +66,9 @@ def test_custom_rules_before_a_preset(pod, start_envoy, apiserver):
         {"name": "no-secrets", "action": "deny", "verbs": ["*"], "apiGroups": [""], "resources": ["secrets"]},
     ]}
     envoy = start_envoy(pod, {"policy": policy})
-    body = b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"made-by-app"},"data":{"a":"1"}}'
+    # One name per build: the stand-in keeps what each run created.
+    name = f"made-by-app-{envoy.settings.build}"
+    body = f'{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"a":"1"}}}}'.encode()
     created = request(envoy, "POST", "/api/v1/namespaces/default/configmaps", body=body,
                       headers={"Content-Type": "application/json"})
     assert created.status == 201
@@ -101,7 +103,7 @@ def test_denials_and_requests_are_counted_and_logged(podward, apiserver):
     request(podward, "GET", "/api/v1/namespaces/default/pods/demo-0")
     request(podward, "POST", EXEC_PATH)
     request(podward, "GET", "/version", headers={"Host": "evil.example"})
-    metrics = podward.prometheus()
+    metrics = podward.settled_prometheus(lambda text: 'reason="host_not_accepted"} 1' in text)
 
     def value(series: str) -> float:
         match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)

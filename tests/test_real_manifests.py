@@ -112,6 +112,9 @@ def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, k
     spec = deployment["spec"]["template"]["spec"]
     [token_source] = [s["serviceAccountToken"] for v in spec["volumes"] if v["name"] == "service-account"
                       for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+    pods_path = f"/api/v1/namespaces/{manifests.EXAMPLE_NAMESPACE}/pods"
+    # The overlay's namespace is fixed: a pod left by a run for the other build goes first.
+    kube.admin("DELETE", f"{pods_path}/overlay-pod?gracePeriodSeconds=0")
     pod_object = kube.create({"apiVersion": "v1", "kind": "Pod",
                               "metadata": {"name": "overlay-pod", "namespace": manifests.EXAMPLE_NAMESPACE,
                                            **deployment["spec"]["template"]["metadata"]},
@@ -120,7 +123,6 @@ def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, k
     pod.issue_token(lifetime_seconds=token_source["expirationSeconds"], audiences=token_source.get("audience"))
     # The overlay's envoy.yaml carries this configuration (test_manifests.py).
     envoy = start_real_envoy(pod, manifests.EXAMPLE_POLICY)
-    pods_path = f"/api/v1/namespaces/{manifests.EXAMPLE_NAMESPACE}/pods"
     listed = request(envoy, "GET", pods_path)
     assert listed.status == 200 and [p["metadata"]["name"] for p in listed.json()["items"]] == ["overlay-pod"]
     # The read-only preset refuses a delete itself; RBAC (the Role reads pods only) refuses secrets.

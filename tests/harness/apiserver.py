@@ -1557,13 +1557,16 @@ class StandInApiServer:
     # Objects
 
     def seed(self, objects) -> list:
-        """Store objects (dicts with apiVersion and kind) as if created; missing namespaces are created."""
+        """Store objects (dicts with apiVersion and kind) as if created, replacing any of the same name (the
+        stand-in lives for the session, and a test may run once per build); missing namespaces are created."""
         created = []
         for obj in objects:
             rtype = RESOURCES_BY_KIND[(obj["apiVersion"], obj["kind"])]
             namespace = obj.get("metadata", {}).get("namespace", "default") if rtype.namespaced else ""
             if namespace and not self.get_object("namespaces", "", namespace):
                 self.store.create(resource_type("namespaces"), "", {"metadata": {"name": namespace}})
+            if self.get_object(rtype.name, namespace, obj["metadata"]["name"]):
+                self.store.delete(rtype, namespace, obj["metadata"]["name"])
             created.append(self.store.create(rtype, namespace, obj))
         return created
 

@@ -18,8 +18,11 @@ sys.path.insert(0, str(REPO / "envoy"))
 import render  # noqa: E402  (envoy/render.py: the one source of Envoy configs)
 
 ENVOY_BINARY = pathlib.Path(envoy_package.__file__).parent / "_bin" / "envoy"
-# The module under test; PODWARD_WASM points the tests at another build.
+# The modules under test; PODWARD_WASM and PODWARD_NATIVE point the tests at other builds.
 WASM = pathlib.Path(os.environ.get("PODWARD_WASM", REPO / "dist" / "podward.wasm"))
+NATIVE = pathlib.Path(os.environ.get("PODWARD_NATIVE", REPO / "dist" / "libpodward.so"))
+# Where each build's log lines come from in Envoy's log.
+LOG_COMPONENTS = {"wasm": "wasm", "native": "dynamic_modules"}
 
 
 def free_port() -> int:
@@ -154,10 +157,28 @@ class Envoy:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def log_component(self) -> str:
+        """The Envoy log component podward's own lines come under, for --component-log-level."""
+        return LOG_COMPONENTS[self.settings.build]
+
+    def podward_log(self) -> list:
+        """podward's own log lines (as opposed to Envoy's)."""
+        tag = f"[{self.log_component}]"
+        return [line for line in self.log().splitlines() if tag in line]
+
     def stats(self) -> dict:
         status, body = self.admin("/stats?format=json")
         assert status == 200, body
         return {s["name"]: s.get("value") for s in json.loads(body)["stats"] if "name" in s}
+
+    def settled_prometheus(self, settled, timeout: float = 5.0) -> str:
+        """The metrics once `settled(text)` holds, or as they are at the timeout: the native build hands its
+        counts to Envoy from the main thread, a fraction of a second after the requests."""
+        deadline = time.monotonic() + timeout
+        while not settled(text := self.prometheus()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return text
 
     def prometheus(self) -> str:
         """The metrics as Prometheus scrapes them: from the metrics port, not from admin."""
@@ -177,7 +198,9 @@ def local_settings(pod, apiserver_port: int, ca_file: str, plugin_config: dict |
     admin_dir = pathlib.Path(pod.service_account_dir.path).parent / "admin"
     admin_dir.mkdir(mode=0o700, exist_ok=True)
     return render.Settings(
-        wasm_path=str(WASM),
+        build=overrides.pop("build", None) or "wasm",
+        wasm_path=overrides.pop("wasm_path", None) or str(WASM),
+        native_path=str(NATIVE),
         service_account_dir=pod.service_account_dir.path,
         podinfo_dir=pod.podinfo_dir.path,
         api_address="127.0.0.1",
