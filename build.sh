@@ -87,6 +87,14 @@ build() {
   "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
+# Modules only the tests load, never shipped: one that traps on demand, for
+# the VM-reload test (tests/test_vm_reload.py).
+build_test_modules() {
+  cargo build --quiet --release --target wasm32-wasip1 --features crash-drill --target-dir target/crash-drill
+  mkdir -p dist/test
+  cp target/crash-drill/wasm32-wasip1/release/podward.wasm dist/test/podward-crash-drill.wasm
+}
+
 # The logic's unit tests compiled to wasm, run by Node's WASI.
 wasm_unit_tests() {
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings tests/wasi-run.mjs" \
@@ -103,6 +111,7 @@ run_tests() {
   cargo test --quiet
   log "unit tests, as wasm"
   wasm_unit_tests
+  build_test_modules
   setup_kubectl
   log "integration tests: real Envoy, real clients"
   PYTHONPATH=tests "$VENV/bin/python" -m pytest -q tests "$@"
