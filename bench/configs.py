@@ -47,6 +47,7 @@ class Configuration:
     client_sends_token: bool = False  # the proxy adds no credentials: wrk sends the token itself
     sends_identity: bool = False      # the identity headers must reach the upstream, equal to podward's
     needs: pathlib.Path | None = None  # a build artefact this configuration cannot run without
+    build: str = "wasm"               # podward's build when the filters are render.py's own
     startup: bool = False             # part of the start-up measurement
 
     def missing(self) -> str | None:
@@ -98,16 +99,6 @@ def minimal_wasm(testbed: "Testbed", settings: render.Settings) -> list:
     return [wasm_filter]
 
 
-def native_podward(testbed: "Testbed", settings: render.Settings) -> list:
-    """F (issue 14): podward as an Envoy dynamic module, given the same JSON configuration as the wasm filter."""
-    return [{"name": "envoy.filters.http.dynamic_modules", "typed_config": typed(
-        "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-        dynamic_module_config={"module": {"local": {"filename": str(testbed.native_module)}}},
-        filter_name="podward",
-        filter_config=typed("google.protobuf.StringValue", value=json.dumps(settings.plugin_config, sort_keys=True)),
-    )}]
-
-
 CONFIGURATIONS = [
     Configuration("A", "A Envoy, no filter", filters=no_filters, client_sends_token=True, startup=True),
     Configuration("B", "B Envoy credential_injector + header_mutation", filters=native_injector,
@@ -117,7 +108,7 @@ CONFIGURATIONS = [
     Configuration("D1", "D kubectl proxy, HTTP/1.1 upstream", kubectl=True),
     Configuration("D2", "D kubectl proxy, h2 upstream", kubectl=True, upstream_http2=True, startup=True),
     Configuration("E", "E podward (wasm), h2 upstream", upstream_http2=True, sends_identity=True),
-    Configuration("F", "F podward native (dynamic module)", filters=native_podward, sends_identity=True,
+    Configuration("F", "F podward native (dynamic module) as shipped", build="native", sends_identity=True,
                   needs=NATIVE_MODULE, startup=True),
 ]
 BY_KEY = {config.key: config for config in CONFIGURATIONS}
@@ -171,7 +162,7 @@ class Testbed:
 
     def settings(self, **overrides) -> render.Settings:
         settings = local_settings(self.pod, self.nginx.port, self.ca_file, **overrides)
-        return dataclasses.replace(settings, wasm_path=str(self.podward_wasm))
+        return dataclasses.replace(settings, wasm_path=str(self.podward_wasm), native_path=str(self.native_module))
 
     @staticmethod
     def app_manager(bootstrap: dict) -> dict:
@@ -229,7 +220,7 @@ class Testbed:
         """The configuration's proxy, not yet started."""
         if config.kubectl:
             return self.kubectl_service(config, concurrency)
-        settings = self.settings(upstream_http2=config.upstream_http2)
+        settings = self.settings(upstream_http2=config.upstream_http2, build=config.build)
         return self.envoy_service(config.key, self.envoy_config(config, settings), settings, concurrency)
 
     def start(self, config: Configuration, concurrency: int) -> Service:

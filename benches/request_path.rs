@@ -113,7 +113,7 @@ struct CopyingHost {
 
 impl RequestHost for CopyingHost {
     fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
-        self.forwarded = rewrite.apply(original).len();
+        self.forwarded = rewrite.edits(original).additions.len();
         Ok(())
     }
     fn reply(&mut self, status: &Status) {
@@ -177,7 +177,7 @@ fn main() {
         let (config, policy, identity): (&Config, &Policy, &Identity) =
             (&config, policy, &identity);
         move || match handle(config, policy, identity, NOW_S, &base).outcome {
-            Outcome::Forward(rewrite) => rewrite.apply(&base).len(),
+            Outcome::Forward(rewrite) => rewrite.edits(&base).additions.len(),
             Outcome::Reply(status) => status.to_json().len(),
         }
     };

@@ -18,6 +18,8 @@ pub struct Config {
     pub token: TokenSettings,
     pub identity_headers: Vec<IdentityHeader>,
     pub user_agent: bool,
+    /// Which requests get podward's record in the access log.
+    pub access_record: AccessRecord,
     pub accept_hosts: Vec<String>,
     pub allow_impersonation: bool,
     pub namespace_env: String,
@@ -73,6 +75,16 @@ pub struct TokenSettings {
     pub path: String,
     pub client_authorization: ClientAuthorization,
     pub expiry_skew_seconds: u64,
+}
+
+/// Which requests podward describes for the access log (filter state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessRecord {
+    /// Those podward answered itself: what never reached the API server's
+    /// own audit log. The default: a record costs a host call per request.
+    Refusals,
+    /// Every request, forwarded ones included.
+    All,
 }
 
 /// What to do with an `Authorization` header the app sent itself.
@@ -173,6 +185,15 @@ impl Config {
             None => default_identity_headers(),
         };
         let user_agent = top.boolean("user_agent")?.unwrap_or(true);
+        let access_record = top
+            .choice(
+                "access_record",
+                &[
+                    ("refusals", AccessRecord::Refusals),
+                    ("all", AccessRecord::All),
+                ],
+            )?
+            .unwrap_or(AccessRecord::Refusals);
         let accept_hosts = top
             .strings("accept_hosts")?
             .unwrap_or_else(|| DEFAULT_ACCEPT_HOSTS.map(String::from).to_vec());
@@ -208,6 +229,7 @@ impl Config {
             token,
             identity_headers,
             user_agent,
+            access_record,
             accept_hosts,
             allow_impersonation,
             namespace_env,
@@ -514,6 +536,7 @@ mod tests {
             );
             assert!(!config.allow_impersonation);
             assert_eq!(config.accept_hosts, ["localhost", "127.0.0.1", "[::1]"]);
+            assert_eq!(config.access_record, AccessRecord::Refusals);
         }
     }
 
@@ -670,6 +693,11 @@ mod tests {
                 "unknown field \"fiel\"",
             ),
             (r#"{"accept_hosts": []}"#, "accept_hosts", "at least one"),
+            (
+                r#"{"access_record": "forwarded"}"#,
+                "access_record",
+                "unknown value \"forwarded\"",
+            ),
             (
                 r#"{"accept_hosts": ["localhost:8001"]}"#,
                 "accept_hosts[0]",

@@ -4,7 +4,7 @@
 //! calls each host (proxy-wasm, a native module, a test's mock) provides.
 
 use crate::ambassador::Prepared;
-use crate::config::{ClientAuthorization, Config};
+use crate::config::{AccessRecord, ClientAuthorization, Config};
 use crate::headers::HeaderList;
 use crate::identity::Identity;
 use crate::metrics::{Counter, RequestSeries, Telemetry};
@@ -53,24 +53,21 @@ impl Rewrite<'_> {
             || UNTRUSTED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
     }
 
-    /// The whole header list to hand back to a host that replaces it at once.
-    pub fn apply<'a>(&'a self, original: &'a HeaderList) -> Vec<(&'a [u8], &'a [u8])> {
-        let kept = original.iter().filter(|(name, _)| !self.drops(name));
-        kept.chain(self.additions()).collect()
-    }
-
-    /// The edits for a host that changes headers one name at a time: every
-    /// name to remove (once each), then every header to set.
+    /// The edits that turn the app's headers into the forwarded ones: every
+    /// name to remove (once each), then every header to add. A host makes
+    /// them one call each, which costs Envoy less than replacing the map.
     pub fn edits<'a>(&'a self, original: &'a HeaderList) -> Edits<'a> {
-        let mut removals: Vec<&[u8]> = Vec::new();
+        let mut removals: Vec<&[u8]> = Vec::with_capacity(4);
         for (name, _) in original.iter() {
             if self.drops(name) && !removals.contains(&name) {
                 removals.push(name);
             }
         }
+        let mut additions = Vec::with_capacity(self.set.len() + 1);
+        additions.extend(self.additions());
         Edits {
             removals,
-            additions: self.additions().collect(),
+            additions,
         }
     }
 
@@ -228,7 +225,9 @@ pub fn serve(
         .request
         .as_ref()
         .map(|request| series.series_for(request));
-    host.record(&handled.access_record());
+    if handled.refusal.is_some() || config.access_record == AccessRecord::All {
+        host.record(&handled.access_record());
+    }
     let forwarded = match handled.outcome {
         Outcome::Forward(rewrite) => match host.forward(&rewrite, headers) {
             Ok(()) => true,
@@ -332,10 +331,9 @@ pub fn handle<'r>(
         );
     }
 
-    let client_authorization = headers.get("authorization");
     let keep_client_credentials = config.token.client_authorization
         == ClientAuthorization::Preserve
-        && client_authorization.is_some();
+        && headers.get("authorization").is_some();
     let mut set = Vec::with_capacity(identity.headers.len() + 1);
     if !keep_client_credentials {
         set.push(("authorization", identity.token.authorization().as_bytes()));
@@ -347,7 +345,9 @@ pub fn handle<'r>(
             .map(|(n, v)| (n.as_str(), v.as_bytes())),
     );
     let user_agent = identity.user_agent_suffix.as_ref().map(|suffix| {
-        let mut agent = headers.get("user-agent").unwrap_or_default().to_vec();
+        let client = headers.get("user-agent").unwrap_or_default();
+        let mut agent = Vec::with_capacity(client.len() + 1 + suffix.len());
+        agent.extend_from_slice(client);
         if !agent.is_empty() {
             agent.push(b' ');
         }
@@ -464,12 +464,21 @@ mod tests {
         forward(handled.outcome, request)
     }
 
+    /// The request as a host holds it after making the rewrite's edits.
+    fn applied(rewrite: &Rewrite, original: &HeaderList) -> HeaderList {
+        let edits = rewrite.edits(original);
+        let kept = original
+            .iter()
+            .filter(|(name, _)| !edits.removals.contains(name));
+        HeaderList::from_pairs(kept.chain(edits.additions.iter().copied()))
+    }
+
     fn forward(outcome: Outcome, request: &mut HeaderList) -> Option<Status> {
         match outcome {
             Outcome::Reply(status) => Some(status),
             Outcome::Forward(rewrite) => {
                 let original = request.clone();
-                *request = HeaderList::from_pairs(rewrite.apply(&original));
+                *request = applied(&rewrite, &original);
                 None
             }
         }
@@ -571,7 +580,7 @@ mod tests {
         let Outcome::Forward(rewrite) = handled.outcome else {
             panic!("forwarded")
         };
-        let forwarded = HeaderList::from_pairs(rewrite.apply(&request));
+        let forwarded = applied(&rewrite, &request);
         assert_eq!(forwarded.get("x-pod-team"), None);
         assert!(!rewrite
             .edits(&request)
@@ -843,7 +852,7 @@ mod tests {
             if self.refuse_forwarding {
                 return Err("host status 2".into());
             }
-            self.forwarded = Some(HeaderList::from_pairs(rewrite.apply(original)));
+            self.forwarded = Some(applied(rewrite, original));
             Ok(())
         }
         fn reply(&mut self, status: &Status) {
@@ -866,7 +875,16 @@ mod tests {
     }
 
     fn serve_one(host: &mut MockHost, method: &str, path: &str) -> (Served, Vec<String>) {
-        let config = Config::parse(b"").unwrap();
+        serve_with(host, "", method, path)
+    }
+
+    fn serve_with(
+        host: &mut MockHost,
+        config: &str,
+        method: &str,
+        path: &str,
+    ) -> (Served, Vec<String>) {
+        let config = Config::parse(config.as_bytes()).unwrap();
         let prepared = Prepared {
             identity: alloc::sync::Arc::new(identity(&config, "pod-token")),
             policy: alloc::sync::Arc::new(inline_policy(&config).clone()),
@@ -894,11 +912,15 @@ mod tests {
         assert!(host.replies.is_empty() && counted.is_empty());
         let forwarded = host.forwarded.take().unwrap();
         assert_eq!(forwarded.get_str("authorization"), Some("Bearer pod-token"));
-        assert!(host.records[0].starts_with(r#"{"decision":"forward""#));
+        assert!(
+            host.records.is_empty(),
+            "forwarded requests are recorded on request only"
+        );
 
         let (served, counted) = serve_one(&mut host, "POST", "/api/v1/namespaces/a/pods/p/exec");
         assert!(!served.forwarded && served.series.is_some());
         assert!(host.forwarded.is_none());
+        assert!(host.records[0].starts_with(r#"{"decision":"policy_denied""#));
         assert_eq!(host.replies.pop().unwrap().code, 403);
         assert_eq!(
             counted,
@@ -907,6 +929,14 @@ mod tests {
                 "reason=.=policy_denied;.;podward_local_replies_total",
             ]
         );
+    }
+
+    #[test]
+    fn every_request_is_recorded_when_configured() {
+        let mut host = MockHost::default();
+        serve_with(&mut host, r#"{"access_record": "all"}"#, "GET", "/api");
+        assert_eq!(host.records.len(), 1);
+        assert!(host.records[0].starts_with(r#"{"decision":"forward""#));
     }
 
     #[test]

@@ -199,7 +199,6 @@ impl RequestSeries {
         } else {
             request.api_group
         };
-        let resource = request.resource_with_subresource();
         self.key.clear();
         self.key.push_str(request.verb);
         self.key.push(' ');
@@ -207,8 +206,11 @@ impl RequestSeries {
         self.key.push(' ');
         // Non-resource requests are one series per verb: paths are unbounded.
         if request.is_resource_request {
-            use core::fmt::Write;
-            let _ = write!(self.key, "{resource}");
+            self.key.push_str(request.resource);
+            if !request.subresource.is_empty() {
+                self.key.push('/');
+                self.key.push_str(request.subresource);
+            }
         }
         if let Some(index) = self.find(&self.key) {
             return index;

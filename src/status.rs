@@ -124,22 +124,29 @@ impl fmt::Display for Quoted<'_> {
 fn write_json_string(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.write_char('"')?;
-    for c in text.chars() {
-        match c {
-            '"' => out.write_str("\\\"")?,
-            '\\' => out.write_str("\\\\")?,
-            '\n' => out.write_str("\\n")?,
-            '\r' => out.write_str("\\r")?,
-            '\t' => out.write_str("\\t")?,
-            c if u32::from(c) < 0x20 => {
-                let byte = c as u8;
-                out.write_str("\\u00")?;
-                out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
-                out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
-            }
-            c => out.write_char(c)?,
+    // Runs of characters that need no escape are written whole.
+    let mut plain_from = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.write_str(text.get(plain_from..at).unwrap_or_default())?;
+        plain_from = at + 1;
+        if escape.is_empty() {
+            out.write_str("\\u00")?;
+            out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
+            out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
+        } else {
+            out.write_str(escape)?;
         }
     }
+    out.write_str(text.get(plain_from..).unwrap_or_default())?;
     out.write_char('"')
 }
 

@@ -52,7 +52,8 @@ def test_a_token_past_its_renewal_point_is_flagged(pod, start_envoy, apiserver):
     assert "the kubelet has not replaced it" in envoy.log()
 
 
-def test_the_access_log_carries_podwards_reading_of_each_request(podward):
+def test_the_access_log_carries_podwards_reading_of_each_request(pod, start_envoy):
+    podward = start_envoy(pod, {"access_record": "all"})
     request(podward, "GET", "/api/v1/namespaces/default/pods/demo-1")
     request(podward, "POST", "/api/v1/namespaces/default/pods/demo-1/attach")
     podward.stop()
@@ -67,3 +68,15 @@ def test_the_access_log_carries_podwards_reading_of_each_request(podward):
     assert denied["code"] == 403
     assert json.loads(denied["podward"])["decision"] == "policy_denied"
     assert json.loads(denied["podward"])["rule"] == "kubectl-proxy/no-exec-or-attach"
+
+
+def test_by_default_only_refusals_carry_podwards_reading(podward):
+    request(podward, "GET", "/api/v1/namespaces/default/pods/demo-1")
+    request(podward, "POST", "/api/v1/namespaces/default/pods/demo-1/attach")
+    podward.stop()
+    records = {record["path"]: record for record in
+               (json.loads(line) for line in podward.log().splitlines() if line.startswith("{"))}
+    # Envoy prints an absent filter state as null: the API server's audit log has the forwarded request.
+    assert records["/api/v1/namespaces/default/pods/demo-1"]["podward"] is None
+    assert json.loads(records["/api/v1/namespaces/default/pods/demo-1/attach"]["podward"])["decision"] == \
+        "policy_denied"

@@ -419,7 +419,7 @@ def test_the_stand_in_reads_requests_as_the_api_server_does(kube, real_pod):
 def test_podward_reads_requests_as_the_api_server_does(kube, real_pod, start_real_envoy):
     # A policy that allows whatever it can read, so that every reading reaches the API server to compare with
     # (the default preset refuses the node proxy among the probes).
-    envoy = start_real_envoy(real_pod, {"policy": {"default_action": "allow"}})
+    envoy = start_real_envoy(real_pod, {"policy": {"default_action": "allow"}, "access_record": "all"})
 
     def send(index, method, path):
         request(envoy, method, path, headers={"User-Agent": f"probe-{index}"})

@@ -68,7 +68,14 @@ extern "C" {
         size: *mut usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_set_header_map_pairs(map: MapType, data: *const u8, size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map: MapType,
+        name: *const u8,
+        name_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: MapType, name: *const u8, name_size: usize) -> u32;
     fn proxy_get_property(
         path: *const u8,
         path_size: usize,
@@ -174,13 +181,19 @@ pub fn header_map(map: MapType) -> Option<HeaderList> {
     HeaderList::from_proxy_wasm_map(bytes)
 }
 
-pub fn set_header_map(map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), String> {
-    let bytes = encode_proxy_wasm_map(pairs);
-    // SAFETY: the host copies `bytes` during the call.
-    match unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) } {
-        OK => Ok(()),
-        status => Err(format!("host status {status}")),
-    }
+/// Adds one value of `name`, beside any already there.
+pub fn add_header(map: MapType, name: &[u8], value: &[u8]) -> bool {
+    // SAFETY: the host copies both buffers during the call.
+    let status = unsafe {
+        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    };
+    status == OK
+}
+
+/// Removes every value of `name`.
+pub fn remove_header(map: MapType, name: &[u8]) -> bool {
+    // SAFETY: the host reads `name` during the call.
+    unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) == OK }
 }
 
 /// A property path's parts are joined by NUL bytes.

@@ -22,8 +22,23 @@ pub fn request_headers() -> Option<HeaderList> {
 }
 
 impl RequestHost for ContextRequest {
+    /// Header by header: replacing the whole map makes Envoy remove and add
+    /// back every header the app sent.
     fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
-        abi::set_header_map(MapType::RequestHeaders, &rewrite.apply(original))
+        let edits = rewrite.edits(original);
+        let removed = edits
+            .removals
+            .iter()
+            .all(|name| abi::remove_header(MapType::RequestHeaders, name));
+        let added = edits
+            .additions
+            .iter()
+            .all(|(name, value)| abi::add_header(MapType::RequestHeaders, name, value));
+        if removed && added {
+            Ok(())
+        } else {
+            Err("the host refused a header change".into())
+        }
     }
 
     fn reply(&mut self, status: &Status) {
