@@ -87,12 +87,14 @@ build() {
   "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
-# Modules only the tests load, never shipped: one that traps on demand, for
-# the VM-reload test (tests/test_vm_reload.py).
+# Builds only the tests load, never shipped: each panics on demand
+# (tests/test_crash_drill.py).
 build_test_modules() {
   cargo build --quiet --release --target wasm32-wasip1 --features crash-drill --target-dir target/crash-drill
+  cargo build --quiet --profile native --features native,crash-drill --target-dir target/crash-drill
   mkdir -p dist/test
   cp target/crash-drill/wasm32-wasip1/release/podward.wasm dist/test/podward-crash-drill.wasm
+  cp target/crash-drill/native/libpodward.so dist/test/libpodward-crash-drill.so
 }
 
 # The logic's unit tests compiled to wasm, run by Node's WASI.
@@ -107,6 +109,7 @@ run_tests() {
   cargo clippy --quiet --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -- -D warnings
   cargo clippy --quiet --features native -- -D warnings
+  cargo clippy --quiet --features native,crash-drill -- -D warnings
   log "unit tests, native"
   cargo test --quiet
   log "unit tests, as wasm"

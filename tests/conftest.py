@@ -2,8 +2,8 @@
 local pod's volumes, and real Envoy processes running podward.
 
 Every test that starts Envoy runs once per build: podward.wasm (the proxy-wasm filter) and libpodward.so (the
-Envoy dynamic module), as the `podward_build` parameter. Tests marked `wasm_only` are about the wasm build
-alone (V8 and its VM reloads) and run for it only.
+Envoy dynamic module), as the `podward_build` parameter. Tests marked `wasm_only` or `native_only` are about
+one build alone (V8 and its VM reloads; the native module's panic containment) and run for it only.
 
 Tests marked `envtest` need $KUBEBUILDER_ASSETS. Without it they are deselected, not skipped, and the run ends
 with one line saying so; with PODWARD_REQUIRE_ENVTEST=1 (CI) a missing asset, or a run in which no real-server
@@ -43,6 +43,7 @@ BUILDS = ("wasm", "native")
 def pytest_configure(config):
     config.addinivalue_line("markers", "envtest: runs against a real kube-apiserver and etcd ($KUBEBUILDER_ASSETS)")
     config.addinivalue_line("markers", "wasm_only: about the wasm build alone; not run for the native build")
+    config.addinivalue_line("markers", "native_only: about the native build alone; not run for the wasm build")
 
 
 def pytest_sessionstart(session):
@@ -54,17 +55,19 @@ def pytest_sessionstart(session):
                                 f"kube-apiserver and etcd: {HOW_TO_GET_THEM}")
 
 
-def _native_instance_of_a_wasm_only_test(item) -> bool:
+def _instance_for_the_other_build(item) -> bool:
+    """A wasm_only test's native instance, or a native_only test's wasm instance."""
     build = getattr(item, "callspec", None) and item.callspec.params.get("podward_build")
-    return build == "native" and item.get_closest_marker("wasm_only") is not None
+    return ((build == "native" and item.get_closest_marker("wasm_only") is not None)
+            or (build == "wasm" and item.get_closest_marker("native_only") is not None))
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they will
 def pytest_collection_modifyitems(config, items):
-    wasm_only = [item for item in items if _native_instance_of_a_wasm_only_test(item)]
-    if wasm_only:
-        items[:] = [item for item in items if item not in wasm_only]
-        config.hook.pytest_deselected(items=wasm_only)
+    other_build = [item for item in items if _instance_for_the_other_build(item)]
+    if other_build:
+        items[:] = [item for item in items if item not in other_build]
+        config.hook.pytest_deselected(items=other_build)
     real = [item for item in items if item.get_closest_marker("envtest")]
     _Envtest.node_ids = {item.nodeid for item in real}
     if real and assets_dir() is None:

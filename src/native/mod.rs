@@ -282,6 +282,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     contained(|| stream.on_complete(), || ());
 }
 
+/// A test build's way to panic on demand (`--features crash-drill`, never in
+/// the shipped library): a request carrying `x-podward-crash-drill`.
+#[cfg(feature = "crash-drill")]
+fn crash_drill(headers: &HeaderList) {
+    #[allow(clippy::panic)]
+    if headers.get("x-podward-crash-drill").is_some() {
+        panic!("crash drill");
+    }
+}
+
 /// A hook that panicked: 503, and the request goes no further.
 fn answer_panic(envoy: EnvoyFilter) -> u32 {
     let status = Status::unavailable("podward failed on this request; see Envoy's log".into(), 1);
@@ -292,6 +302,8 @@ fn answer_panic(envoy: EnvoyFilter) -> u32 {
 impl Stream {
     fn on_request_headers(&mut self) -> u32 {
         let headers = request_headers(self.envoy);
+        #[cfg(feature = "crash-drill")]
+        crash_drill(&headers);
         if filter::is_readiness_probe(&headers) {
             let readiness = lock(&self.shared.ambassador).readiness();
             reply(self.envoy, &filter::readiness_reply(readiness));

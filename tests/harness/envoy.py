@@ -200,7 +200,7 @@ def local_settings(pod, apiserver_port: int, ca_file: str, plugin_config: dict |
     return render.Settings(
         build=overrides.pop("build", None) or "wasm",
         wasm_path=overrides.pop("wasm_path", None) or str(WASM),
-        native_path=str(NATIVE),
+        native_path=overrides.pop("native_path", None) or str(NATIVE),
         service_account_dir=pod.service_account_dir.path,
         podinfo_dir=pod.podinfo_dir.path,
         api_address="127.0.0.1",

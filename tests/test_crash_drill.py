@@ -1,11 +1,14 @@
-"""Whatever happens to a wasm VM, no request waits longer than `startup_wait_ms` plus a second (issue 10).
+"""What a panic in podward does, in each build (issue 10, issue 14).
 
-When a VM traps, Envoy's FAIL_RELOAD builds a new one, which knows nothing of the requests the old one was
-holding for the token; Envoy's `request_timeout` (render.py: startup_wait_ms + 1 s) answers those. The shipped
-module never traps on purpose, so this test loads a separately built one, `dist/test/podward-crash-drill.wasm`
-(cargo feature `crash-drill`, built by ./build.sh test, never shipped), which traps on a request carrying
-`x-podward-crash-drill`. The native build has no VM to lose: a panic there is contained per request
-(tests of both builds cover that it never forwards)."""
+The shipped builds never panic on purpose, so these tests load separately built ones (cargo feature
+`crash-drill`, built by ./build.sh test into dist/test/, never shipped) that panic on a request carrying
+`x-podward-crash-drill`.
+
+  * wasm: the VM traps; Envoy's FAIL_RELOAD answers 503 and builds a new VM, which knows nothing of the
+    requests the old one was holding for the token. Envoy's `request_timeout` (render.py: startup_wait_ms
+    + 1 s) answers those: no request waits longer than startup_wait_ms plus a second.
+  * native: there is no VM to lose. Each hook contains a panic (catch_unwind); the request is answered 503,
+    never forwarded, and Envoy goes on serving."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from conftest import assert_status, request, served_again
 from harness.envoy import REPO
 
 CRASH_DRILL = REPO / "dist" / "test" / "podward-crash-drill.wasm"
+NATIVE_CRASH_DRILL = REPO / "dist" / "test" / "libpodward-crash-drill.so"
 WAIT_MS = 2000
 # What Envoy's timer and a loaded machine may add to the bound.
 SLACK_S = 0.5
@@ -60,3 +64,19 @@ def test_a_vm_reload_during_a_burst_leaves_no_request_waiting(pod, start_envoy, 
     apiserver.accept(pod.issue_token())
     served_again(envoy)
     assert apiserver.requests[-1].token == pod.token
+
+
+@pytest.mark.native_only
+def test_a_panic_in_the_native_module_is_answered_503_and_envoy_serves_on(pod, start_envoy, apiserver):
+    assert NATIVE_CRASH_DRILL.exists(), f"{NATIVE_CRASH_DRILL} is missing: ./build.sh test builds it"
+    envoy = start_envoy(pod, native_path=str(NATIVE_CRASH_DRILL))
+    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+    apiserver.clear_requests()
+    for _ in range(3):
+        crash = request(envoy, "GET", "/api/v1/namespaces/default/pods", headers={"x-podward-crash-drill": "now"})
+        assert "failed on this request" in assert_status(crash, 503, "ServiceUnavailable")["message"]
+    assert apiserver.requests == [], "a request whose hook panicked must not be forwarded"
+    assert "podward panicked" in envoy.log() and "crash drill" in envoy.log()
+    assert envoy.process.poll() is None, "Envoy must survive"
+    served = request(envoy, "GET", "/api/v1/namespaces/default/pods")
+    assert served.status == 200 and apiserver.requests[-1].token == pod.token
