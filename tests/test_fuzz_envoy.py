@@ -12,16 +12,15 @@ from __future__ import annotations
 import collections
 import json
 import os
-import pathlib
 import random
 import socket
 import time
 
+from harness.figures import record_figures
 from test_attacks import INTERACTIVE, parse_answers
 
 SECONDS = float(os.environ.get("PODWARD_FUZZ_SECONDS", "8"))
 SEED = int(os.environ.get("PODWARD_FUZZ_SEED", str(time.time_ns() % 2 ** 32)))
-FIGURES = pathlib.Path("/tmp/podward-figures/fuzz.json")
 # Headers that frame the request (covered one by one in test_attacks.py): fuzzing them makes Envoy wait for a
 # body that never comes.
 FRAMING = {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"te", b"keep-alive",
@@ -149,14 +148,6 @@ class Verdicts:
                 "answers": {str(code): count for code, count in sorted(self.codes.items())}}
 
 
-def record_figures(section: str, figures: dict):
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    recorded = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    recorded[section] = figures
-    FIGURES.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-    print(f"\n[{section}] {json.dumps(figures)}")
-
-
 def fuzz(envoy, apiserver, pod, make_request, section: str, stop_at_first: bool) -> Verdicts:
     rng, verdicts = random.Random(SEED), Verdicts()
     deadline = time.monotonic() + SECONDS
@@ -169,7 +160,7 @@ def fuzz(envoy, apiserver, pod, make_request, section: str, stop_at_first: bool)
         verdicts.check(data, answer, forwarded, fuzz_id, pod.token)
     figures = verdicts.figures()
     figures["violations"] = len(verdicts.violations)
-    record_figures(section, figures)
+    record_figures("fuzz", section, figures)
     assert [r.path for r in apiserver.requests if INTERACTIVE.search(r.path)] == []
     assert all(r.token == pod.token for r in apiserver.requests)
     assert "panicked at" not in envoy.log(), "the filter panicked"

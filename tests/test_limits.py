@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import threading
@@ -30,8 +29,8 @@ from harness.apiserver import TICK_ANNOTATION
 from harness.envoy import render
 from harness.flood import MADE_UP_PREFIX, PeakRss, flood, memory_kib
 from harness.remotecommand import V5_CHANNEL
+from harness.figures import record_figures
 
-FIGURES = pathlib.Path("/tmp/podward-figures/limits.json")
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 # The backstop, shortened for these tests so that streams can outlive it several times over quickly.
 SHORT_REQUEST_TIMEOUT_S = 1.0
@@ -46,14 +45,6 @@ def app_manager(bootstrap: dict, listener: str = "podward") -> dict:
 
 def short_request_timeout(bootstrap: dict):
     app_manager(bootstrap)["request_timeout"] = f"{SHORT_REQUEST_TIMEOUT_S}s"
-
-
-def record_figures(section: str, figures: dict):
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    recorded = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    recorded[section] = figures
-    FIGURES.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-    print(f"\n[{section}] {json.dumps(figures)}")
 
 
 def timed(envoy, method: str, path: str, **kwargs) -> tuple:
@@ -349,7 +340,7 @@ def test_a_flood_stays_well_under_the_memory_limit_and_the_sidecar_serves_afterw
                "rss_after_mib": round(after["VmRSS"] / 1024, 1), "anon_idle_mib": round(idle["RssAnon"] / 1024, 1),
                "anon_after_mib": round(after["RssAnon"] / 1024, 1), "limit_mib": render.MEMORY_LIMIT_MIB,
                "rss_samples": sampler.samples}
-    record_figures("flood", figures)
+    record_figures("limits", "flood", figures)
 
     assert result.resources_asked > 2000 and result.slowloris_cut > 0, figures
     assert result.stalled == 0, "every connection was answered or closed, none left hanging"

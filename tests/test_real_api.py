@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.parse
 
@@ -20,7 +19,8 @@ import pytest
 from conftest import assert_status, request
 from harness.apiserver import request_attributes
 from harness.envtest import ADMIN_USER
-from test_traffic import record_figures
+from harness.figures import record_figures
+from harness.flood import PeakRss, rss_bytes
 
 pytestmark = pytest.mark.envtest
 
@@ -194,31 +194,6 @@ BULK_VALUE_BYTES = 100_000
 MAX_RSS_GROWTH = 8 * 1024 * 1024
 
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
-class PeakRss:
-    """Samples a process's resident set size in a thread until stopped; keeps the peak."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self.samples = pid, rss_bytes(pid), 1
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self):
-        while not self.stopped.wait(0.005):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            self.samples += 1
-
-    def stop(self) -> int:
-        self.stopped.set()
-        self.thread.join()
-        return self.peak
-
-
 @pytest.fixture
 def bulk_configmaps(kube, real_pod) -> str:
     """~20 MB of ConfigMaps in the pod's namespace, written by the admin."""
@@ -258,7 +233,7 @@ def test_a_20_mb_list_streams_through_with_bounded_envoy_memory(real_podward, bu
     figures = {"body_mib": round(len(body) / mib, 1), "rss_before_mib": round(before / mib, 1),
                "rss_peak_mib": round(peak / mib, 1), "growth_mib": round((peak - before) / mib, 2),
                "transfer_s": round(seconds, 2), "rss_samples": sampler.samples}
-    record_figures("large_list_real_apiserver", figures)
+    record_figures("traffic", "large_list_real_apiserver", figures)
     assert len(body) > 20 * 1000 * 1000 and sampler.samples > 100
     assert peak - before < MAX_RSS_GROWTH, figures
     # Growth stayed low because Envoy stopped reading from the API server while the app lagged.

@@ -31,8 +31,8 @@ from kubernetes.stream import portforward, stream
 
 from conftest import assert_status, request
 from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, V4_CHANNEL, V5_CHANNEL
+from harness.figures import record_figures
 
-FIGURES = pathlib.Path("/tmp/podward-figures/traffic.json")
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 
 
@@ -56,14 +56,6 @@ def in_flight(envoy) -> tuple:
 
 def wait_for_envoy_to_drop_every_stream(envoy):
     wait_until(lambda: in_flight(envoy) == (0, 0, 0), "Envoy's active request and upgrade gauges to fall to 0")
-
-
-def record_figures(section: str, figures: dict):
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    recorded = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    recorded[section] = figures
-    FIGURES.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-    print(f"\n[{section}] {json.dumps(figures)}")
 
 
 def upstream(apiserver, method: str, path_fragment: str):
@@ -313,7 +305,7 @@ def test_kubectl_exec_streams_stdin_stdout_and_exit_codes(interactive, pod, apis
     assert (session.transport, session.protocol, session.exit_code) == (transport, protocol, 0)
     assert bytes(session.stdin) == data
     assert_upgrade_carried_credentials(apiserver, pod, "exec", upgrade)
-    record_figures(f"kubectl_exec_{transport}", {"stdin_mib": 1, "round_trip_s": round(seconds, 2)})
+    record_figures("traffic", f"kubectl_exec_{transport}", {"stdin_mib": 1, "round_trip_s": round(seconds, 2)})
 
     failed = kubectl.run(interactive, "exec", "demo-0", "--", "false")
     assert failed.returncode == 1 and b"command terminated with exit code 1" in failed.stderr

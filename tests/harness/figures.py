@@ -1,0 +1,18 @@
+"""Figures the tests measure, kept for the closing notes and the README (not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+DIRECTORY = pathlib.Path("/tmp/podward-figures")
+
+
+def record_figures(topic: str, section: str, figures: dict):
+    """Writes one section of /tmp/podward-figures/<topic>.json, keeping the others, and prints it."""
+    path = DIRECTORY / f"{topic}.json"
+    DIRECTORY.mkdir(parents=True, exist_ok=True)
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    recorded[section] = figures
+    path.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    print(f"\n[{section}] {json.dumps(figures)}")
