@@ -1,16 +1,13 @@
-"""What a platform team applies, generated from render.py's pod, bootstrap and ConfigMap.
+"""What a platform team applies, generated from render.py's pod, bootstrap and ConfigMaps.
 
 Committed (envoy/, checked for drift by tests/test_manifests.py):
-  * ``kustomize/base``: the example workload as a Deployment, its RBAC, and a
-    kustomization that takes the podward ConfigMap (envoy.yaml + podward.wasm)
-    from render.write_dist;
-  * ``kustomize/overlays/example``: a namespace that enforces the restricted Pod
-    Security Standard, a name prefix, the token's expiry, and the ``read-only``
-    policy preset;
+  * ``kustomize/base``: the example workload as a Deployment, its RBAC, and a kustomization that takes the
+    podward ConfigMap (envoy.yaml + podward.wasm) from render.write_dist and the policy ConfigMap;
+  * ``kustomize/overlays/example``: a namespace that enforces the restricted Pod Security Standard, a name
+    prefix, the token's expiry, and the ``read-only`` policy in the policy ConfigMap;
   * ``istio/wasmplugin.yaml``: podward in an Istio sidecar (see README.md).
 
-Built (dist/kustomize): the same tree with the generated ConfigMap next to the
-base, ready for ``kubectl kustomize dist/kustomize/overlays/example``.
+Built (dist/kustomize): the same tree with the generated ConfigMap next to the base, ready for ``kubectl kustomize dist/kustomize/overlays/example``.
 
 Run ``python envoy/manifests.py --help``.
 """
@@ -38,7 +35,7 @@ KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kusto
 
 EXAMPLE_NAMESPACE = "team-a"
 EXAMPLE_PREFIX = "team-a-"
-EXAMPLE_POLICY = {"policy": {"preset": "read-only"}}
+EXAMPLE_POLICY = {"preset": "read-only"}
 # The API server refuses less than 600 s. No audience: the token then gets the
 # API server's own (--api-audiences, else its issuer), which differs between
 # kubeadm, EKS and GKE; a fixed one would get 401 wherever it is not that.
@@ -95,7 +92,8 @@ def rbac() -> list:
 
 
 def base_kustomization() -> dict:
-    return {**KUSTOMIZATION, "resources": [CONFIGMAP_FILE, "rbac.yaml", "deployment.yaml"]}
+    return {**KUSTOMIZATION, "resources": [CONFIGMAP_FILE, render.POLICY_CONFIGMAP_FILE, "rbac.yaml",
+                                           "deployment.yaml"]}
 
 
 def token_source_path(workload: dict) -> str:
@@ -114,10 +112,9 @@ def token_patch() -> list:
 
 
 def policy_patch() -> dict:
-    """The podward ConfigMap with an envoy.yaml whose plugin runs the read-only preset."""
-    envoy_yaml = render.to_yaml(render.bootstrap(render.Settings(plugin_config=EXAMPLE_POLICY)))
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIGMAP_NAME},
-            "data": {"envoy.yaml": envoy_yaml}}
+    """The policy ConfigMap with the read-only preset; envoy.yaml stays the shipped one."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": render.POLICY_CONFIGMAP},
+            "data": render.policy_configmap(EXAMPLE_POLICY)["data"]}
 
 
 def namespace() -> dict:
@@ -142,7 +139,7 @@ def overlay_kustomization() -> dict:
 
 def istio_plugin_config() -> dict:
     """podward's configuration inside istio-proxy: only requests for the API host get the token."""
-    return {"accept_hosts": [ISTIO_API_HOST], **EXAMPLE_POLICY}
+    return {"accept_hosts": [ISTIO_API_HOST], "policy": EXAMPLE_POLICY}
 
 
 def wasm_plugin(module: bytes) -> dict:
@@ -203,6 +200,7 @@ def committed_files(module: bytes) -> dict:
         f"{OVERLAY_DIR}/namespace.yaml": yaml_documents([namespace()]),
         f"{OVERLAY_DIR}/podward-policy.yaml": yaml_documents([policy_patch()]),
         f"{OVERLAY_DIR}/token.yaml": yaml_documents([token_patch()]),
+        f"{BASE_DIR}/{render.POLICY_CONFIGMAP_FILE}": yaml_documents([render.policy_configmap()]),
         WASMPLUGIN_FILE: yaml_documents([wasm_plugin(module)]),
     }
 

@@ -1,11 +1,13 @@
 """The one source of podward's Envoy configs and Kubernetes manifests.
 
 Every variant is generated here and nowhere else:
-  * ``sidecar``: the in-cluster bootstrap (envoy/sidecar.yaml, committed);
+  * ``sidecar``: the in-cluster bootstrap (envoy/sidecar.yaml, sidecar-native.yaml, committed), which reads
+    the policy from its own ConfigMap (envoy/podward-policy.yaml);
   * ``local``: the same bootstrap pointed at local paths and a stand-in API
     server, for ``./build.sh run`` and the tests;
-  * the example pod (envoy/pod.yaml, committed) and, with a built module, the
-    ConfigMaps that deliver the bootstrap and the .wasm (dist/).
+  * the sidecar container and its volumes, which the example pod (envoy/pod.yaml, committed), the kustomize
+    component and the MutatingAdmissionPolicy (manifests.py) all add;
+  * with a built module, the ConfigMaps that deliver the bootstrap and the module (dist/).
 
 Run ``python envoy/render.py --help``.
 """
@@ -16,6 +18,7 @@ import argparse
 import base64
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import pathlib
 import sys
@@ -26,8 +29,18 @@ ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PODINFO_DIR = "/etc/podinfo"
 PODWARD_DIR = "/etc/podward"
-# The policy file's own ConfigMap (a key mounted here), re-read while podward runs.
+# The policy's own ConfigMap, one key mounted here in the sidecar only; podward re-reads it through its file
+# source every refresh, so `kubectl apply` of a new policy takes effect without a restart.
 POLICY_DIR = "/etc/podward-policy"
+POLICY_CONFIGMAP = "podward-policy"
+POLICY_KEY = "policy.json"
+# The same file as podward names it: a path on its file source (Settings.file_directories).
+POLICY_FILE = f"/policy/{POLICY_KEY}"
+# What the shipped policy ConfigMap holds until a team writes its own: src/config.rs's default.
+DEFAULT_POLICY = {"preset": "kubectl-proxy"}
+# The plugin configuration of every shipped bootstrap: the policy comes from its file, everything else is
+# src/config.rs's defaults.
+SHIPPED_PLUGIN_CONFIG = {"policy_file": POLICY_FILE}
 API_SERVER_NAME = "kubernetes.default.svc"
 FILES_LISTENER = "podward_files"
 
@@ -46,9 +59,29 @@ ADMIN_CLUSTER = "envoy_admin"
 METRICS_LISTENER = "podward_metrics"
 METRICS_PORT = 9102
 METRICS_PATH = "/stats/prometheus"
+# The kubelet's startup probe: GET READY_PATH on the metrics port reaches podward's own readiness answer
+# (src/filter.rs READINESS_PATH) on the app listener, the only listener that runs podward. podward's filter
+# is never put on the metrics port, which the cluster network reaches: every other path there would be
+# forwarded with the token.
+READY_PATH = "/ready"
+PODWARD_READY_PATH = "/podward/ready"
+READY_CLUSTER = "podward_ready"
+# Within the startup probe's timeoutSeconds (1 s): Envoy answers before the kubelet gives up.
+READY_TIMEOUT = "0.9s"
 # The de-facto scrape annotations (Prometheus' kubernetes-pods example job).
 PROMETHEUS_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
                           "prometheus.io/path": METRICS_PATH}
+
+# The app's Unix socket, like `kubectl proxy --unix-socket`: in an emptyDir that the sidecar and the app
+# containers that may borrow the pod's identity mount (read-only: a client cannot replace the socket with
+# its own). 0660: Envoy (the owner) and the pod's fsGroup may connect. The kubelet makes a fsGroup emptyDir
+# setgid, so the socket belongs to that group, and gives every container of the pod the group; a process
+# that dropped it, or runs in a container without the mount, cannot connect. 0666 would let any uid in
+# a mounting container in; the default (umask, 0755) would let only Envoy's uid connect.
+SOCKET_DIR = "/var/run/podward"
+APP_SOCKET = f"{SOCKET_DIR}/api.sock"
+APP_SOCKET_MODE = 0o660
+SOCKET_VOLUME = "podward-socket"
 
 # Downward API environment variables the filter reads (host_env_keys), each
 # with the pod field or container resource it comes from.
@@ -129,19 +162,27 @@ class Settings:
     wasm_path: str = f"{PODWARD_DIR}/podward.wasm"
     native_path: str = f"{PODWARD_DIR}/libpodward.so"
     service_account_dir: str = SERVICE_ACCOUNT_DIR
-    podinfo_dir: str = PODINFO_DIR
+    # None: no Downward API volume; podward leaves its headers out.
+    podinfo_dir: str | None = PODINFO_DIR
     policy_dir: str = POLICY_DIR
     api_address: str = API_SERVER_NAME
     api_port: int = 443
     api_sni: str = API_SERVER_NAME
     ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
     listen_address: str = "127.0.0.1"
-    listen_port: int = 8001
+    # None: no TCP listener, the Unix socket only.
+    listen_port: int | None = 8001
+    # None: no Unix socket, the TCP port only.
+    app_socket: str | None = APP_SOCKET
     admin_socket: str = ADMIN_SOCKET
     metrics_address: str = "0.0.0.0"
     metrics_port: int = METRICS_PORT
     plugin_config: dict = dataclasses.field(default_factory=dict)
     upstream_http2: bool = False
+
+    def __post_init__(self):
+        if self.listen_port is None and self.app_socket is None:
+            raise ValueError("the app needs a way in: a TCP port, a Unix socket or both")
 
     @property
     def native(self) -> bool:
@@ -151,8 +192,9 @@ class Settings:
     def file_directories(self) -> dict:
         """Where the files podward reads are: the wasm build fetches them through the file listener, which
         maps these prefixes; the native build reads them itself (file_source.directories)."""
-        return {"/serviceaccount": self.service_account_dir, "/podinfo": self.podinfo_dir,
-                "/policy": self.policy_dir}
+        directories = {"/serviceaccount": self.service_account_dir, "/podinfo": self.podinfo_dir,
+                       "/policy": self.policy_dir}
+        return {prefix: directory for prefix, directory in directories.items() if directory}
 
     @property
     def filter_config(self) -> str:
@@ -183,7 +225,8 @@ def _seconds(milliseconds: int) -> str:
     return f"{milliseconds / 1000:g}s"
 
 
-def _bounded_http(settings: Settings, not_found: str) -> dict:
+def _bounded_http(settings: Settings, not_found: str, unreachable: str = "podward could not reach the API server"
+                  ) -> dict:
     """HTTP connection manager options for a listener the app can reach: bounded sizes and waits.
 
     Envoy 1.40 counts no peer as internal while `internal_address_config` is
@@ -199,7 +242,7 @@ def _bounded_http(settings: Settings, not_found: str) -> dict:
         # Disarmed once the request has gone upstream or a response has
         # started, so watches, `logs -f` and upgraded streams are not cut.
         "request_timeout": _seconds(settings.request_timeout_ms),
-        "local_reply_config": local_replies(not_found),
+        "local_reply_config": local_replies(not_found, unreachable),
     }
 
 
@@ -279,9 +322,16 @@ def _app_listener(settings: Settings) -> dict:
         access_log=[access_log(settings)],
         **_bounded_http(settings, "the sidecar has no route for this request"),
     )
+    # One listener on both addresses, so one podward filter config serves both: one token, one policy.
+    addresses = [{"pipe": {"path": settings.app_socket, "mode": APP_SOCKET_MODE}}] if settings.app_socket else []
+    if settings.listen_port is not None:
+        addresses.insert(0, {"socket_address": {"address": settings.listen_address,
+                                                "port_value": settings.listen_port}})
+    first, *more = addresses
     return {
         "name": "podward",
-        "address": {"socket_address": {"address": settings.listen_address, "port_value": settings.listen_port}},
+        "address": first,
+        **({"additional_addresses": [{"address": address} for address in more]} if more else {}),
         "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
         "filter_chains": [{"filters": [manager]}],
     }
@@ -289,17 +339,33 @@ def _app_listener(settings: Settings) -> dict:
 
 def metrics_routes() -> list:
     """What the metrics port serves: one route per endpoint; anything else is a 404 Status."""
-    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    get = {"name": ":method", "string_match": {"exact": "GET"}}
+    # The whole :path, query included: `/ready?x` must not reach the app listener as an API request.
+    ready = {"name": ":path", "string_match": {"exact": READY_PATH}}
     return [
-        {"match": {"path": METRICS_PATH, "headers": get}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"}},
+        {"match": {"path": METRICS_PATH, "headers": [get]}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"}},
+        {"match": {"path": READY_PATH, "headers": [get, ready]},
+         "route": {"cluster": READY_CLUSTER, "prefix_rewrite": PODWARD_READY_PATH,
+                   # podward answers a probe before its Host check; a local Host keeps it so for any order.
+                   "host_rewrite_literal": "localhost",
+                   # The wasm build starts reading the pod's files at the first request, so the first
+                   # probe would find it not ready and the app would wait a whole probe period more: asked
+                   # again within the kubelet's 1 s probe timeout, it is ready (README, "Readiness").
+                   "timeout": READY_TIMEOUT,
+                   "retry_policy": {"retry_on": "connect-failure,retriable-status-codes",
+                                    "retriable_status_codes": [503], "num_retries": 4,
+                                    "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.2s"}}}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
     ]
 
 
 def _metrics_listener(settings: Settings) -> dict:
-    """Prometheus' view of the sidecar: admin's /stats/prometheus and nothing else of admin."""
-    manager = _connection_manager(METRICS_LISTENER, metrics_routes(), [], codec_type="HTTP1",
-                                  **_bounded_http(settings, f"this port serves only GET {METRICS_PATH}"))
+    """Prometheus' and the kubelet's view of the sidecar: admin's /stats/prometheus, podward's readiness,
+    nothing else."""
+    manager = _connection_manager(
+        METRICS_LISTENER, metrics_routes(), [], codec_type="HTTP1",
+        **_bounded_http(settings, f"this port serves only GET {METRICS_PATH} and GET {READY_PATH}",
+                        unreachable="the podward sidecar could not reach its own listener or admin"))
     return {
         "name": METRICS_LISTENER,
         "address": {"socket_address": {"address": settings.metrics_address, "port_value": settings.metrics_port}},
@@ -349,7 +415,7 @@ def _status_reply(when: dict, reason: str, message: str, retry: bool = False) ->
     return {"filter": when, "body_format_override": {"json_format": status, "content_type": "application/json"}}
 
 
-def local_replies(not_found: str) -> dict:
+def local_replies(not_found: str, unreachable: str = "podward could not reach the API server") -> dict:
     """Every answer Envoy makes itself, as a Kubernetes Status that kubectl prints well.
 
     First match wins: the API server unreachable, the overload manager
@@ -359,7 +425,7 @@ def local_replies(not_found: str) -> dict:
     """
     mappers = [
         _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
-                      "podward could not reach the API server: %LOCAL_REPLY_BODY% (Envoy response flags "
+                      f"{unreachable}: %LOCAL_REPLY_BODY% (Envoy response flags "
                       "%RESPONSE_FLAGS%)", retry=True),
         _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'overload'"), "ServiceUnavailable",
                       "the podward sidecar is overloaded; retry", retry=True),
@@ -456,7 +522,11 @@ def _api_cluster(settings: Settings) -> dict:
     protocol = {"http2_protocol_options": {}} if settings.upstream_http2 else {"http_protocol_options": {}}
     limits = {"max_connections": MAX_API_CONNECTIONS, "max_requests": MAX_API_CONNECTIONS,
               "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}
-    is_ip = settings.api_address.replace(".", "").isdigit()
+    try:
+        ipaddress.ip_address(settings.api_address)
+        is_ip = True
+    except ValueError:
+        is_ip = False
     return {
         "name": "kubernetes",
         "type": "STATIC" if is_ip else "STRICT_DNS",
@@ -490,6 +560,22 @@ def _files_cluster() -> dict:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
                 "envoy_internal_address": {"server_listener_name": FILES_LISTENER}}}}]}],
         },
+    }
+
+
+def _ready_cluster(settings: Settings) -> dict:
+    """The metrics listener's way to podward's readiness: the app listener, over loopback or the socket."""
+    if settings.listen_port is not None:
+        # A wildcard listener is reached on loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.listen_address, settings.listen_address)
+        address = {"socket_address": {"address": host, "port_value": settings.listen_port}}
+    else:
+        address = {"pipe": {"path": settings.app_socket}}
+    return {
+        "name": READY_CLUSTER,
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": READY_CLUSTER,
+                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
 
 
@@ -578,58 +664,76 @@ def bootstrap(settings: Settings) -> dict:
             "listeners": [_app_listener(settings), _metrics_listener(settings),
                           *([_files_listener(settings)] if file_source else [])],
             "clusters": [_api_cluster(settings), *([_files_cluster()] if file_source else []),
-                         _admin_cluster(settings)],
+                         _admin_cluster(settings), _ready_cluster(settings)],
         },
     }
 
 
-def example_pod() -> dict:
-    """The book's curl-with-ambassador pod, with Envoy and podward as a native sidecar."""
+SIDECAR = "podward"
+# The book's app container; the sidecar's resource env vars describe it.
+APP_CONTAINER = "main"
+# Envoy's workers, as its --concurrency argument: one, as a sidecar serves one app and each worker adds a V8 VM.
+CONCURRENCY = "1"
+# What projected volumes ask for by default; the API server may extend it (README, "How the token gets in").
+TOKEN_EXPIRATION_SECONDS = 3607
+ENVOY_UID = 101  # the envoy image's user
 
-    def restricted(run_as_user: int) -> dict:
-        """A container security context the restricted Pod Security Standard admits, with nothing to write."""
-        return {"runAsNonRoot": True, "runAsUser": run_as_user, "readOnlyRootFilesystem": True,
-                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
+def restricted(run_as_user) -> dict:
+    """A container security context the restricted Pod Security Standard admits, with nothing to write. The
+    seccomp profile is the container's own, so the sidecar passes in a pod that sets none."""
+    return {"runAsNonRoot": True, "runAsUser": run_as_user, "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrency=CONCURRENCY) -> dict:
+    """Envoy and podward as a native sidecar, as every shipped manifest adds it (the example pod, the kustomize
+    component, the MutatingAdmissionPolicy). The arguments may be CEL expressions (manifests.Cel) there."""
     env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in POD_FIELD_ENV.items()]
     env += [
-        {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": "main", "resource": resource, "divisor": divisor}}}
+        {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": app_container, "resource": resource,
+                                                          "divisor": divisor}}}
         for name, (resource, divisor) in RESOURCE_ENV.items()
     ]
-    sidecar = {
-        "name": "podward",
-        "image": ENVOY_IMAGE,
-        # A native sidecar: starts before `main`, runs as long as the pod.
+    return {
+        "name": SIDECAR,
+        "image": image,
+        # A native sidecar: starts before the app containers, runs as long as the pod.
         "restartPolicy": "Always",
-        # One worker: a sidecar serves one app; each worker adds a V8 VM.
         # No hot restart: a sidecar is restarted by the kubelet, not in place.
-        "args": ["-c", f"{PODWARD_DIR}/envoy.yaml", "--concurrency", "1", "--log-level", "info",
+        "args": ["-c", f"{PODWARD_DIR}/envoy.yaml", "--concurrency", concurrency, "--log-level", "info",
                  "--disable-hot-restart"],
         "env": env,
         "volumeMounts": [
             {"name": "podward", "mountPath": PODWARD_DIR, "readOnly": True},
             {"name": "service-account", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
             {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
+            {"name": POLICY_CONFIGMAP, "mountPath": POLICY_DIR, "readOnly": True},
             {"name": "podward-admin", "mountPath": ADMIN_DIR},
+            {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-        "startupProbe": {"tcpSocket": {"port": 8001}, "periodSeconds": 1, "failureThreshold": 30},
+        # The app containers start once podward holds a token, its policy and the pod's identity, so the
+        # app's first call neither waits nor fails. No readinessProbe: podward keeps the last good token and
+        # policy, so once ready it stays ready, and an API server outage must not take the app out of its
+        # Services (the app sees 503 Status answers and may well cope).
+        "startupProbe": {"httpGet": {"path": READY_PATH, "port": "metrics"}, "periodSeconds": 1,
+                         "timeoutSeconds": 1, "failureThreshold": 30},
         "resources": {"requests": {"cpu": "50m", "memory": f"{MEMORY_REQUEST_MIB}Mi"},
                       "limits": {"memory": f"{MEMORY_LIMIT_MIB}Mi"}},
-        "securityContext": restricted(run_as_user=101),  # the envoy image's user
+        "securityContext": restricted(run_as_user=ENVOY_UID),
     }
-    main = {
-        "name": "main",
-        "image": "curlimages/curl:8.11.1",
-        "command": ["sleep", "9999999"],
-        "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
-        # The image's curl_user: named, not numbered, so the kubelet could not check runAsNonRoot without it.
-        "securityContext": restricted(run_as_user=100),
-    }
-    volumes = [
-        {"name": "podward", "configMap": {"name": "podward"}},
+
+
+def sidecar_volumes(configmap="podward", policy_configmap=POLICY_CONFIGMAP,
+                    token_expiration_seconds=TOKEN_EXPIRATION_SECONDS) -> list:
+    """The volumes the sidecar mounts; only the socket's is the app's too (app_socket_mount)."""
+    return [
+        {"name": "podward", "configMap": {"name": configmap}},
+        # The token, the CA and the namespace, as the automounted volume has them, for the sidecar only.
         {"name": "service-account", "projected": {"sources": [
-            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": token_expiration_seconds}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
         ]}},
@@ -637,9 +741,36 @@ def example_pod() -> dict:
             {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
             {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
         ]}},
+        {"name": POLICY_CONFIGMAP, "configMap": {"name": policy_configmap,
+                                                 "items": [{"key": POLICY_KEY, "path": POLICY_KEY}]}},
         # Holds the admin socket; mounted in the sidecar only.
         {"name": "podward-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        # Holds the app's socket.
+        {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
     ]
+
+
+def app_socket_mount() -> dict:
+    """How an app container reaches the socket: read-only, so it cannot put a socket of its own there."""
+    return {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": True}
+
+
+# The pod's fsGroup, which the kubelet gives every container: the projected token (0640 with an fsGroup) and
+# the app's socket (0660) belong to it. Envoy's uid, where a pod has none.
+SIDECAR_FS_GROUP = ENVOY_UID
+
+
+def example_pod() -> dict:
+    """The book's curl-with-ambassador pod, with Envoy and podward as a native sidecar."""
+    main = {
+        "name": APP_CONTAINER,
+        "image": "curlimages/curl:8.11.1",
+        "command": ["sleep", "9999999"],
+        "volumeMounts": [app_socket_mount()],
+        "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
+        # The image's curl_user: named, not numbered, so the kubelet could not check runAsNonRoot without it.
+        "securityContext": restricted(run_as_user=100),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -649,14 +780,20 @@ def example_pod() -> dict:
             # Only the sidecar mounts a token (its own projected volume); the
             # app container gets none.
             "automountServiceAccountToken": False,
-            # Envoy runs as uid 101; fsGroup makes the projected token readable to it. Non-root and the
-            # runtime's seccomp profile for every container: the restricted Pod Security Standard.
-            "securityContext": {"fsGroup": 101, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "initContainers": [sidecar],
+            # Non-root and the runtime's seccomp profile for every container: the restricted Pod Security
+            # Standard.
+            "securityContext": {"fsGroup": SIDECAR_FS_GROUP, "runAsNonRoot": True,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [sidecar_container()],
             "containers": [main],
-            "volumes": volumes,
+            "volumes": sidecar_volumes(),
         },
     }
+
+
+def policy_configmap(policy: dict | None = None, name: str = POLICY_CONFIGMAP) -> dict:
+    """The ConfigMap that holds podward's policy file (one JSON document, as the `policy` field)."""
+    return configmap(name, data={POLICY_KEY: json.dumps(policy or DEFAULT_POLICY, indent=2) + "\n"})
 
 
 def configmap(name: str, data: dict | None = None, binary: dict | None = None) -> dict:
@@ -685,18 +822,32 @@ BUILDS = {
 }
 
 
+POLICY_CONFIGMAP_FILE = "podward-policy.yaml"
+
+
+def shipped_settings(build: str = "wasm") -> Settings:
+    """The in-cluster sidecar as every shipped manifest runs it."""
+    return Settings(build=build, plugin_config=SHIPPED_PLUGIN_CONFIG)
+
+
+def module_configmap(settings: Settings, module: bytes, name: str = "podward") -> dict:
+    """The ConfigMap a pod mounts at PODWARD_DIR: the bootstrap and the module it loads."""
+    module_name = pathlib.PurePath(settings.native_path if settings.native else settings.wasm_path).name
+    return configmap(name, data={"envoy.yaml": to_yaml(bootstrap(settings))}, binary={module_name: module})
+
+
 def write_committed(envoy_dir: pathlib.Path) -> None:
     for build, (sidecar, _, _) in BUILDS.items():
-        (envoy_dir / sidecar).write_text(HEADER + to_yaml(bootstrap(Settings(build=build))))
+        (envoy_dir / sidecar).write_text(HEADER + to_yaml(bootstrap(shipped_settings(build))))
     (envoy_dir / "pod.yaml").write_text(HEADER + to_yaml(example_pod()))
+    (envoy_dir / POLICY_CONFIGMAP_FILE).write_text(HEADER + to_yaml(policy_configmap()))
 
 
 def write_dist(dist: pathlib.Path, build: str, module_path: pathlib.Path) -> None:
     """The ConfigMap `podward` of one build: its bootstrap and its module. The pod mounts either."""
     _, configmap_file, module_name = BUILDS[build]
     module = module_path.read_bytes()
-    envoy_yaml = to_yaml(bootstrap(Settings(build=build)))
-    text = HEADER + to_yaml(configmap("podward", data={"envoy.yaml": envoy_yaml}, binary={module_name: module}))
+    text = HEADER + to_yaml(module_configmap(shipped_settings(build), module))
     if len(text.encode()) > CONFIGMAP_LIMIT:
         sys.exit(f"the {build} podward ConfigMap is {len(text.encode())} bytes, over the 1 MiB limit")
     (dist / configmap_file).write_text(text)

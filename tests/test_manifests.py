@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import filecmp
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -71,8 +72,10 @@ def module_digest() -> str:
 
 def committed_files() -> dict:
     generated = {
-        "sidecar.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.Settings())),
+        "sidecar.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.shipped_settings("wasm"))),
+        "sidecar-native.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.shipped_settings("native"))),
         "pod.yaml": render.HEADER + render.to_yaml(render.example_pod()),
+        render.POLICY_CONFIGMAP_FILE: render.HEADER + render.to_yaml(render.policy_configmap()),
     }
     return {**generated, **manifests.committed_files(WASM.read_bytes())}
 
@@ -97,11 +100,9 @@ def test_built_kustomize_tree_is_the_committed_one_plus_the_configmap():
 
 def shipped_bootstraps() -> dict:
     """Every envoy.yaml a pod can be given, by where it is shipped."""
-    overlay_patch = ENVOY_DIR / manifests.OVERLAY_DIR / "podward-policy.yaml"
     return {
         "envoy/sidecar.yaml": (ENVOY_DIR / "sidecar.yaml").read_text(),
         "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text())[0]["data"]["envoy.yaml"],
-        "overlays/example/podward-policy.yaml": load_all(overlay_patch.read_text())[0]["data"]["envoy.yaml"],
         # Not shipped as a bootstrap, but the WasmPlugin's pluginConfig must be
         # one the filter accepts: validate mode runs the plugin's on_configure.
         "istio/wasmplugin.yaml pluginConfig": render.to_yaml(render.bootstrap(
@@ -115,7 +116,9 @@ def in_pod_paths(root: pathlib.Path, ca_file: str) -> dict:
         render.SERVICE_ACCOUNT_DIR: root / "serviceaccount",
         render.PODINFO_DIR: root / "podinfo",
         render.PODWARD_DIR: root / "podward",
+        render.POLICY_DIR: root / "policy",
         render.ADMIN_DIR: root / "admin",
+        render.SOCKET_DIR: root / "socket",
     }
     for directory in directories.values():
         directory.mkdir(parents=True)
@@ -131,7 +134,8 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     # a pod, are rewritten to a copy of that layout: the test PKI's CA and the
     # built podward.wasm. Nothing else in the config changes.
     config = shipped_bootstraps()[shipped]
-    for in_pod, local in in_pod_paths(tmp_path / "pod", pki.ca_cert).items():
+    # Longest first: /var/run/podward-admin before /var/run/podward.
+    for in_pod, local in sorted(in_pod_paths(tmp_path / "pod", pki.ca_cert).items(), key=lambda p: -len(p[0])):
         assert in_pod in config
         config = config.replace(in_pod, str(local))
     path = tmp_path / "envoy.yaml"
@@ -148,6 +152,7 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
 def kubernetes_manifests(base: list, overlay: list) -> list:
     shipped = {
         "envoy/pod.yaml": load_all((ENVOY_DIR / "pod.yaml").read_text()),
+        "envoy/podward-policy.yaml": load_all((ENVOY_DIR / render.POLICY_CONFIGMAP_FILE).read_text()),
         "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text()),
         "kubectl kustomize base": base,
         "kubectl kustomize overlays/example": overlay,
@@ -155,14 +160,18 @@ def kubernetes_manifests(base: list, overlay: list) -> list:
     return [(f"{where}: {r['kind']}/{r['metadata']['name']}", r) for where, docs in shipped.items() for r in docs]
 
 
+def assert_schema(name: str, resource: dict, version: str) -> None:
+    # kubernetes-validate ships the schemas; strict: unknown fields are errors.
+    try:
+        kubernetes_validate.validate(resource, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{name} against {version}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, overlay_resources):
-    # kubernetes-validate ships the schemas; strict: unknown fields are errors.
     for name, resource in kubernetes_manifests(base_resources, overlay_resources):
-        try:
-            kubernetes_validate.validate(resource, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{name} against {version}: {'.'.join(map(str, error.path))}: {error.message}")
+        assert_schema(name, resource, version)
 
 
 def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(overlay_resources):
@@ -170,12 +179,13 @@ def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(
     assert namespace["metadata"] == {"name": manifests.EXAMPLE_NAMESPACE, "labels": manifests.POD_SECURITY_LABELS}
     namespaced = [r for r in overlay_resources if r["kind"] != "Namespace"]
     assert {r["metadata"]["namespace"] for r in namespaced} == {manifests.EXAMPLE_NAMESPACE}
-    names = {r["kind"]: r["metadata"]["name"] for r in namespaced}
-    assert all(name.startswith(manifests.EXAMPLE_PREFIX) for name in names.values())
+    names = {r["kind"]: r["metadata"]["name"] for r in namespaced if r["kind"] != "ConfigMap"}
+    configmaps = {r["metadata"]["name"] for r in namespaced if r["kind"] == "ConfigMap"}
+    assert all(name.startswith(manifests.EXAMPLE_PREFIX) for name in [*names.values(), *configmaps])
     spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == names["ServiceAccount"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["podward"]["configMap"]["name"] == names["ConfigMap"]
+    assert {volumes[name]["configMap"]["name"] for name in ("podward", render.POLICY_CONFIGMAP)} == configmaps
     binding = only(overlay_resources, "RoleBinding")
     assert binding["roleRef"]["name"] == names["Role"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": names["ServiceAccount"],
@@ -190,9 +200,14 @@ def test_overlay_sets_the_token_expiry_and_the_read_only_policy(overlay_resource
     [sources] = [v["projected"]["sources"] for v in spec["volumes"] if v["name"] == "service-account"]
     [token] = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
     assert token == {"path": "token", **manifests.EXAMPLE_TOKEN}
-    envoy_yaml = only(overlay_resources, "ConfigMap")["data"]["envoy.yaml"]
-    expected = render.to_yaml(render.bootstrap(render.Settings(plugin_config=manifests.EXAMPLE_POLICY)))
-    assert envoy_yaml == expected
+    configmaps = {c["metadata"]["name"]: c for c in overlay_resources if c["kind"] == "ConfigMap"}
+    policy = configmaps[manifests.EXAMPLE_PREFIX + render.POLICY_CONFIGMAP]["data"][render.POLICY_KEY]
+    assert json.loads(policy) == manifests.EXAMPLE_POLICY
+    # The bootstrap is the shipped one: it reads the policy from its file.
+    envoy_yaml = configmaps[manifests.EXAMPLE_PREFIX + manifests.CONFIGMAP_NAME]["data"]["envoy.yaml"]
+    assert envoy_yaml == render.to_yaml(render.bootstrap(render.shipped_settings()))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == manifests.EXAMPLE_PREFIX + render.POLICY_CONFIGMAP
 
 
 def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(base_resources):
@@ -202,8 +217,10 @@ def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(
     [sidecar] = spec["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["env"] == pod_spec["initContainers"][0]["env"]
-    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {render.SERVICE_ACCOUNT_DIR, render.PODINFO_DIR}
-    assert all("volumeMounts" not in container for container in spec["containers"])
+    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {render.SERVICE_ACCOUNT_DIR, render.PODINFO_DIR,
+                                                                  render.POLICY_DIR}
+    # The app containers mount the socket's directory only, read-only.
+    assert all(container["volumeMounts"] == [render.app_socket_mount()] for container in spec["containers"])
     assert spec["volumes"] == pod_spec["volumes"]
 
 
@@ -226,7 +243,7 @@ def test_configmap_module_round_trips_and_fits(source, overlay_resources):
         [configmap] = load_all(CONFIGMAP.read_text())
         assert len(CONFIGMAP.read_bytes()) <= render.CONFIGMAP_LIMIT
     else:
-        configmap = only(overlay_resources, "ConfigMap")
+        [configmap] = [r for r in overlay_resources if r["metadata"]["name"] == manifests.EXAMPLE_PREFIX + "podward"]
     module = base64.b64decode(configmap["binaryData"]["podward.wasm"])
     assert hashlib.sha256(module).hexdigest() == module_digest()
     assert configmap_payload_bytes(configmap) <= CONFIGMAP_PAYLOAD_LIMIT
