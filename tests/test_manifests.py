@@ -86,7 +86,7 @@ def test_committed_file_is_what_the_generators_produce(relative):
         f"envoy/{relative} is stale: run ./build.sh"
 
 
-def test_built_kustomize_tree_is_the_committed_one_plus_the_configmap():
+def test_built_kustomize_tree_is_the_committed_one_plus_the_configmaps():
     comparison = filecmp.dircmp(ENVOY_DIR / "kustomize", KUSTOMIZE)
     pending = [comparison]
     while pending:
@@ -94,6 +94,9 @@ def test_built_kustomize_tree_is_the_committed_one_plus_the_configmap():
         assert not (current.left_only or current.diff_files), (current.left, current.left_only, current.diff_files)
         pending.extend(current.subdirs.values())
     assert (KUSTOMIZE / "base" / manifests.CONFIGMAP_FILE).read_bytes() == CONFIGMAP.read_bytes()
+    for build, directory in manifests.COMPONENTS.items():
+        configmap_file = render.BUILDS[build][1]
+        assert (DIST / directory / configmap_file).read_bytes() == (DIST / configmap_file).read_bytes()
 
 
 # --- Envoy: every shipped bootstrap loads in the real binary ------------------
@@ -147,15 +150,96 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     assert f"configuration '{path}' OK" in result.stdout + result.stderr
 
 
+# --- The kustomize component on a team's own workloads --------------------------------------------------------
+
+def labelled(workload: dict) -> dict:
+    """The workload, asking for the sidecar as a team would: the label on the workload itself."""
+    return {**workload, "metadata": {**workload["metadata"], "labels": {
+        **workload["metadata"].get("labels", {}), manifests.INJECT_LABEL: "true"}}}
+
+
+def team_workloads() -> list:
+    """A team's own workloads before podward: a Deployment whose app container is not called `main`, with an
+    init container and volumes of its own, a labelled StatefulSet, and one that does not ask for the sidecar."""
+    restricted = render.restricted(run_as_user=1000)
+
+    def template(app: str, **spec) -> dict:
+        return {"metadata": {"labels": {"app": app}}, "spec": {
+            "containers": [{"name": "web", "image": "nginx:1.27", "securityContext": restricted,
+                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}],
+            "volumes": [{"name": "cache", "emptyDir": {}}], **spec}}
+
+    def workload(kind: str, name: str, **spec) -> dict:
+        return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name},
+                "spec": {"selector": {"matchLabels": {"app": name}}, "template": template(name, **spec)}}
+
+    setup = {"name": "setup", "image": "busybox:1.37", "securityContext": restricted}
+    return [labelled(workload("Deployment", "web", initContainers=[setup])),
+            labelled({**workload("StatefulSet", "db"), "spec": {**workload("StatefulSet", "db")["spec"],
+                                                                "serviceName": "db"}}),
+            workload("Deployment", "unlabelled")]
+
+
+def with_component(directory: pathlib.Path, workloads: list, build: str = "wasm") -> list:
+    """`kubectl kustomize` of a team's kustomization: its workloads, and the built podward component."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "workloads.yaml").write_text(yaml.safe_dump_all(workloads))
+    component = os.path.relpath(DIST / manifests.COMPONENTS[build], directory)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["workloads.yaml"], "components": [component]}))
+    return kustomize(directory)
+
+
+def pod_template_spec(resources: list, name: str) -> dict:
+    [workload] = [r for r in resources if r["metadata"]["name"] == name and "template" in r.get("spec", {})]
+    return workload["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def component_resources(tmp_path_factory) -> list:
+    return with_component(tmp_path_factory.mktemp("team"), team_workloads())
+
+
+def test_the_component_adds_the_sidecar_to_the_labelled_workloads_only(component_resources):
+    web = pod_template_spec(component_resources, "web")
+    # The same sidecar as the example pod's, its resource variables pointing at the team's app container.
+    assert web["initContainers"][0] == render.sidecar_container(app_container="web")
+    assert [c["name"] for c in web["initContainers"]] == [render.SIDECAR, "setup"]
+    assert web["automountServiceAccountToken"] is False
+    assert [v["name"] for v in web["volumes"]] == [v["name"] for v in render.sidecar_volumes()] + ["cache"]
+    # The app keeps its own mounts; it gets no token.
+    assert web["containers"][0]["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+    db = pod_template_spec(component_resources, "db")
+    assert [c["name"] for c in db["initContainers"]] == [render.SIDECAR]
+    assert pod_template_spec(component_resources, "unlabelled") == team_workloads()[2]["spec"]["template"]["spec"]
+    configmaps = {r["metadata"]["name"] for r in component_resources if r["kind"] == "ConfigMap"}
+    assert configmaps == {manifests.CONFIGMAP_NAME, render.POLICY_CONFIGMAP}
+
+
+def test_the_component_on_a_workload_that_has_the_sidecar_keeps_one(tmp_path, component_resources):
+    again = [labelled(r) for r in component_resources if r["metadata"]["name"] == "web"]
+    twice = pod_template_spec(with_component(tmp_path, again), "web")
+    assert twice == pod_template_spec(component_resources, "web")
+
+
+def test_the_native_component_differs_in_the_module_only(tmp_path, component_resources):
+    native = with_component(tmp_path, team_workloads(), build="native")
+    assert pod_template_spec(native, "web") == pod_template_spec(component_resources, "web")
+    [configmap] = [r for r in native if r["metadata"]["name"] == manifests.CONFIGMAP_NAME]
+    assert set(configmap["binaryData"]) == {"libpodward.so"}
+
+
 # --- Kubernetes: schemas, offline ---------------------------------------------
 
-def kubernetes_manifests(base: list, overlay: list) -> list:
+def kubernetes_manifests(base: list, overlay: list, component: list) -> list:
     shipped = {
         "envoy/pod.yaml": load_all((ENVOY_DIR / "pod.yaml").read_text()),
         "envoy/podward-policy.yaml": load_all((ENVOY_DIR / render.POLICY_CONFIGMAP_FILE).read_text()),
         "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text()),
         "kubectl kustomize base": base,
         "kubectl kustomize overlays/example": overlay,
+        "a team's workloads with components/podward": component,
     }
     return [(f"{where}: {r['kind']}/{r['metadata']['name']}", r) for where, docs in shipped.items() for r in docs]
 
@@ -169,9 +253,16 @@ def assert_schema(name: str, resource: dict, version: str) -> None:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, overlay_resources):
-    for name, resource in kubernetes_manifests(base_resources, overlay_resources):
+def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, overlay_resources,
+                                                      component_resources):
+    for name, resource in kubernetes_manifests(base_resources, overlay_resources, component_resources):
         assert_schema(name, resource, version)
+
+
+def test_the_injection_passes_the_1_37_schema():
+    """MutatingAdmissionPolicy is admissionregistration.k8s.io/v1 from 1.36; the 1.29 schema has no such kind."""
+    for resource in load_all((ENVOY_DIR / manifests.INJECT_DIR / "injection.yaml").read_text()):
+        assert_schema(f"{resource['kind']}/{resource['metadata']['name']}", resource, KUBERNETES_VERSIONS[-1])
 
 
 def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(overlay_resources):
