@@ -5,6 +5,7 @@ nothing behind."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -67,6 +68,20 @@ def test_config_renders_what_the_flags_say(tmp_path):
 def test_config_defaults_are_the_shipped_sidecar():
     result = render_py("config")
     assert yaml.safe_load(result.stdout) == render.bootstrap(render.shipped_settings())
+
+
+@pytest.mark.parametrize("build", ["wasm", "native"])
+def test_configmap_carries_that_bootstrap_and_the_built_module(build):
+    """What a team applies as `podward` in its namespaces, for its own settings."""
+    result = render_py("configmap", "--build", build, "--listen-port", "18001", "--preset", "read-only")
+    assert result.returncode == 0, result.stderr
+    configmap = yaml.safe_load(result.stdout)
+    assert (configmap["kind"], configmap["metadata"]["name"]) == ("ConfigMap", "podward")
+    settings = render.Settings(build=build, listen_port=18001, plugin_config={"policy": {"preset": "read-only"}})
+    assert yaml.safe_load(configmap["data"]["envoy.yaml"]) == render.bootstrap(settings)
+    [(name, module)] = configmap["binaryData"].items()
+    built = render.BUILT_MODULES[build]
+    assert name == built.name and base64.b64decode(module) == built.read_bytes()
 
 
 @pytest.mark.parametrize("args, message", [
