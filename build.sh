@@ -3,7 +3,8 @@
 #
 #   ./build.sh          build dist/podward.wasm and regenerate the Envoy configs
 #   ./build.sh run      the ambassador locally: a stand-in API server, Envoy and
-#                       podward on 127.0.0.1:8001 (Ctrl-C stops it)
+#                       podward on 127.0.0.1:8001 (Ctrl-C stops it); with flags,
+#                       in front of any API server (envoy/render.py run --help)
 #   ./build.sh test     every test: lint, unit tests (native and as wasm), then
 #                       real Envoy with real clients
 #   ./build.sh bench    the benchmark behind BENCHMARKS.md (BENCH_QUICK=1: a ~5 min check)
@@ -83,7 +84,7 @@ build() {
   cp target/native/libpodward.so "$NATIVE"
   echo "libpodward.so: $(stat -c %s "$NATIVE") bytes, sha256 $(sha256sum "$NATIVE" | cut -d' ' -f1)"
   setup_python
-  "$VENV/bin/python" envoy/render.py --dist dist --wasm "$WASM" --native "$NATIVE"
+  "$VENV/bin/python" envoy/render.py generate --dist dist --wasm "$WASM" --native "$NATIVE"
   "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
@@ -123,7 +124,12 @@ run_tests() {
 case "${1:-build}" in
   build) build ;;
   run)
+    shift
     build
+    # With flags: podward in front of the API server they name (envoy/render.py run --help).
+    if [ $# -gt 0 ]; then
+      exec "$VENV/bin/python" envoy/render.py run "$@"
+    fi
     exec env PYTHONPATH=tests "$VENV/bin/python" -m harness.local ;;
   test)
     shift
@@ -134,6 +140,6 @@ case "${1:-build}" in
     setup_kubectl
     exec env PYTHONPATH=tests "$VENV/bin/python" bench/bench.py ;;
   *)
-    sed -n '2,11p' "$0"
+    sed -n '2,10p' "$0"
     exit 2 ;;
 esac

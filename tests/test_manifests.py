@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import filecmp
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -71,8 +72,10 @@ def module_digest() -> str:
 
 def committed_files() -> dict:
     generated = {
-        "sidecar.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.Settings())),
+        "sidecar.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.shipped_settings("wasm"))),
+        "sidecar-native.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.shipped_settings("native"))),
         "pod.yaml": render.HEADER + render.to_yaml(render.example_pod()),
+        render.POLICY_CONFIGMAP_FILE: render.HEADER + render.to_yaml(render.policy_configmap()),
     }
     return {**generated, **manifests.committed_files(WASM.read_bytes())}
 
@@ -83,7 +86,7 @@ def test_committed_file_is_what_the_generators_produce(relative):
         f"envoy/{relative} is stale: run ./build.sh"
 
 
-def test_built_kustomize_tree_is_the_committed_one_plus_the_configmap():
+def test_built_kustomize_tree_is_the_committed_one_plus_the_configmaps():
     comparison = filecmp.dircmp(ENVOY_DIR / "kustomize", KUSTOMIZE)
     pending = [comparison]
     while pending:
@@ -91,17 +94,18 @@ def test_built_kustomize_tree_is_the_committed_one_plus_the_configmap():
         assert not (current.left_only or current.diff_files), (current.left, current.left_only, current.diff_files)
         pending.extend(current.subdirs.values())
     assert (KUSTOMIZE / "base" / manifests.CONFIGMAP_FILE).read_bytes() == CONFIGMAP.read_bytes()
+    for build, directory in manifests.COMPONENTS.items():
+        configmap_file = render.BUILDS[build][1]
+        assert (DIST / directory / configmap_file).read_bytes() == (DIST / configmap_file).read_bytes()
 
 
 # --- Envoy: every shipped bootstrap loads in the real binary ------------------
 
 def shipped_bootstraps() -> dict:
     """Every envoy.yaml a pod can be given, by where it is shipped."""
-    overlay_patch = ENVOY_DIR / manifests.OVERLAY_DIR / "podward-policy.yaml"
     return {
         "envoy/sidecar.yaml": (ENVOY_DIR / "sidecar.yaml").read_text(),
         "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text())[0]["data"]["envoy.yaml"],
-        "overlays/example/podward-policy.yaml": load_all(overlay_patch.read_text())[0]["data"]["envoy.yaml"],
         # Not shipped as a bootstrap, but the WasmPlugin's pluginConfig must be
         # one the filter accepts: validate mode runs the plugin's on_configure.
         "istio/wasmplugin.yaml pluginConfig": render.to_yaml(render.bootstrap(
@@ -115,7 +119,9 @@ def in_pod_paths(root: pathlib.Path, ca_file: str) -> dict:
         render.SERVICE_ACCOUNT_DIR: root / "serviceaccount",
         render.PODINFO_DIR: root / "podinfo",
         render.PODWARD_DIR: root / "podward",
+        render.POLICY_DIR: root / "policy",
         render.ADMIN_DIR: root / "admin",
+        render.SOCKET_DIR: root / "socket",
     }
     for directory in directories.values():
         directory.mkdir(parents=True)
@@ -131,7 +137,8 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     # a pod, are rewritten to a copy of that layout: the test PKI's CA and the
     # built podward.wasm. Nothing else in the config changes.
     config = shipped_bootstraps()[shipped]
-    for in_pod, local in in_pod_paths(tmp_path / "pod", pki.ca_cert).items():
+    # Longest first: /var/run/podward-admin before /var/run/podward.
+    for in_pod, local in sorted(in_pod_paths(tmp_path / "pod", pki.ca_cert).items(), key=lambda p: -len(p[0])):
         assert in_pod in config
         config = config.replace(in_pod, str(local))
     path = tmp_path / "envoy.yaml"
@@ -143,26 +150,119 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     assert f"configuration '{path}' OK" in result.stdout + result.stderr
 
 
+# --- The kustomize component on a team's own workloads --------------------------------------------------------
+
+def labelled(workload: dict) -> dict:
+    """The workload, asking for the sidecar as a team would: the label on the workload itself."""
+    return {**workload, "metadata": {**workload["metadata"], "labels": {
+        **workload["metadata"].get("labels", {}), manifests.INJECT_LABEL: "true"}}}
+
+
+def team_workloads() -> list:
+    """A team's own workloads before podward: a Deployment whose app container is not called `main`, with an
+    init container and volumes of its own, a labelled StatefulSet, and one that does not ask for the sidecar."""
+    restricted = render.restricted(run_as_user=1000)
+
+    def template(app: str, **spec) -> dict:
+        return {"metadata": {"labels": {"app": app}}, "spec": {
+            "containers": [{"name": "web", "image": "nginx:1.27", "securityContext": restricted,
+                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}],
+            "volumes": [{"name": "cache", "emptyDir": {}}], **spec}}
+
+    def workload(kind: str, name: str, **spec) -> dict:
+        return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name},
+                "spec": {"selector": {"matchLabels": {"app": name}}, "template": template(name, **spec)}}
+
+    setup = {"name": "setup", "image": "busybox:1.37", "securityContext": restricted}
+    return [labelled(workload("Deployment", "web", initContainers=[setup])),
+            labelled({**workload("StatefulSet", "db"), "spec": {**workload("StatefulSet", "db")["spec"],
+                                                                "serviceName": "db"}}),
+            workload("Deployment", "unlabelled")]
+
+
+def with_component(directory: pathlib.Path, workloads: list, build: str = "wasm") -> list:
+    """`kubectl kustomize` of a team's kustomization: its workloads, and the built podward component."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "workloads.yaml").write_text(yaml.safe_dump_all(workloads))
+    component = os.path.relpath(DIST / manifests.COMPONENTS[build], directory)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["workloads.yaml"], "components": [component]}))
+    return kustomize(directory)
+
+
+def pod_template_spec(resources: list, name: str) -> dict:
+    [workload] = [r for r in resources if r["metadata"]["name"] == name and "template" in r.get("spec", {})]
+    return workload["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def component_resources(tmp_path_factory) -> list:
+    return with_component(tmp_path_factory.mktemp("team"), team_workloads())
+
+
+def test_the_component_adds_the_sidecar_to_the_labelled_workloads_only(component_resources):
+    web = pod_template_spec(component_resources, "web")
+    # The same sidecar as the example pod's, its resource variables pointing at the team's app container.
+    assert web["initContainers"][0] == render.sidecar_container(app_container="web")
+    assert [c["name"] for c in web["initContainers"]] == [render.SIDECAR, "setup"]
+    assert web["automountServiceAccountToken"] is False
+    assert [v["name"] for v in web["volumes"]] == [v["name"] for v in render.sidecar_volumes()] + ["cache"]
+    # The app keeps its own mounts; it gets no token.
+    assert web["containers"][0]["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+    db = pod_template_spec(component_resources, "db")
+    assert [c["name"] for c in db["initContainers"]] == [render.SIDECAR]
+    assert pod_template_spec(component_resources, "unlabelled") == team_workloads()[2]["spec"]["template"]["spec"]
+    configmaps = {r["metadata"]["name"] for r in component_resources if r["kind"] == "ConfigMap"}
+    assert configmaps == {manifests.CONFIGMAP_NAME, render.POLICY_CONFIGMAP}
+
+
+def test_the_component_on_a_workload_that_has_the_sidecar_keeps_one(tmp_path, component_resources):
+    again = [labelled(r) for r in component_resources if r["metadata"]["name"] == "web"]
+    twice = pod_template_spec(with_component(tmp_path, again), "web")
+    assert twice == pod_template_spec(component_resources, "web")
+
+
+def test_the_native_component_differs_in_the_module_only(tmp_path, component_resources):
+    native = with_component(tmp_path, team_workloads(), build="native")
+    assert pod_template_spec(native, "web") == pod_template_spec(component_resources, "web")
+    [configmap] = [r for r in native if r["metadata"]["name"] == manifests.CONFIGMAP_NAME]
+    assert set(configmap["binaryData"]) == {"libpodward.so"}
+
+
 # --- Kubernetes: schemas, offline ---------------------------------------------
 
-def kubernetes_manifests(base: list, overlay: list) -> list:
+def kubernetes_manifests(base: list, overlay: list, component: list) -> list:
     shipped = {
         "envoy/pod.yaml": load_all((ENVOY_DIR / "pod.yaml").read_text()),
+        "envoy/podward-policy.yaml": load_all((ENVOY_DIR / render.POLICY_CONFIGMAP_FILE).read_text()),
         "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text()),
         "kubectl kustomize base": base,
         "kubectl kustomize overlays/example": overlay,
+        "a team's workloads with components/podward": component,
     }
     return [(f"{where}: {r['kind']}/{r['metadata']['name']}", r) for where, docs in shipped.items() for r in docs]
 
 
-@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, overlay_resources):
+def assert_schema(name: str, resource: dict, version: str) -> None:
     # kubernetes-validate ships the schemas; strict: unknown fields are errors.
-    for name, resource in kubernetes_manifests(base_resources, overlay_resources):
-        try:
-            kubernetes_validate.validate(resource, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{name} against {version}: {'.'.join(map(str, error.path))}: {error.message}")
+    try:
+        kubernetes_validate.validate(resource, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{name} against {version}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, overlay_resources,
+                                                      component_resources):
+    for name, resource in kubernetes_manifests(base_resources, overlay_resources, component_resources):
+        assert_schema(name, resource, version)
+
+
+def test_the_injection_passes_the_1_37_schema():
+    """MutatingAdmissionPolicy is admissionregistration.k8s.io/v1 from 1.36; the 1.29 schema has no such kind."""
+    for resource in load_all((ENVOY_DIR / manifests.INJECT_DIR / "injection.yaml").read_text()):
+        assert_schema(f"{resource['kind']}/{resource['metadata']['name']}", resource, KUBERNETES_VERSIONS[-1])
 
 
 def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(overlay_resources):
@@ -170,12 +270,13 @@ def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(
     assert namespace["metadata"] == {"name": manifests.EXAMPLE_NAMESPACE, "labels": manifests.POD_SECURITY_LABELS}
     namespaced = [r for r in overlay_resources if r["kind"] != "Namespace"]
     assert {r["metadata"]["namespace"] for r in namespaced} == {manifests.EXAMPLE_NAMESPACE}
-    names = {r["kind"]: r["metadata"]["name"] for r in namespaced}
-    assert all(name.startswith(manifests.EXAMPLE_PREFIX) for name in names.values())
+    names = {r["kind"]: r["metadata"]["name"] for r in namespaced if r["kind"] != "ConfigMap"}
+    configmaps = {r["metadata"]["name"] for r in namespaced if r["kind"] == "ConfigMap"}
+    assert all(name.startswith(manifests.EXAMPLE_PREFIX) for name in [*names.values(), *configmaps])
     spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == names["ServiceAccount"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["podward"]["configMap"]["name"] == names["ConfigMap"]
+    assert {volumes[name]["configMap"]["name"] for name in ("podward", render.POLICY_CONFIGMAP)} == configmaps
     binding = only(overlay_resources, "RoleBinding")
     assert binding["roleRef"]["name"] == names["Role"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": names["ServiceAccount"],
@@ -190,9 +291,14 @@ def test_overlay_sets_the_token_expiry_and_the_read_only_policy(overlay_resource
     [sources] = [v["projected"]["sources"] for v in spec["volumes"] if v["name"] == "service-account"]
     [token] = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
     assert token == {"path": "token", **manifests.EXAMPLE_TOKEN}
-    envoy_yaml = only(overlay_resources, "ConfigMap")["data"]["envoy.yaml"]
-    expected = render.to_yaml(render.bootstrap(render.Settings(plugin_config=manifests.EXAMPLE_POLICY)))
-    assert envoy_yaml == expected
+    configmaps = {c["metadata"]["name"]: c for c in overlay_resources if c["kind"] == "ConfigMap"}
+    policy = configmaps[manifests.EXAMPLE_PREFIX + render.POLICY_CONFIGMAP]["data"][render.POLICY_KEY]
+    assert json.loads(policy) == manifests.EXAMPLE_POLICY
+    # The bootstrap is the shipped one: it reads the policy from its file.
+    envoy_yaml = configmaps[manifests.EXAMPLE_PREFIX + manifests.CONFIGMAP_NAME]["data"]["envoy.yaml"]
+    assert envoy_yaml == render.to_yaml(render.bootstrap(render.shipped_settings()))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == manifests.EXAMPLE_PREFIX + render.POLICY_CONFIGMAP
 
 
 def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(base_resources):
@@ -202,8 +308,10 @@ def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(
     [sidecar] = spec["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["env"] == pod_spec["initContainers"][0]["env"]
-    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {render.SERVICE_ACCOUNT_DIR, render.PODINFO_DIR}
-    assert all("volumeMounts" not in container for container in spec["containers"])
+    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {render.SERVICE_ACCOUNT_DIR, render.PODINFO_DIR,
+                                                                  render.POLICY_DIR}
+    # The app containers mount the socket's directory only, read-only.
+    assert all(container["volumeMounts"] == [render.app_socket_mount()] for container in spec["containers"])
     assert spec["volumes"] == pod_spec["volumes"]
 
 
@@ -226,7 +334,7 @@ def test_configmap_module_round_trips_and_fits(source, overlay_resources):
         [configmap] = load_all(CONFIGMAP.read_text())
         assert len(CONFIGMAP.read_bytes()) <= render.CONFIGMAP_LIMIT
     else:
-        configmap = only(overlay_resources, "ConfigMap")
+        [configmap] = [r for r in overlay_resources if r["metadata"]["name"] == manifests.EXAMPLE_PREFIX + "podward"]
     module = base64.b64decode(configmap["binaryData"]["podward.wasm"])
     assert hashlib.sha256(module).hexdigest() == module_digest()
     assert configmap_payload_bytes(configmap) <= CONFIGMAP_PAYLOAD_LIMIT

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 
 import pytest
@@ -18,29 +17,9 @@ from harness.pod import ClusterPod
 from test_manifests import CONFIGMAP, ENVOY_DIR, KUSTOMIZE, kustomize, only
 
 import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
+import render  # noqa: E402
 
 pytestmark = pytest.mark.envtest
-
-
-@pytest.fixture
-def kubectl(kube, tmp_path):
-    """kubectl 1.37 as the cluster admin, straight to the API server."""
-    config = kube.admin_kubeconfig(tmp_path / "kubeconfig")
-
-    def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([os.environ["KUBECTL"], "--kubeconfig", str(config), *args], input=stdin,
-                              capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
-    return run
-
-
-@pytest.fixture
-def restricted_namespace(kube, namespace) -> str:
-    """The test's namespace, labelled to enforce the restricted Pod Security Standard, with the `default`
-    ServiceAccount that a controller would have created (the API server refuses pods without theirs)."""
-    kube.admin_ok("PATCH", f"/api/v1/namespaces/{namespace}", {"metadata": {"labels": manifests.POD_SECURITY_LABELS}},
-                  {"Content-Type": "application/merge-patch+json"})
-    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}})
-    return namespace
 
 
 def applied(result: subprocess.CompletedProcess) -> list:
@@ -50,9 +29,11 @@ def applied(result: subprocess.CompletedProcess) -> list:
 
 
 def test_the_example_pod_and_its_configmap_are_admitted(kubectl, kube, restricted_namespace):
-    lines = applied(kubectl("apply", "--server-side", "-n", restricted_namespace,
-                            "-f", str(CONFIGMAP), "-f", str(ENVOY_DIR / "pod.yaml")))
-    assert lines == ["configmap/podward serverside-applied", "pod/curl-with-ambassador serverside-applied"]
+    # README's "Deploy", by hand: the two ConfigMaps and the pod.
+    lines = applied(kubectl("apply", "--server-side", "-n", restricted_namespace, "-f", str(CONFIGMAP),
+                            "-f", str(ENVOY_DIR / render.POLICY_CONFIGMAP_FILE), "-f", str(ENVOY_DIR / "pod.yaml")))
+    assert lines == ["configmap/podward serverside-applied", "configmap/podward-policy serverside-applied",
+                     "pod/curl-with-ambassador serverside-applied"]
     pod = kube.admin_ok("GET", f"/api/v1/namespaces/{restricted_namespace}/pods/curl-with-ambassador")
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["podward"]
     # The module arrives whole: the ConfigMap's binaryData is what was built.
@@ -67,6 +48,8 @@ def test_restricted_admission_refuses_a_loosened_copy(kubectl, restricted_namesp
     sidecar = pod["spec"]["initContainers"][0]["securityContext"]
     if loosen == "no seccomp profile":
         del pod["spec"]["securityContext"]["seccompProfile"]
+        for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+            del container["securityContext"]["seccompProfile"]
     elif loosen == "privilege escalation":
         del sidecar["allowPrivilegeEscalation"]
     else:
@@ -97,12 +80,18 @@ def assert_template_admitted(kubectl, deployment: dict, namespace: str) -> None:
         "pod/from-template created (server dry run)"]
 
 
+def volume_configmap(spec: dict, volume: str) -> str:
+    """The name of the ConfigMap a pod spec's volume mounts."""
+    [name] = [v["configMap"]["name"] for v in spec["volumes"] if v["name"] == volume]
+    return name
+
+
 def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, kube, tmp_path, start_real_envoy):
     """`kubectl apply -k`, then the sidecar's view: a token as the overlay's projected volume asks for it (its
-    expiry, the API server's own audience) for the overlay's service account, and the overlay's envoy.yaml policy."""
+    expiry, the API server's own audience) for the overlay's service account, and the overlay's policy file."""
     overlay = KUSTOMIZE / "overlays" / "example"
     lines = applied(kubectl("apply", "--server-side", "-k", str(overlay)))
-    assert lines[0] == f"namespace/{manifests.EXAMPLE_NAMESPACE} serverside-applied" and len(lines) == 6
+    assert lines[0] == f"namespace/{manifests.EXAMPLE_NAMESPACE} serverside-applied" and len(lines) == 7
     namespace = kube.admin_ok("GET", f"/api/v1/namespaces/{manifests.EXAMPLE_NAMESPACE}")
     assert namespace["metadata"]["labels"].items() >= manifests.POD_SECURITY_LABELS.items()
     resources = kustomize(overlay)
@@ -121,8 +110,10 @@ def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, k
                               "spec": {**spec, "nodeName": "node-1"}})
     pod = ClusterPod(tmp_path / "pod", kube, pod_object)
     pod.issue_token(lifetime_seconds=token_source["expirationSeconds"], audiences=token_source.get("audience"))
-    # The overlay's envoy.yaml carries this configuration (test_manifests.py).
-    envoy = start_real_envoy(pod, manifests.EXAMPLE_POLICY)
+    # The overlay's policy ConfigMap as the kubelet projects it, read by the shipped plugin configuration.
+    [policy] = [r for r in resources if r["metadata"]["name"] == volume_configmap(spec, render.POLICY_CONFIGMAP)]
+    pod.write_policy(policy["data"])
+    envoy = start_real_envoy(pod, render.SHIPPED_PLUGIN_CONFIG)
     listed = request(envoy, "GET", pods_path)
     assert listed.status == 200 and [p["metadata"]["name"] for p in listed.json()["items"]] == ["overlay-pod"]
     # The read-only preset refuses a delete itself; RBAC (the Role reads pods only) refuses secrets.

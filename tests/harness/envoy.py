@@ -87,8 +87,8 @@ class Envoy:
         self.env = env or {}
         self.concurrency = concurrency
         self.extra_args = list(extra_args)
-        self.config_path = workdir / f"envoy-{settings.listen_port}.yaml"
-        self.log_path = workdir / f"envoy-{settings.listen_port}.log"
+        self.config_path = workdir / f"envoy-{settings.metrics_port}.yaml"
+        self.log_path = workdir / f"envoy-{settings.metrics_port}.log"
         self.process: subprocess.Popen | None = None
 
     @property
@@ -108,20 +108,26 @@ class Envoy:
                 "--disable-hot-restart", "--log-level", "info", *self.extra_args]
 
     def write_config(self) -> None:
-        if len(self.settings.admin_socket.encode()) >= UNIX_PATH_MAX:
-            raise EnvoyFailed(f"admin socket path too long for a Unix socket: {self.settings.admin_socket}")
+        for path in (self.settings.admin_socket, self.settings.app_socket or ""):
+            if len(path.encode()) >= UNIX_PATH_MAX:
+                raise EnvoyFailed(f"socket path too long for a Unix socket: {path}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = render.bootstrap(self.settings)
         if self.adjust:
             self.adjust(config)
         self.config_path.write_text(render.to_yaml(config))
 
-    def start(self, timeout: float = 30) -> "Envoy":
+    def launch(self) -> "Envoy":
+        """Starts the process and returns at once, as the kubelet starts a container."""
         self.write_config()
         log = open(self.log_path, "wb")
         # The pod's environment only: no host variables leak into the VM.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def start(self, timeout: float = 30) -> "Envoy":
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -136,6 +142,11 @@ class Envoy:
         try:
             if self.admin("/ready")[0] != 200:
                 return False
+            if self.settings.listen_port is None:
+                with socket.socket(socket.AF_UNIX) as unix:
+                    unix.settimeout(1)
+                    unix.connect(self.settings.app_socket)
+                return True
             with socket.create_connection(("127.0.0.1", self.settings.listen_port), timeout=1):
                 return True
         except OSError:
@@ -193,20 +204,26 @@ def local_settings(pod, apiserver_port: int, ca_file: str, plugin_config: dict |
     """The sidecar bootstrap, pointed at a LocalPod and a stand-in API server.
 
     The admin socket goes next to the pod's volumes (a directory only this
-    process tree uses), as the emptyDir only the sidecar mounts in a pod.
+    process tree uses), as the emptyDir only the sidecar mounts in a pod; so
+    does the app's socket, as in the emptyDir the app containers mount too.
     """
     admin_dir = pathlib.Path(pod.service_account_dir.path).parent / "admin"
     admin_dir.mkdir(mode=0o700, exist_ok=True)
+    socket_dir = pathlib.Path(pod.service_account_dir.path).parent / "socket"
+    socket_dir.mkdir(exist_ok=True)
     return render.Settings(
         build=overrides.pop("build", None) or "wasm",
         wasm_path=overrides.pop("wasm_path", None) or str(WASM),
         native_path=overrides.pop("native_path", None) or str(NATIVE),
         service_account_dir=pod.service_account_dir.path,
         podinfo_dir=pod.podinfo_dir.path,
+        policy_dir=pod.policy_dir.path,
         api_address="127.0.0.1",
         api_port=apiserver_port,
         ca_file=ca_file,
-        listen_port=overrides.pop("listen_port", None) or free_port(),
+        listen_port=overrides.pop("listen_port") if "listen_port" in overrides else free_port(),
+        app_socket=overrides.pop("app_socket") if "app_socket" in overrides else str(
+            socket_dir / f"api-{free_port()}.sock"),
         admin_socket=overrides.pop("admin_socket", None) or str(admin_dir / f"admin-{free_port()}.sock"),
         metrics_port=overrides.pop("metrics_port", None) or free_port(),
         plugin_config=plugin_config or {},

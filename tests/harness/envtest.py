@@ -265,7 +265,8 @@ def collection_path(obj: dict) -> str:
 
 PLURALS = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Pod": "pods", "Node": "nodes",
            "ConfigMap": "configmaps", "Secret": "secrets", "Role": "roles", "RoleBinding": "rolebindings",
-           "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "Deployment": "deployments"}
+           "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "Deployment": "deployments",
+           "ReplicaSet": "replicasets"}
 
 
 def received_at(event: dict) -> float:

@@ -86,6 +86,9 @@ def main() -> int:
         print(f"""
 podward is running on {envoy.url} (Envoy pid {envoy.process.pid})
   metrics (Prometheus): {envoy.metrics_url}
+  readiness (probe):    http://127.0.0.1:{args.metrics_port}{render.READY_PATH}
+  the app's Unix socket: {settings.app_socket}
+                        (curl --unix-socket <path> http://localhost/api)
   Envoy admin:          {settings.admin_socket}
                         (a Unix socket: curl --unix-socket <path> localhost/ready)
   stand-in API server:  {apiserver.url}  (TLS, CA {pki.ca_cert})

@@ -25,6 +25,8 @@ class LocalPod:
         self.pki = pki
         self.service_account_dir = AtomicDir(str(root / "serviceaccount"))
         self.podinfo_dir = AtomicDir(str(root / "podinfo"))
+        # The policy ConfigMap's volume; empty unless a test projects one (write_policy).
+        self.policy_dir = AtomicDir(str(root / "policy"))
         self.token: str | None = None
         self.write_podinfo(DEFAULT_LABELS, DEFAULT_ANNOTATIONS)
 
@@ -41,6 +43,10 @@ class LocalPod:
         if token is not None:
             files["token"] = token
         self.service_account_dir.write(files)
+
+    def write_policy(self, configmap_data: dict) -> bool:
+        """Projects a policy ConfigMap's data as the kubelet updates a ConfigMap volume; False if unchanged."""
+        return self.policy_dir.write(configmap_data)
 
     def write_podinfo(self, labels: dict, annotations: dict) -> None:
         self.podinfo_dir.write({"labels": format_map(labels), "annotations": format_map(annotations)})
