@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # podward's single entry point. Each command installs what it needs first.
 #
-#   ./build.sh          build dist/podward.wasm and regenerate the Envoy configs
+#   ./build.sh          build dist/podward.wasm and dist/libpodward.so, regenerate
+#                       the Envoy configs, manifests and ConfigMaps
 #   ./build.sh run      the ambassador locally: a stand-in API server, Envoy and
 #                       podward on 127.0.0.1:8001 (Ctrl-C stops it); with flags,
 #                       in front of any API server (envoy/render.py run --help)
@@ -57,6 +58,14 @@ setup_wasm_opt() {
   fi
 }
 
+# Debian's Node runs the unit tests compiled to wasm (tests/wasi-run.mjs, node:wasi); test-only.
+setup_node() {
+  if ! command -v node >/dev/null; then
+    log "installing Node.js (Debian nodejs), for the unit tests as wasm"
+    apt-get install -y -qq nodejs >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
+  fi
+}
+
 build() {
   setup_rust
   setup_wasm_opt
@@ -100,6 +109,7 @@ build_test_modules() {
 
 # The logic's unit tests compiled to wasm, run by Node's WASI.
 wasm_unit_tests() {
+  setup_node
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings tests/wasi-run.mjs" \
     cargo test --quiet --lib --target wasm32-wasip1
 }

@@ -1,8 +1,9 @@
 //! podward: an Envoy filter that lends a pod's service-account identity to
 //! its app, as `kubectl proxy` does, with a policy in front.
 //!
-//! Every module but `wasm` is plain Rust with no host calls, tested natively
-//! and as wasm; `wasm` is the thin proxy-wasm adapter.
+//! Every module but `wasm` and `native` is plain Rust with no host calls,
+//! tested natively and as wasm; `wasm` is the thin proxy-wasm adapter and
+//! `native` the thin Envoy dynamic-module adapter (`--features native`).
 //!
 //! The core needs only `alloc`: the wasm build links no `std`, whose panic,
 //! I/O and thread-local runtime would make the module larger, and V8's memory

@@ -160,7 +160,7 @@ def fuzz(envoy, apiserver, pod, make_request, section: str, stop_at_first: bool)
         verdicts.check(data, answer, forwarded, fuzz_id, pod.token)
     figures = verdicts.figures()
     figures["violations"] = len(verdicts.violations)
-    record_figures("fuzz", section, figures)
+    record_figures("fuzz", envoy.settings.build, section, figures)
     assert [r.path for r in apiserver.requests if INTERACTIVE.search(r.path)] == []
     assert all(r.token == pod.token for r in apiserver.requests)
     assert "panicked at" not in envoy.log(), "the filter panicked"

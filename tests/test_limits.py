@@ -340,7 +340,7 @@ def test_a_flood_stays_well_under_the_memory_limit_and_the_sidecar_serves_afterw
                "rss_after_mib": round(after["VmRSS"] / 1024, 1), "anon_idle_mib": round(idle["RssAnon"] / 1024, 1),
                "anon_after_mib": round(after["RssAnon"] / 1024, 1), "limit_mib": render.MEMORY_LIMIT_MIB,
                "rss_samples": sampler.samples}
-    record_figures("limits", "flood", figures)
+    record_figures("limits", podward.settings.build, "flood", figures)
 
     assert result.resources_asked > 2000 and result.slowloris_cut > 0, figures
     assert result.stalled == 0, "every connection was answered or closed, none left hanging"

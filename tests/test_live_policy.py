@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import time
 
@@ -19,12 +18,12 @@ import pytest
 
 from conftest import assert_status, request
 from harness.envoy import render
+from harness.figures import record_figures
 from harness.kubelet import ConfigMapVolume
 from test_observability import metric, wait_for
 
 pytestmark = pytest.mark.envtest
 
-FIGURES = pathlib.Path("/tmp/podward-figures/policy.json")
 # The fetch interval (refresh_interval_ms, 1 s) plus room for a loaded machine.
 ENFORCED_WITHIN_S = 5
 
@@ -83,14 +82,6 @@ def until_refused(envoy, namespace: str, since: float) -> float:
     raise AssertionError(f"the read-only policy was not enforced within {ENFORCED_WITHIN_S}s")
 
 
-def record(build: str, figures: dict) -> None:
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    recorded = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    recorded[build] = figures
-    FIGURES.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-    print(f"\n[policy {build}] {json.dumps(figures)}")
-
-
 def test_kubectl_apply_of_a_new_policy_is_enforced_within_seconds(live_podward, real_pod, apply_policy,
                                                                  podward_build):
     envoy, volume = live_podward
@@ -109,7 +100,7 @@ def test_kubectl_apply_of_a_new_policy_is_enforced_within_seconds(live_podward, 
     wait_for(lambda: metric(envoy, "podward_policy_reloads_total{}") >= 7)  # the first, then two per run
     figures = {"apply_to_enforced_s": [round(s, 3) for s in seconds],
                "apply_to_volume_written_s": [round(s, 3) for s in projected]}
-    record(podward_build, figures)
+    record_figures("policy", podward_build, "apply", figures)
     assert max(seconds) < ENFORCED_WITHIN_S
 
 

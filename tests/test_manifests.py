@@ -99,13 +99,23 @@ def test_built_kustomize_tree_is_the_committed_one_plus_the_configmaps():
         assert (DIST / directory / configmap_file).read_bytes() == (DIST / configmap_file).read_bytes()
 
 
+def test_every_metric_tag_key_of_the_module_has_an_extraction_regex():
+    """The module folds tags into metric names; Envoy lifts out only those render.py knows (src/metrics.rs)."""
+    source = (REPO / "src" / "metrics.rs").read_text()
+    [listed] = re.findall(r"pub const TAG_KEYS: &\[&str\] = &\[(.*?)\];", source, re.DOTALL)
+    assert re.findall(r'"(\w+)"', listed) == render.METRIC_TAG_KEYS
+
+
 # --- Envoy: every shipped bootstrap loads in the real binary ------------------
 
 def shipped_bootstraps() -> dict:
     """Every envoy.yaml a pod can be given, by where it is shipped."""
+    shipped = {}
+    for sidecar, configmap_file, _ in render.BUILDS.values():
+        shipped[f"envoy/{sidecar}"] = (ENVOY_DIR / sidecar).read_text()
+        shipped[f"dist/{configmap_file}"] = load_all((DIST / configmap_file).read_text())[0]["data"]["envoy.yaml"]
     return {
-        "envoy/sidecar.yaml": (ENVOY_DIR / "sidecar.yaml").read_text(),
-        "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text())[0]["data"]["envoy.yaml"],
+        **shipped,
         # Not shipped as a bootstrap, but the WasmPlugin's pluginConfig must be
         # one the filter accepts: validate mode runs the plugin's on_configure.
         "istio/wasmplugin.yaml pluginConfig": render.to_yaml(render.bootstrap(
@@ -126,16 +136,18 @@ def in_pod_paths(root: pathlib.Path, ca_file: str) -> dict:
     for directory in directories.values():
         directory.mkdir(parents=True)
     shutil.copy(ca_file, directories[render.SERVICE_ACCOUNT_DIR] / "ca.crt")
-    shutil.copy(WASM, directories[render.PODWARD_DIR] / "podward.wasm")
+    for build, module in render.BUILT_MODULES.items():
+        shutil.copy(module, directories[render.PODWARD_DIR] / render.BUILDS[build][2])
     return directories
 
 
 @pytest.mark.parametrize("shipped", sorted(shipped_bootstraps()))
 def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     # `--mode validate` opens the CA file and loads the module (and runs the
-    # plugin's on_configure), so the pod's absolute paths, which exist only in
-    # a pod, are rewritten to a copy of that layout: the test PKI's CA and the
-    # built podward.wasm. Nothing else in the config changes.
+    # plugin's on_configure, or the dynamic module's config hook), so the pod's
+    # absolute paths, which exist only in a pod, are rewritten to a copy of
+    # that layout: the test PKI's CA and the built modules. Nothing else in the
+    # config changes.
     config = shipped_bootstraps()[shipped]
     # Longest first: /var/run/podward-admin before /var/run/podward.
     for in_pod, local in sorted(in_pod_paths(tmp_path / "pod", pki.ca_cert).items(), key=lambda p: -len(p[0])):
@@ -328,15 +340,19 @@ def configmap_payload_bytes(configmap: dict) -> int:
     return data + binary
 
 
-@pytest.mark.parametrize("source", ["dist/podward-configmap.yaml", "kubectl kustomize overlays/example"])
-def test_configmap_module_round_trips_and_fits(source, overlay_resources):
+@pytest.mark.parametrize("build, source", [("wasm", "dist/podward-configmap.yaml"),
+                                           ("native", "dist/podward-native-configmap.yaml"),
+                                           ("wasm", "kubectl kustomize overlays/example")])
+def test_configmap_module_round_trips_and_fits(build, source, overlay_resources):
     if source.startswith("dist/"):
-        [configmap] = load_all(CONFIGMAP.read_text())
-        assert len(CONFIGMAP.read_bytes()) <= render.CONFIGMAP_LIMIT
+        path = REPO / source
+        [configmap] = load_all(path.read_text())
+        assert len(path.read_bytes()) <= render.CONFIGMAP_LIMIT
     else:
         [configmap] = [r for r in overlay_resources if r["metadata"]["name"] == manifests.EXAMPLE_PREFIX + "podward"]
-    module = base64.b64decode(configmap["binaryData"]["podward.wasm"])
-    assert hashlib.sha256(module).hexdigest() == module_digest()
+    module_name = render.BUILDS[build][2]
+    module = base64.b64decode(configmap["binaryData"][module_name])
+    assert hashlib.sha256(module).digest() == hashlib.sha256(render.BUILT_MODULES[build].read_bytes()).digest()
     assert configmap_payload_bytes(configmap) <= CONFIGMAP_PAYLOAD_LIMIT
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import pathlib
 import statistics
 import time
 
@@ -18,8 +17,8 @@ import pytest
 
 from conftest import assert_status, request
 from harness.envoy import render
+from harness.figures import record_figures
 
-FIGURES = pathlib.Path("/tmp/podward-figures/readiness.json")
 RUNS = 5
 KUBELET_RUNS = 3
 
@@ -121,14 +120,6 @@ def test_a_probe_does_not_wait_for_the_api_server(pod, start_envoy, apiserver):
     assert_status(request(envoy, "GET", "/api"), 503, "ServiceUnavailable")
 
 
-def record(build: str, figures: dict) -> None:
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    recorded = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    recorded[build] = figures
-    FIGURES.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-    print(f"\n[readiness {build}] {json.dumps(figures)}")
-
-
 def test_time_from_start_to_ready(pod, start_envoy, podward_build):
     """From the Envoy process's start to the probe's first 200, as the shipped sidecar is configured (policy
     file, token, Downward API files present, as the kubelet mounts them before the container starts)."""
@@ -155,7 +146,7 @@ def test_time_from_start_to_ready(pod, start_envoy, podward_build):
         "first_request_after_ready_ms": [round(1000 * after, 1) for _, _, after in polled + kubelet],
     }
     figures["polled_median_s"] = round(statistics.median(figures["polled_10ms_s"]), 3)
-    record(podward_build, figures)
+    record_figures("readiness", podward_build, "start", figures)
     # Generous bounds for a shared 2-CPU machine; the figures are the point.
     assert figures["polled_median_s"] < 5 and max(figures["kubelet_period_1s_s"]) < 10
     assert max(figures["first_request_after_ready_ms"]) < 1000

@@ -233,7 +233,7 @@ def test_a_20_mb_list_streams_through_with_bounded_envoy_memory(real_podward, bu
     figures = {"body_mib": round(len(body) / mib, 1), "rss_before_mib": round(before / mib, 1),
                "rss_peak_mib": round(peak / mib, 1), "growth_mib": round((peak - before) / mib, 2),
                "transfer_s": round(seconds, 2), "rss_samples": sampler.samples}
-    record_figures("traffic", "large_list_real_apiserver", figures)
+    record_figures("traffic", real_podward.settings.build, "large_list_real_apiserver", figures)
     assert len(body) > 20 * 1000 * 1000 and sampler.samples > 100
     assert peak - before < MAX_RSS_GROWTH, figures
     # Growth stayed low because Envoy stopped reading from the API server while the app lagged.

@@ -186,7 +186,7 @@ def test_fifty_watches_get_every_event_promptly_for_a_minute_then_close_cleanly(
     assert max(each[-1] for each in ticks) - min(each[-1] for each in ticks) <= 1
     delays = [delay for received in per_watch for _, delay in received]
     figures = {"watches": WATCHES, "held_s": round(held, 1), "tick_s": TICK_SECONDS, **latency_figures(delays)}
-    record_figures("traffic", "watches_http1_real_apiserver", figures)
+    record_figures("traffic", real_podward.settings.build, "watches_http1_real_apiserver", figures)
     assert max(delays) < MAX_EVENT_DELAY_S, figures
 
     # The app hung up: Envoy lets go of both sides and the API server sees every watch end.
@@ -291,7 +291,7 @@ def test_a_watch_over_h2c_streams_promptly_and_ends_with_the_server(real_podward
     delays = [delay for kind, delay in events if kind == "MODIFIED"]
     assert events[0][0] == "ADDED" and len(delays) >= 12
     figures = latency_figures(delays)
-    record_figures("traffic", "watch_h2c_real_apiserver", figures)
+    record_figures("traffic", real_podward.settings.build, "watch_h2c_real_apiserver", figures)
     assert max(delays) < MAX_EVENT_DELAY_S, figures
     assert real_podward.stats()["http.podward.downstream_rq_http2_total"] == 1
     wait_for_envoy_to_drop_every_stream(real_podward)

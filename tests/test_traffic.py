@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.stream import portforward, stream
 
 from conftest import assert_status, request
-from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, V4_CHANNEL, V5_CHANNEL
+from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, V4_CHANNEL, V5_CHANNEL
 from harness.figures import record_figures
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
@@ -288,11 +288,12 @@ def assert_upgrade_carried_credentials(apiserver, pod, subresource: str, upgrade
 # kubectl 1.37 speaks WebSocket (v5.channel.k8s.io) for exec and attach; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false
 # makes it speak SPDY/3.1 as older kubectl and many client-go programs still do. podward must carry both.
 KUBECTL_TRANSPORTS = {"websocket": ({}, V5_CHANNEL, "websocket"),
-                      "spdy": ({"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}, V4_CHANNEL, "SPDY/3.1")}
+                      "spdy": ({"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}, V4_CHANNEL, SPDY_UPGRADE)}
 
 
 @pytest.mark.parametrize("transport", KUBECTL_TRANSPORTS)
-def test_kubectl_exec_streams_stdin_stdout_and_exit_codes(interactive, pod, apiserver, kubectl, transport):
+def test_kubectl_exec_streams_stdin_stdout_and_exit_codes(interactive, pod, apiserver, kubectl, transport,
+                                                          podward_build):
     env, protocol, upgrade = KUBECTL_TRANSPORTS[transport]
     kubectl.env.update(env)
     data = random.Random(11).randbytes(1024 * 1024)
@@ -305,7 +306,8 @@ def test_kubectl_exec_streams_stdin_stdout_and_exit_codes(interactive, pod, apis
     assert (session.transport, session.protocol, session.exit_code) == (transport, protocol, 0)
     assert bytes(session.stdin) == data
     assert_upgrade_carried_credentials(apiserver, pod, "exec", upgrade)
-    record_figures("traffic", f"kubectl_exec_{transport}", {"stdin_mib": 1, "round_trip_s": round(seconds, 2)})
+    record_figures("traffic", podward_build, f"kubectl_exec_{transport}",
+                   {"stdin_mib": 1, "round_trip_s": round(seconds, 2)})
 
     failed = kubectl.run(interactive, "exec", "demo-0", "--", "false")
     assert failed.returncode == 1 and b"command terminated with exit code 1" in failed.stderr

@@ -30,8 +30,8 @@ from queue import Empty, Queue
 import yaml
 
 from .jwt import DEFAULT_AUDIENCE, claims_of
-from .remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL,
-                            ExecOptions, SpdyConnection, StreamSession, TunnelledStream, WebSocket, negotiate,
+from .remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, STREAM_PROTOCOL_HEADER, V4_CHANNEL,
+                            V5_CHANNEL, ExecOptions, SpdyConnection, StreamSession, TunnelledStream, WebSocket, negotiate,
                             offered_protocols,
                             serve_spdy_exec, serve_spdy_portforward, serve_websocket_exec,
                             serve_websocket_portforward, websocket_accept)
@@ -1150,7 +1150,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_log(self, api, rtype, namespace, name):
         self._check_container(api.store.get(rtype, namespace, name))
-        lines = api.pod_log(namespace, name).splitlines(keepends=True)
+        lines = api.pod_log(name).splitlines(keepends=True)
         tail = self.query.get("tailLines", [""])[0]
         if tail.isdigit():
             lines = lines[len(lines) - int(tail):] if int(tail) else []
@@ -1226,7 +1226,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, message.encode(), "text/plain; charset=utf-8",
                        [("X-Accepted-Stream-Protocol-Versions", p) for p in supported])
             return
-        headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), (STREAM_PROTOCOL_HEADER, protocol)]
+        headers = [("Connection", "Upgrade"), ("Upgrade", SPDY_UPGRADE), (STREAM_PROTOCOL_HEADER, protocol)]
         session = self._switch_protocols(api, kind, "spdy", protocol, headers)
         spdy = SpdyConnection(self.rfile, self.wfile)
         try:
@@ -1457,7 +1457,6 @@ class StandInApiServer:
         self._denials: list = []
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
-        self._logs: dict = {}
         self._tickers: list = []
         self._sessions: list[StreamSession] = []
         context = None
@@ -1587,9 +1586,6 @@ class StandInApiServer:
             fresh["metadata"].pop("resourceVersion", None)
             return self.store.update(rtype, namespace, obj["metadata"]["name"], fresh)
 
-    def delete_object(self, resource: str, namespace: str, name: str) -> dict:
-        return self.store.delete(resource_type(resource), namespace, name)
-
     def touch(self, resource: str, namespace: str, name: str) -> dict:
         """Modify an object (bump annotation standin/tick) so watchers get a MODIFIED event now."""
         rtype = resource_type(resource)
@@ -1622,11 +1618,10 @@ class StandInApiServer:
         self._tickers.append(stop)
         return stop
 
-    def set_pod_log(self, namespace: str, pod: str, text: str):
-        self._logs[(namespace, pod)] = text
-
-    def pod_log(self, namespace: str, pod: str) -> str:
-        return self._logs.get((namespace, pod), "".join(f"{pod}: log line {i}\n" for i in range(1, 6)))
+    @staticmethod
+    def pod_log(pod: str) -> str:
+        """Every pod's log: five numbered lines naming it."""
+        return "".join(f"{pod}: log line {i}\n" for i in range(1, 6))
 
     def _seed_defaults(self):
         namespaces = ["default", "kube-system", "kube-public", "kube-node-lease"]

@@ -8,11 +8,11 @@ import pathlib
 DIRECTORY = pathlib.Path("/tmp/podward-figures")
 
 
-def record_figures(topic: str, section: str, figures: dict):
-    """Writes one section of /tmp/podward-figures/<topic>.json, keeping the others, and prints it."""
+def record_figures(topic: str, build: str, section: str, figures: dict):
+    """Writes one build's section of /tmp/podward-figures/<topic>.json, keeping the others, and prints it."""
     path = DIRECTORY / f"{topic}.json"
     DIRECTORY.mkdir(parents=True, exist_ok=True)
     recorded = json.loads(path.read_text()) if path.exists() else {}
-    recorded[section] = figures
+    recorded.setdefault(build, {})[section] = figures
     path.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-    print(f"\n[{section}] {json.dumps(figures)}")
+    print(f"\n[{topic} {build} {section}] {json.dumps(figures)}")
