@@ -250,9 +250,6 @@ def rotation_runs(run: Run) -> list[dict]:
     return rows
 
 
-RELEASE_MEMORY = {"bytes_to_release": 8 * 1024 * 1024, "memory_release_interval": "1s"}
-
-
 def tcmalloc_stats(service) -> dict:
     """Envoy's allocator as it sees itself (admin /memory): bytes allocated vs. held."""
     status, body = service.admin("/memory")
@@ -269,9 +266,9 @@ def memory_variants(run: Run) -> list[dict]:
     def shipped(settings):
         return render.bootstrap(settings)
 
-    def release_memory(settings):
+    def keep_memory(settings):
         config = render.bootstrap(settings)
-        config["memory_allocator_manager"] = RELEASE_MEMORY
+        del config["memory_allocator_manager"]
         return config
 
     def stats_rejected(settings):
@@ -279,27 +276,14 @@ def memory_variants(run: Run) -> list[dict]:
         config["stats_config"] = {"stats_matcher": {"reject_all": True}}
         return config
 
-    def buffer_limits(settings):
-        config = render.bootstrap(settings)
-        for listener in config["static_resources"]["listeners"]:
-            listener["per_connection_buffer_limit_bytes"] = 32 * 1024
-        for cluster in config["static_resources"]["clusters"]:
-            cluster["per_connection_buffer_limit_bytes"] = 32 * 1024
-        return config
-
     def no_access_log(settings):
         config = render.bootstrap(settings)
         testbed.app_manager(config).pop("access_log")
         return config
 
-    def combined(settings):
-        config = buffer_limits(settings)
-        config["memory_allocator_manager"] = RELEASE_MEMORY
-        return config
-
-    def minimal_release_memory(settings):
+    def minimal_keep_memory(settings):
         config = testbed.envoy_config(minimal, settings)
-        config["memory_allocator_manager"] = RELEASE_MEMORY
+        del config["memory_allocator_manager"]
         return config
 
     variants = [
@@ -307,16 +291,13 @@ def memory_variants(run: Run) -> list[dict]:
         ("shipped", "C, --concurrency 1 --disable-hot-restart", shipped, podward, {}, 1),
         ("hot-restart", "C with hot restart (no --disable-hot-restart)", shipped, podward, {"hot_restart": True}, 1),
         ("concurrency-2", "C at --concurrency 2 (one more worker VM)", shipped, podward, {}, 2),
-        ("release-memory", "C + memory_allocator_manager (release 8 MiB/s to the OS)", release_memory, podward,
-         {}, 1),
-        ("buffer-limits", "C + per_connection_buffer_limit_bytes 32 KiB (listeners, clusters)", buffer_limits,
+        ("keep-memory", "C without memory_allocator_manager (tcmalloc keeps what Envoy freed)", keep_memory,
          podward, {}, 1),
         ("stats-rejected", "C + stats_matcher reject_all (bound only: loses every stat)", stats_rejected, podward,
          {}, 1),
         ("no-access-log", "C without the JSON access log", no_access_log, podward, {}, 1),
-        ("combined", "C + release-memory + buffer-limits", combined, podward, {}, 1),
         ("C0", "C0 minimal wasm filter (reference)", lambda s: testbed.envoy_config(minimal, s), minimal, {}, 1),
-        ("C0-release-memory", "C0 + release-memory", minimal_release_memory, minimal, {}, 1),
+        ("C0-keep-memory", "C0 without memory_allocator_manager", minimal_keep_memory, minimal, {}, 1),
         ("A", "A no filter, no VM (reference)", lambda s: testbed.envoy_config(no_filter, s), no_filter, {}, 1),
     ]
     connections = max(plan.connections)

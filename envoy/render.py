@@ -142,15 +142,20 @@ API_CONNECTION_IDLE_TIMEOUT = "30s"
 CONNECTION_BUFFER_BYTES = 32 * 1024
 MAX_REQUEST_HEADERS_KB = 32
 MAX_HEADERS_COUNT = 100
-# The sidecar's memory (RSS) as tests/test_limits.py measures it: ~100 MiB
-# idle, ~135 MiB at the peak of a flood at every limit above; the limit leaves
-# room for worse. What is not Envoy's heap (the binary's file pages ~50 MiB,
-# the V8 VMs ~25 MiB, allocator caches and headroom) is set aside; Envoy's own
-# heap gets the rest as its overload budget (see _overload_manager).
+# The sidecar's memory (RSS), wasm build: ~93 MiB idle and 130 MiB at the peak
+# of the benchmark's flood at every limit above (BENCHMARKS.md); the native
+# build is lower. The limit leaves room for worse. What is not Envoy's heap
+# (the binary's file pages ~50 MiB, the V8 VMs ~25 MiB, allocator caches and
+# headroom) is set aside; Envoy's own heap gets the rest as its overload
+# budget (see _overload_manager).
 MEMORY_REQUEST_MIB = 112
 MEMORY_LIMIT_MIB = 192
 NOT_ENVOY_HEAP_MIB = 128
 HEAP_BUDGET_BYTES = (MEMORY_LIMIT_MIB - NOT_ENVOY_HEAP_MIB) * 1024 * 1024
+# tcmalloc keeps what Envoy frees (start-up, a burst) unless asked to give it
+# back; releasing 8 MiB a second cut podward's idle anonymous memory by 1.2-1.5
+# MiB in the benchmark (BENCHMARKS.md, "Memory: Envoy and VM settings").
+RELEASE_MEMORY = {"bytes_to_release": 8 * 1024 * 1024, "memory_release_interval": "1s"}
 HTTP2_LIMITS = {
     "max_concurrent_streams": 100,
     "initial_stream_window_size": 64 * 1024,
@@ -662,6 +667,7 @@ def bootstrap(settings: Settings) -> dict:
             "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
         }] if file_source else [],
         "overload_manager": _overload_manager(),
+        "memory_allocator_manager": RELEASE_MEMORY,
         # The only runtime layer: nothing can change the runtime while Envoy runs.
         "layered_runtime": {"layers": [{"name": "static", "static_layer":
                                         RUNTIME_NATIVE if settings.native else RUNTIME}]},
