@@ -18,7 +18,7 @@ import sys
 import pytest
 import yaml
 
-from harness.envoy import REPO, free_port, render
+from harness.envoy import REPO, free_port, http_get, render
 from test_observability import wait_for
 
 RENDER = REPO / "envoy" / "render.py"
@@ -94,16 +94,6 @@ def test_config_refuses_settings_that_cannot_work(args, message):
     assert result.returncode != 0 and message in result.stderr
 
 
-def get(port: int, path: str) -> tuple:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def kubectl(port: int, home: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([os.environ["KUBECTL"], "--server", f"http://127.0.0.1:{port}", *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)})
@@ -148,7 +138,7 @@ def test_run_in_front_of_a_real_api_server(real_pod, kube, tmp_path, podward_bui
 
 def metrics_ready(port: int) -> bool:
     try:
-        return get(port, render.READY_PATH)[0] == 200
+        return http_get(http.client.HTTPConnection("127.0.0.1", port, timeout=5), render.READY_PATH)[0] == 200
     except OSError:
         return False
 
