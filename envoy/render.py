@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import dataclasses
 import hashlib
 import ipaddress
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 
 import yaml
 
@@ -161,6 +163,46 @@ HTTP2_LIMITS = {
     "initial_stream_window_size": 64 * 1024,
     "initial_connection_window_size": 1024 * 1024,
 }
+
+# The metrics port is open to the cluster network as well as to the app, so it has bounds of its own, none of
+# which a scrape or a probe comes near: Prometheus and the kubelet send one small request head at once and read
+# the answer. Each bounds one way to make Envoy hold memory there: connections (held idle, with a head that
+# never ends, or with an answer never read), header bytes, and the connections to admin behind it.
+# Per origin: the pod's own connections, and everyone else's (the kubelet, Prometheus, the cluster network).
+METRICS_MAX_CONNECTIONS = 64
+METRICS_LOCAL_STATS = f"{METRICS_LISTENER}_local"
+METRICS_CONNECTION_BUFFER_BYTES = 16 * 1024
+METRICS_MAX_REQUEST_HEADERS_KB = 4
+METRICS_MAX_HEADERS_COUNT = 32
+# Armed at accept (HTTP/1's request_headers_timeout starts only at the first byte): a connection with no
+# request in progress is closed after this long, whether it has sent nothing yet or was served.
+METRICS_IDLE_TIMEOUT = "5s"
+METRICS_HEADERS_TIMEOUT = "2s"
+METRICS_REQUEST_TIMEOUT = "3s"
+METRICS_MAX_CONNECTION_DURATION = "60s"
+METRICS_DRAIN_TIMEOUT = "1s"
+# Admin computes one scrape at a time on Envoy's main thread; the rest wait their turn, within SCRAPE_TIMEOUT.
+ADMIN_MAX_CONNECTIONS = 2
+ADMIN_IDLE_TIMEOUT = "5s"
+SCRAPE_TIMEOUT = "5s"
+# Every scrape asks admin the same thing, whatever the scraper sends: podward's metrics and Envoy's essentials,
+# ~35 KB rather than the ~160 KB of all ~1,000 stats, so that an answer no one reads pins little. (`usedonly`
+# would be smaller, but would drop podward's counters that are still zero in the wasm build and not in the
+# native one.) Admin matches each stat's name, as Envoy names it, against the regex.
+SCRAPE_STATS = [
+    r"wasmcustom\.", r"podward\.",  # podward's own metrics: the wasm build's, the native build's
+    r"server\.(live|state|uptime|concurrency|version|memory_allocated|memory_heap_size|memory_physical_size"
+    r"|total_connections|days_until_first_cert_expiring)$",
+    r"overload\.",  # the overload manager's pressure and actions
+    r"http\.podward\.downstream_(cx|rq)_",  # the app's connections and requests
+    r"cluster\.kubernetes[^.]*\.(upstream_(cx|rq)_|ssl\.)",  # the API server: connections, requests, TLS
+    # Each TCP listener's connections, and those refused at the connection limit (not admin's).
+    r"listener\.[0-9\[].*\.downstream_(cx_active|cx_total|global_cx_overflow|cx_overload_reject)$",
+    r"connection_limit\.",  # the metrics port's own connection limits
+]
+SCRAPE_QUERY = "filter=" + urllib.parse.quote("^(" + "|".join(SCRAPE_STATS) + ")", safe="")
+# podward's readiness, behind the probe: one connection serves the kubelet's probes one after another.
+READY_MAX_CONNECTIONS = 4
 
 
 @dataclasses.dataclass
@@ -348,13 +390,22 @@ def _app_listener(settings: Settings) -> dict:
 
 
 def metrics_routes() -> list:
-    """What the metrics port serves: one route per endpoint; anything else is a 404 Status."""
+    """What the metrics port serves: one route per endpoint, each matched on the whole `:path` (a query
+    string included, so nothing the scraper or prober adds reaches admin or podward); anything else is a 404
+    Status."""
     get = {"name": ":method", "string_match": {"exact": "GET"}}
-    # The whole :path, query included: `/ready?x` must not reach the app listener as an API request.
-    ready = {"name": ":path", "string_match": {"exact": READY_PATH}}
+
+    def exactly(path: str) -> dict:
+        return {"name": ":path", "string_match": {"exact": path}}
+
     return [
-        {"match": {"path": METRICS_PATH, "headers": [get]}, "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"}},
-        {"match": {"path": READY_PATH, "headers": [get, ready]},
+        {"match": {"path": METRICS_PATH, "headers": [get, exactly(METRICS_PATH)]},
+         # Admin answers the one fixed query, in the text format: an `Accept` asking for protobuf would
+         # choose another encoding.
+         "request_headers_to_remove": ["accept"],
+         "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": f"{METRICS_PATH}?{SCRAPE_QUERY}",
+                   "timeout": SCRAPE_TIMEOUT}},
+        {"match": {"path": READY_PATH, "headers": [get, exactly(READY_PATH)]},
          "route": {"cluster": READY_CLUSTER, "prefix_rewrite": PODWARD_READY_PATH,
                    # podward answers a probe before its Host check; a local Host keeps it so for any order.
                    "host_rewrite_literal": "localhost",
@@ -371,19 +422,39 @@ def metrics_routes() -> list:
 
 def _metrics_listener(settings: Settings) -> dict:
     """Prometheus' and the kubelet's view of the sidecar: admin's /stats/prometheus, podward's readiness,
-    nothing else."""
+    nothing else; bounded on its own (METRICS_*), whoever connects."""
     manager = _connection_manager(
         METRICS_LISTENER, metrics_routes(), [], codec_type="HTTP1",
-        **_bounded_http(settings, f"this port serves only GET {METRICS_PATH} and GET {READY_PATH}",
-                        unreachable="the podward sidecar could not reach its own listener or admin"))
+        max_request_headers_kb=METRICS_MAX_REQUEST_HEADERS_KB,
+        common_http_protocol_options={"max_headers_count": METRICS_MAX_HEADERS_COUNT,
+                                      "idle_timeout": METRICS_IDLE_TIMEOUT,
+                                      "max_connection_duration": METRICS_MAX_CONNECTION_DURATION},
+        request_headers_timeout=METRICS_HEADERS_TIMEOUT,
+        request_timeout=METRICS_REQUEST_TIMEOUT,
+        stream_idle_timeout=METRICS_IDLE_TIMEOUT,
+        # An idle HTTP/1.1 connection is drained before it is closed: no need to wait long for that.
+        drain_timeout=METRICS_DRAIN_TIMEOUT,
+        local_reply_config=local_replies(f"this port serves only GET {METRICS_PATH} and GET {READY_PATH}",
+                                         "the podward sidecar could not reach its own listener or admin"))
+
+    def limited(stat_prefix: str) -> list:
+        # Connections past the limit are closed at once, before any byte is read.
+        return [{"name": "envoy.filters.network.connection_limit", "typed_config": _typed(
+            "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+            stat_prefix=stat_prefix, max_connections=METRICS_MAX_CONNECTIONS)}, copy.deepcopy(manager)]
+
     return {
         "name": METRICS_LISTENER,
         "address": {"socket_address": {"address": settings.metrics_address, "port_value": settings.metrics_port}},
-        "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
-        # Scrapes (and the kubelet's probes) still get through when the app
-        # holds every connection the sidecar allows.
+        "per_connection_buffer_limit_bytes": METRICS_CONNECTION_BUFFER_BYTES,
+        # The app's connections to its own port do not count against scrapes and probes.
         "ignore_global_conn_limit": True,
-        "filter_chains": [{"filters": [manager]}],
+        # Two budgets of connections: the pod's own (loopback, or the pod's IP from inside the pod) and everyone
+        # else's, so that the app cannot shut out the kubelet's probe or Prometheus, nor the network the app.
+        "filter_chains": [
+            {"filter_chain_match": {"source_type": "SAME_IP_OR_LOOPBACK"}, "filters": limited(METRICS_LOCAL_STATS)},
+            {"filters": limited(METRICS_LISTENER)},
+        ],
     }
 
 
@@ -584,16 +655,35 @@ def _ready_cluster(settings: Settings) -> dict:
     return {
         "name": READY_CLUSTER,
         "connect_timeout": "1s",
+        # However many ask, a few of the app's connections at most, closed once idle.
+        **_local_pool(READY_MAX_CONNECTIONS),
         "load_assignment": {"cluster_name": READY_CLUSTER,
                             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
 
 
+def _local_pool(max_connections: int) -> dict:
+    """A cluster behind the metrics port: a few connections, small buffers, closed once idle; requests past
+    them wait their turn (at most one a metrics connection), within the route's timeout."""
+    return {
+        "per_connection_buffer_limit_bytes": METRICS_CONNECTION_BUFFER_BYTES,
+        "circuit_breakers": {"thresholds": [{"max_connections": max_connections, "max_requests": max_connections,
+                                             "max_pending_requests": 2 * METRICS_MAX_CONNECTIONS}]},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http_protocol_options": {}},
+                common_http_protocol_options={"idle_timeout": ADMIN_IDLE_TIMEOUT}),
+        },
+    }
+
+
 def _admin_cluster(settings: Settings) -> dict:
-    """The metrics listener's way to admin: the admin socket."""
+    """The metrics listener's way to admin: the admin socket, a connection or two at a time."""
     return {
         "name": ADMIN_CLUSTER,
         "connect_timeout": "1s",
+        **_local_pool(ADMIN_MAX_CONNECTIONS),
         "load_assignment": {
             "cluster_name": ADMIN_CLUSTER,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": settings.admin_socket}}}}]}],
