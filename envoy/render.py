@@ -138,8 +138,14 @@ REQUEST_HEADERS_TIMEOUT = "5s"
 MAX_DOWNSTREAM_CONNECTIONS = 1000
 # Each connection to the API server holds TLS and HTTP/1.1 state (~57 KB
 # measured); an exec, a watch or `logs -f` holds one for as long as it runs.
-# Requests beyond wait for a free one, until request_timeout.
 MAX_API_CONNECTIONS = 200
+# No request waits for one of them to come free: with every request slot in use, the next request gets a
+# 503 Status with Retry-After at once. Envoy checks the slots when it gives a request a connection, and a
+# request waits in the pool's queue only for a connection being opened (at most API_CONNECT_TIMEOUT): so
+# the pool may open a few connections more than there are slots, and a request that finds every slot
+# taken is refused on one of those rather than queued behind the watches.
+API_CONNECTION_HEADROOM = 4
+API_CONNECT_TIMEOUT = "5s"
 API_CONNECTION_IDLE_TIMEOUT = "30s"
 CONNECTION_BUFFER_BYTES = 32 * 1024
 MAX_REQUEST_HEADERS_KB = 32
@@ -488,12 +494,19 @@ def _when(expression: str) -> dict:
     return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": cel}}
 
 
-def _status_reply(when: dict, reason: str, message: str, retry: bool = False) -> dict:
+def _status_reply(when: dict, reason: str, message: str, retry: bool = False, retry_after: bool = False) -> dict:
+    """`retry`: the Status says to retry in a second. `retry_after`: so does a Retry-After header, as the API
+    server sends with its 429s and 503s, on which client-go retries by itself; only for refusals that forwarded
+    nothing."""
     status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
               "reason": reason, "code": "%RESPONSE_CODE%"}
     if retry:
         status["details"] = {"retryAfterSeconds": 1}
-    return {"filter": when, "body_format_override": {"json_format": status, "content_type": "application/json"}}
+    reply = {"filter": when, "body_format_override": {"json_format": status, "content_type": "application/json"}}
+    if retry_after:
+        reply["headers_to_add"] = [{"header": {"key": "retry-after", "value": "1"},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    return reply
 
 
 def local_replies(not_found: str, unreachable: str = "podward could not reach the API server") -> dict:
@@ -505,6 +518,12 @@ def local_replies(not_found: str, unreachable: str = "podward could not reach th
     (podward's) are never rewritten.
     """
     mappers = [
+        # Nothing was forwarded: safe to retry, which client-go does by itself on a Retry-After.
+        _status_reply({"response_flag_filter": {"flags": ["UO"]}}, "ServiceUnavailable",
+                      "the podward sidecar has as many requests in flight as it allows (to the API server: "
+                      f"{MAX_API_CONNECTIONS} at once, and a watch, exec, attach, port-forward or logs -f holds one "
+                      "for as long as it runs); retry (Envoy response flags %RESPONSE_FLAGS%)",
+                      retry=True, retry_after=True),
         _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
                       f"{unreachable}: %LOCAL_REPLY_BODY% (Envoy response flags "
                       "%RESPONSE_FLAGS%)", retry=True),
@@ -586,6 +605,14 @@ def _files_listener(settings: Settings) -> dict:
     }
 
 
+def api_pool_limits() -> dict:
+    """Circuit breakers for a cluster to the API server: MAX_API_CONNECTIONS requests at once (streams, over
+    HTTP/2), and no wait for a slot to come free (API_CONNECTION_HEADROOM)."""
+    return {"thresholds": [{"max_connections": MAX_API_CONNECTIONS + API_CONNECTION_HEADROOM,
+                            "max_requests": MAX_API_CONNECTIONS,
+                            "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}]}
+
+
 def _api_cluster(settings: Settings) -> dict:
     tls = _typed(
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -601,8 +628,6 @@ def _api_cluster(settings: Settings) -> dict:
         },
     )
     protocol = {"http2_protocol_options": {}} if settings.upstream_http2 else {"http_protocol_options": {}}
-    limits = {"max_connections": MAX_API_CONNECTIONS, "max_requests": MAX_API_CONNECTIONS,
-              "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}
     try:
         ipaddress.ip_address(settings.api_address)
         is_ip = True
@@ -611,10 +636,10 @@ def _api_cluster(settings: Settings) -> dict:
     return {
         "name": "kubernetes",
         "type": "STATIC" if is_ip else "STRICT_DNS",
-        "connect_timeout": "5s",
+        "connect_timeout": API_CONNECT_TIMEOUT,
         # What Envoy reads ahead from the API server for an app that reads slowly (default 1 MiB).
         "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
-        "circuit_breakers": {"thresholds": [limits]},
+        "circuit_breakers": api_pool_limits(),
         "load_assignment": {
             "cluster_name": "kubernetes",
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {

@@ -756,3 +756,71 @@ def test_a_stream_flood_over_one_h2c_connection_is_capped_and_served(sidecar, ap
     assert len(apiserver.requests) == cap
     assert_every_upstream_request_carried_the_token(apiserver, pod)
     assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+
+
+# === 13. Every wait is bounded: the app holding every connection to the API server ================================
+
+WATCH = "/api/v1/namespaces/default/configmaps?watch=1"
+
+
+def hold_watches(port: int, count: int) -> list:
+    """`count` watches through the sidecar, each holding one of its requests to the API server."""
+    watches = []
+    try:
+        for _ in range(count):
+            watch = socket.create_connection(("127.0.0.1", port), timeout=10)
+            watches.append(watch)
+            watch.sendall(http1("GET", WATCH))
+            assert watch.recv(100).startswith(b"HTTP/1.1 200 "), "a watch was not served"
+    except BaseException:
+        for watch in watches:
+            watch.close()
+        raise
+    return watches
+
+
+def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(pod, start_envoy, apiserver):
+    # On main the pool's queue held it until a watch ended: no answer for 45 s, or half an hour.
+    envoy = start_envoy(pod)
+    watches = hold_watches(envoy.settings.listen_port, render.MAX_API_CONNECTIONS)
+    try:
+        apiserver.clear_requests()
+        for method, path, body in [("GET", "/api/v1/namespaces/default/pods", None),
+                                   ("POST", CONFIGMAPS, b'{"metadata": {"name": "past-the-pool"}}'),
+                                   ("GET", WATCH, None)]:
+            started = time.monotonic()
+            response = request(envoy, method, path, body=body, timeout=2 * float(render.API_CONNECT_TIMEOUT[:-1]))
+            seconds = time.monotonic() - started
+            status = assert_status(response, 503, "ServiceUnavailable")
+            assert response.headers["retry-after"] == "1" and status["details"] == {"retryAfterSeconds": 1}
+            assert f"{render.MAX_API_CONNECTIONS} at once" in status["message"]
+            # At once: the pool opens a spare connection for it, rather than queue it behind the watches.
+            assert seconds < 2, seconds
+        # Nothing of them was forwarded, so retrying is safe: client-go does so by itself on Retry-After.
+        assert apiserver.requests == [] and apiserver.get_object("configmaps", "default", "past-the-pool") is None
+        home = pathlib.Path(envoy.workdir) / "kubectl-home"
+        home.mkdir(exist_ok=True)
+        kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "get", "pods", "-o", "name"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "HOME": str(home)})
+        # kubectl's first try is refused (the stand-in saw nothing yet); then one watch ends and a retry is served.
+        deadline = time.monotonic() + 5
+        while not [r for r in apiserver.requests if r.path.startswith("/api/v1/namespaces/default/pods")]:
+            if kubectl.poll() is not None or time.monotonic() > deadline:
+                break
+            if envoy.stats().get("cluster.kubernetes.upstream_rq_active_overflow", 0) >= 4:
+                watches.pop().close()
+                break
+            time.sleep(0.05)
+        out, err = kubectl.communicate(timeout=30)
+    finally:
+        for watch in watches:
+            watch.close()
+    assert kubectl.returncode == 0, err
+    assert "pod/demo-0" in out
+    served_again(envoy)
+    # kubectl asked again, after the second its Retry-After named, for what it had been refused.
+    envoy.stop()
+    records = [json.loads(line) for line in envoy.log().splitlines() if line.startswith("{")]
+    refused = {r["path"] for r in records if r["code"] == 503 and "kubectl" in r["user_agent"]}
+    assert refused and refused <= {r["path"] for r in records if r["code"] == 200 and "kubectl" in r["user_agent"]}
