@@ -131,6 +131,42 @@ REQUEST_TIMEOUT_MARGIN_MS = 1000
 # A client sends its headers at once; a slow trickle is a slowloris.
 REQUEST_HEADERS_TIMEOUT = "5s"
 
+# Graceful shutdown. Envoy 1.40 exits at once on SIGTERM: its drain starts only from admin, a hot restart or
+# an LDS change, none of which a signal reaches. So the sidecar's entrypoint is a short shell script that runs
+# Envoy and, on SIGTERM, turns the drain file from 0 to 1. That file is an injected resource the overload
+# manager reads: at 1, Envoy refuses new connections, and answers each request on a kept-alive connection
+# with `Connection: close` (HTTP/2: GOAWAY), so connections end once their requests have. DRAIN_SECONDS
+# later the script passes SIGTERM on, and Envoy exits. The drain outlasts request_timeout, so a request
+# still arriving at SIGTERM gets its answer (or request_timeout's Timeout Status) before Envoy exits. A
+# watch, `logs -f` or exec still open then is cut: Envoy cannot end a stream it proxies cleanly.
+DRAIN_FILE_NAME = "draining"
+DRAIN_MONITOR = "podward.draining"
+DRAIN_SECONDS = -(-(STARTUP_WAIT_MS + REQUEST_TIMEOUT_MARGIN_MS) // 1000) + 1
+ENVOY_PATH = "/usr/local/bin/envoy"  # in the envoyproxy/envoy image
+# The example pod's, Kubernetes' default: room for the app's shutdown and then the sidecar's drain.
+TERMINATION_GRACE_SECONDS = 30
+# Arguments: the drain file, the drain's seconds, then Envoy's command line. POSIX sh (dash, busybox).
+ENTRYPOINT = """\
+set -u
+drain=$1 seconds=$2
+shift 2
+printf 0 > "$drain"
+"$@" &
+envoy=$!
+begin_drain() {
+  trap '' TERM INT
+  printf 1 > "$drain.new" && mv -f "$drain.new" "$drain"
+  (sleep "$seconds"; kill -TERM "$envoy" 2>/dev/null) &
+}
+trap begin_drain TERM INT
+status=0
+while kill -0 "$envoy" 2>/dev/null; do
+  wait "$envoy"
+  status=$?
+done
+exit "$status"
+"""
+
 # Limits on what the app can make Envoy hold. Envoy's defaults suit an edge
 # proxy with lots of memory (1 MiB per connection buffer, 256 MiB HTTP/2
 # windows, unlimited streams and connections); the sidecar has a small memory
@@ -237,6 +273,9 @@ class Settings:
     metrics_port: int = METRICS_PORT
     plugin_config: dict = dataclasses.field(default_factory=dict)
     upstream_http2: bool = False
+    # The sidecar's entrypoint (ENTRYPOINT) drains Envoy on SIGTERM through a file beside the admin socket;
+    # a local run has no such entrypoint.
+    drain: bool = False
 
     def __post_init__(self):
         if self.listen_port is None and self.app_socket is None:
@@ -245,6 +284,12 @@ class Settings:
     @property
     def native(self) -> bool:
         return self.build == "native"
+
+    @property
+    def drain_file(self) -> str:
+        """The entrypoint's drain switch: `0`, then `1` from SIGTERM on. Beside the admin socket, in the
+        directory only the sidecar mounts, so that the app cannot drain the sidecar."""
+        return str(pathlib.PurePath(self.admin_socket).parent / DRAIN_FILE_NAME)
 
     @property
     def file_directories(self) -> dict:
@@ -729,18 +774,20 @@ RUNTIME_NATIVE = {
 }
 
 
-def _overload_manager() -> dict:
+def _overload_manager(settings: Settings) -> dict:
     """Envoy protects itself before the kubelet's OOM kill would.
 
     The heap monitor watches Envoy's own allocator (connections, buffers,
     headers), not the V8 VMs, whose memory is fixed once started: so its
     budget is the memory limit minus what the binary's pages and the VMs take.
+    With `drain`, the entrypoint's drain file is a resource too (ENTRYPOINT).
     """
     heap = "envoy.resource_monitors.fixed_heap"
 
     def at(fraction: float) -> list:
         return [{"name": heap, "threshold": {"value": fraction}}]
 
+    draining = [{"name": DRAIN_MONITOR, "threshold": {"value": 0.5}}] if settings.drain else []
     return {
         "refresh_interval": "0.25s",
         "resource_monitors": [
@@ -752,13 +799,19 @@ def _overload_manager() -> dict:
             {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": _typed(
                 "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                 max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)},
+            *([{"name": DRAIN_MONITOR, "typed_config": _typed(
+                "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+                filename=settings.drain_file)}] if settings.drain else []),
         ],
         # New requests get a 503 Status rather than the connection being left
         # unaccepted, which a client would see as a hang.
         "actions": [
             {"name": "envoy.overload_actions.shrink_heap", "triggers": at(0.80)},
-            {"name": "envoy.overload_actions.disable_http_keepalive", "triggers": at(0.85)},
+            {"name": "envoy.overload_actions.disable_http_keepalive", "triggers": at(0.85) + draining},
             {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": at(0.95)},
+            # Draining: a new connection is closed at once (a client sees a refusal, not a hang).
+            *([{"name": "envoy.overload_actions.reject_incoming_connections", "triggers": draining}]
+              if settings.drain else []),
         ],
     }
 
@@ -781,7 +834,7 @@ def bootstrap(settings: Settings) -> dict:
             "name": "envoy.bootstrap.internal_listener",
             "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
         }] if file_source else [],
-        "overload_manager": _overload_manager(),
+        "overload_manager": _overload_manager(settings),
         "memory_allocator_manager": RELEASE_MEMORY,
         # The only runtime layer: nothing can change the runtime while Envoy runs.
         "layered_runtime": {"layers": [{"name": "static", "static_layer":
@@ -827,6 +880,10 @@ def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrenc
         "image": image,
         # A native sidecar: starts before the app containers, runs as long as the pod.
         "restartPolicy": "Always",
+        # Envoy, drained on SIGTERM (ENTRYPOINT). The kubelet stops a native sidecar only after the app
+        # containers have exited, within the pod's terminationGracePeriodSeconds (README, "Shutdown").
+        "command": ["/bin/sh", "-c", ENTRYPOINT, SIDECAR, f"{ADMIN_DIR}/{DRAIN_FILE_NAME}", str(DRAIN_SECONDS),
+                    ENVOY_PATH],
         # No hot restart: a sidecar is restarted by the kubelet, not in place.
         "args": ["-c", f"{PODWARD_DIR}/envoy.yaml", "--concurrency", concurrency, "--log-level", "info",
                  "--disable-hot-restart"],
@@ -906,6 +963,9 @@ def example_pod() -> dict:
             # Only the sidecar mounts a token (its own projected volume); the
             # app container gets none.
             "automountServiceAccountToken": False,
+            # The kubelet stops the app containers first, then the sidecar, all within this: the app's own
+            # shutdown, then the sidecar's drain (DRAIN_SECONDS).
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             # Non-root and the runtime's seccomp profile for every container: the restricted Pod Security
             # Standard.
             "securityContext": {"fsGroup": SIDECAR_FS_GROUP, "runAsNonRoot": True,
@@ -931,8 +991,20 @@ def configmap(name: str, data: dict | None = None, binary: dict | None = None) -
     return manifest
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML as people write it: multi-line strings (the entrypoint script, an embedded envoy.yaml) as `|`
+    blocks, and shared values written out rather than as &anchors."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+_Dumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+
+
 def to_yaml(document: dict) -> str:
-    return yaml.safe_dump(document, sort_keys=False, width=120)
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=120)
 
 
 HEADER = "# Generated by envoy/render.py; edit that file, then run ./build.sh.\n"
@@ -953,7 +1025,7 @@ POLICY_CONFIGMAP_FILE = "podward-policy.yaml"
 
 def shipped_settings(build: str = "wasm") -> Settings:
     """The in-cluster sidecar as every shipped manifest runs it."""
-    return Settings(build=build, plugin_config=SHIPPED_PLUGIN_CONFIG)
+    return Settings(build=build, plugin_config=SHIPPED_PLUGIN_CONFIG, drain=True)
 
 
 def module_configmap(settings: Settings, module: bytes, name: str = "podward") -> dict:
@@ -1101,7 +1173,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         listen_address=args.listen_address, listen_port=None if args.no_tcp else args.listen_port,
         app_socket=None if args.no_unix_socket else args.unix_socket,
         metrics_address=args.metrics_address, metrics_port=args.metrics_port,
-        admin_socket=args.admin_socket, plugin_config=plugin_config)
+        admin_socket=args.admin_socket, plugin_config=plugin_config,
+        # A bootstrap for the sidecar's entrypoint drains through its file; a local run has no entrypoint.
+        drain=args.command != "run")
 
 
 def run(args: argparse.Namespace) -> int:

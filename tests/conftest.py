@@ -131,11 +131,14 @@ def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str, build:
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
-              concurrency: int = 1, extra_args: tuple = (), adjust=None, wait: bool = True, **settings) -> Envoy:
-        """`wait=False`: return as soon as the process runs, as the kubelet starts a container."""
+              concurrency: int = 1, extra_args: tuple = (), adjust=None, wait: bool = True,
+              entrypoint: bool = False, **settings) -> Envoy:
+        """`wait=False`: return as soon as the process runs, as the kubelet starts a container.
+        `entrypoint`: under the sidecar's entrypoint, which drains Envoy on SIGTERM (settings `drain=True`)."""
         settings.setdefault("build", build)
         envoy = Envoy(local_settings(pod, api_port, ca_file or default_ca, plugin_config, **settings),
-                      workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args, adjust=adjust)
+                      workdir, env=pod.env, concurrency=concurrency, extra_args=extra_args, adjust=adjust,
+                      entrypoint=entrypoint)
         started.append(envoy)
         return envoy.start() if wait else envoy.launch()
 

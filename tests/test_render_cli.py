@@ -59,7 +59,7 @@ def test_config_renders_what_the_flags_say(tmp_path):
         build="native", native_path="/opt/podward/libpodward.so", api_address="10.96.0.1", api_port=6443,
         api_sni="api.team.example", listen_address="127.0.0.2", listen_port=18001, app_socket=None,
         metrics_port=19102, policy_dir="/etc/team",
-        plugin_config={"accept_hosts": ["localhost"], "policy_file": "/policy/policy.json"}))
+        plugin_config={"accept_hosts": ["localhost"], "policy_file": "/policy/policy.json"}, drain=True))
     assert yaml.safe_load(result.stdout) == expected
     [cluster] = [c for c in expected["static_resources"]["clusters"] if c["name"] == "kubernetes"]
     assert cluster["type"] == "STATIC"  # an IP: no DNS
@@ -77,7 +77,9 @@ def test_configmap_carries_that_bootstrap_and_the_built_module(build):
     assert result.returncode == 0, result.stderr
     configmap = yaml.safe_load(result.stdout)
     assert (configmap["kind"], configmap["metadata"]["name"]) == ("ConfigMap", "podward")
-    settings = render.Settings(build=build, listen_port=18001, plugin_config={"policy": {"preset": "read-only"}})
+    # A bootstrap for the sidecar's container drains through its entrypoint.
+    settings = render.Settings(build=build, listen_port=18001, plugin_config={"policy": {"preset": "read-only"}},
+                               drain=True)
     assert yaml.safe_load(configmap["data"]["envoy.yaml"]) == render.bootstrap(settings)
     [(name, module)] = configmap["binaryData"].items()
     built = render.BUILT_MODULES[build]

@@ -78,10 +78,12 @@ class Envoy:
     """One Envoy process; `start()` returns once its listener accepts connections."""
 
     def __init__(self, settings: render.Settings, workdir: pathlib.Path, env: dict | None = None,
-                 concurrency: int = 1, extra_args: tuple = (), adjust=None):
+                 concurrency: int = 1, extra_args: tuple = (), adjust=None, entrypoint: bool = False):
         """`adjust(bootstrap)` may change the rendered config in place: for tests of Envoy's own
-        behaviour at settings the shipped config does not use (a shorter timeout, say)."""
+        behaviour at settings the shipped config does not use (a shorter timeout, say). `entrypoint`: run
+        Envoy as the sidecar container does, under render.ENTRYPOINT (which drains it on SIGTERM)."""
         self.settings = settings
+        self.entrypoint = entrypoint
         self.adjust = adjust
         self.workdir = workdir
         self.env = env or {}
@@ -104,8 +106,12 @@ class Envoy:
         return http_get(UnixHTTPConnection(self.settings.admin_socket), path)
 
     def command(self) -> list:
-        return [str(ENVOY_BINARY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-                "--disable-hot-restart", "--log-level", "info", *self.extra_args]
+        envoy = [str(ENVOY_BINARY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
+                 "--disable-hot-restart", "--log-level", "info", *self.extra_args]
+        if not self.entrypoint:
+            return envoy
+        return ["/bin/sh", "-c", render.ENTRYPOINT, render.SIDECAR, self.settings.drain_file,
+                str(render.DRAIN_SECONDS), *envoy]
 
     def write_config(self) -> None:
         for path in (self.settings.admin_socket, self.settings.app_socket or ""):
