@@ -135,7 +135,7 @@ REQUEST_HEADERS_TIMEOUT = "5s"
 # an LDS change, none of which a signal reaches. So the sidecar's entrypoint is a short shell script that runs
 # Envoy and, on SIGTERM, turns the drain file from 0 to 1. That file is an injected resource the overload
 # manager reads: at 1, Envoy refuses new connections, and answers each request on a kept-alive connection
-# with `Connection: close` (HTTP/2: GOAWAY), so connections end once their requests have. DRAIN_SECONDS
+# with `Connection: close`, so connections end once their requests have. DRAIN_SECONDS
 # later the script passes SIGTERM on, and Envoy exits. The drain outlasts request_timeout, so a request
 # still arriving at SIGTERM gets its answer (or request_timeout's Timeout Status) before Envoy exits. A
 # watch, `logs -f` or exec still open then is cut: Envoy cannot end a stream it proxies cleanly.
