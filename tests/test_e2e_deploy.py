@@ -197,8 +197,8 @@ def live_policy(cluster, deployments, tmp_path_factory) -> dict:
 def test_a_policy_change_is_enforced_live(live_policy, deployed):
     delays = live_policy[(deployed.path, deployed.build)]
     assert len(delays) == 2 and max(delays) < POLICY_LIMIT_S
-    topic("live policy", deployed, {"kubelet_sync_frequency": live_policy["sync_frequency"],
-                                    "apply_to_enforced_s": delays})
+    topic(f"live policy, kubelet syncFrequency {live_policy['sync_frequency']}", deployed,
+          {"apply_to_enforced_s": delays})
 
 
 def test_a_killed_sidecar_is_restarted_and_the_app_served_again(cluster, node_tools, deployed):
