@@ -43,8 +43,11 @@ def audit_events(path: str, username: str) -> list:
 @pytest.mark.parametrize("build", e2e.BUILDS)
 def test_the_kubelet_rotates_the_token_under_a_request_loop(cluster, token_rotation_pods, build):
     [pod] = [p for p in token_rotation_pods if p.build == build]
-    stored = cluster.get("pod", pod.name, namespace=pod.namespace)
-    assert pod_ready(stored)
+
+    def ready():
+        found = cluster.get("pod", pod.name, namespace=pod.namespace)
+        return found if pod_ready(found) else None
+    stored = wait_until(ready, e2e.READY_TIMEOUT_S, f"{build}: the rotation pod Ready")
     [token] = [source["serviceAccountToken"] for volume in stored["spec"]["volumes"] if volume["name"] == "service-account"
                for source in volume["projected"]["sources"] if "serviceAccountToken" in source]
     assert token["expirationSeconds"] == e2e.ROTATION_TOKEN_SECONDS
