@@ -56,8 +56,9 @@ def deployments(cluster, injection, tmp_path_factory) -> dict:
             each.ready_pod(cluster)
         yield deployed
     finally:
-        # The overlay's namespace is its own (team-a), not one of the tests' prefixed ones.
-        cluster.kubectl("delete", "namespace", e2e.manifests.EXAMPLE_NAMESPACE, "--wait=false", check=False)
+        # The overlays' namespaces are their own (team-a, team-b), not ones of the tests' prefixed ones.
+        cluster.kubectl("delete", "namespace", *e2e.manifests.EXAMPLE_NAMESPACES.values(), "--wait=false",
+                        check=False)
 
 
 @pytest.fixture(params=CASES, ids=CASE_IDS)
@@ -99,6 +100,7 @@ def test_the_app_reaches_the_api_over_tcp_and_the_socket_as_itself(cluster, depl
         assert user["extra"]["authentication.kubernetes.io/pod-name"] == [pod["metadata"]["name"]]
     # README's own command for this path, where it has one.
     for command in e2e.exec_commands(deployed.path):
+        command = e2e.for_build(command, deployed.build, deployed.namespace)
         done = cluster.shell(command, cluster.namespace_kubeconfig(deployed.namespace), REPO)
         assert done.returncode == 0, done.stderr
         answer = json.loads(done.stdout)

@@ -29,6 +29,7 @@ BUILDS = ("wasm", "native")
 README_NAMESPACE = "team-a"
 CONFIGMAP_FILES = {build: f"dist/{render.BUILDS[build][1]}" for build in BUILDS}
 COMPONENT_DIRS = {build: f"dist/{directory}" for build, directory in manifests.COMPONENTS.items()}
+OVERLAY_DIRS = {build: f"dist/{directory}" for build, directory in manifests.OVERLAY_DIRS.items()}
 ENVOY_README = REPO / "envoy" / "README.md"
 # How long a pod may take from its creation to Ready on a loaded 2-CPU node.
 READY_TIMEOUT_S = 180
@@ -45,7 +46,9 @@ def for_build(command: str, build: str, namespace: str | None) -> str:
     if namespace:
         command = re.sub(rf"\b{README_NAMESPACE}\b", namespace, command)
     command = command.replace(CONFIGMAP_FILES["wasm"], CONFIGMAP_FILES[build])
-    return re.sub(rf"{re.escape(COMPONENT_DIRS['wasm'])}(?![-\w])", COMPONENT_DIRS[build], command)
+    for directories in (COMPONENT_DIRS, OVERLAY_DIRS):
+        command = re.sub(rf"{re.escape(directories['wasm'])}(?![-\w])", directories[build], command)
+    return command
 
 
 def block(heading: str, index: int, expect: str, source: pathlib.Path = readme.README) -> list:
@@ -285,17 +288,17 @@ def deploy_component(cluster: Cluster, build: str, injection: Injection, workdir
 
 
 def deploy_overlay(cluster: Cluster, build: str, injection: Injection, workdir: pathlib.Path) -> Deployed:
-    """envoy/README.md's example overlay, as is: its own namespace (team-a), its prefix, its read-only policy."""
-    assert build == "wasm", "the example overlay carries the wasm build"
-    namespace = manifests.EXAMPLE_NAMESPACE
+    """envoy/README.md's example overlay (example-native for the native build), as is: its own namespace
+    (team-a, team-b), its prefix, its read-only policy."""
+    namespace = manifests.EXAMPLE_NAMESPACES[build]
     if cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0:
         cluster.kubectl("delete", "namespace", namespace, "--wait=true", timeout=300)
-    prefix = manifests.EXAMPLE_PREFIX
+    prefix = manifests.example_prefix(build)
     deployed = Deployed("overlay", build, namespace, selector=f"app={manifests.APP}",
                         service_account=f"{prefix}{manifests.APP}", policy_configmap=f"{prefix}{render.POLICY_CONFIGMAP}",
                         workload=f"deployment/{prefix}{manifests.APP}", created=now())
     commands = block(OVERLAY, 0, "apply --server-side -k dist/kustomize/overlays/example", source=ENVOY_README)
-    run(cluster, [line for line in commands if " exec " not in line], build, None)
+    run(cluster, [line for line in commands if " exec " not in line], build, namespace)
     return deployed
 
 
@@ -311,7 +314,7 @@ def deploy_pod(cluster: Cluster, build: str, injection: Injection, workdir: path
 
 PATHS = {"inject-pod": deploy_inject_pod, "inject-deployment": deploy_inject_deployment,
          "component": deploy_component, "overlay": deploy_overlay, "pod": deploy_pod}
-CASES = [(path, build) for path in PATHS for build in BUILDS if (path, build) != ("overlay", "native")]
+CASES = [(path, build) for path in PATHS for build in BUILDS]
 
 
 def exec_commands(path: str) -> list:
