@@ -178,10 +178,8 @@ def live_policy(cluster, deployments, tmp_path_factory) -> dict:
             (directory / render.POLICY_KEY).write_text(json.dumps(presets[wanted]))
             line = e2e.for_build(command, deployed.build, deployed.namespace).replace(
                 f"configmap {render.POLICY_CONFIGMAP} ", f"configmap {deployed.policy_configmap} ")
-            waiter = subprocess.Popen(
-                [kubectl_binary(), "exec", "-n", deployed.namespace, pod["metadata"]["name"], "-c", deployed.app_container, "--", "sh",
-                 "-c", e2e.until_status(e2e.self_review_curl(status_only=True), wanted, POLICY_LIMIT_S)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env())
+            waiter = e2e.app_process(cluster, deployed, e2e.until_status(
+                e2e.self_review_curl(status_only=True), wanted, POLICY_LIMIT_S), pod)
             started = e2e.now()
             applied = cluster.shell(line, cwd=directory)
             assert applied.returncode == 0, applied.stderr
@@ -208,10 +206,8 @@ def test_a_killed_sidecar_is_restarted_and_the_app_served_again(cluster, node_to
     before = {name: container_status(pod, name)["restartCount"] for name in (render.SIDECAR, deployed.app_container)}
     request = e2e.pods_curl(deployed.namespace)
     # The app asks until it is served, then until a request fails, then until one succeeds again.
-    loop = subprocess.Popen(
-        [kubectl_binary(), "exec", "-n", deployed.namespace, pod["metadata"]["name"], "-c", deployed.app_container, "--", "sh", "-c",
-         " && ".join(e2e.until_status(request, status, 60, "0.05") for status in (200, "000", 200))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env())
+    loop = e2e.app_process(cluster, deployed, " && ".join(e2e.until_status(request, status, 60, "0.05")
+                                                          for status in (200, "000", 200)), pod)
     assert loop.stdout.readline().strip() == "0", "the app was not served before the kill"
     killed = e2e.now()
     node_tools(pod).kill(e2e.sidecar_id(pod))
@@ -270,11 +266,10 @@ def deletions(cluster, deployments) -> dict:
         pod = deployed.ready_pod(cluster)
         name = pod["metadata"]["name"]
         watch = PodWatch(cluster, deployed.namespace, name)
-        in_flight = subprocess.Popen(
-            [kubectl_binary(), "exec", "-n", deployed.namespace, name, "-c", deployed.app_container, "--", "sh", "-c",
-             f"curl -sN -m 60 'http://localhost:8001/api/v1/namespaces/{deployed.namespace}/pods?watch=1"
-             f"&timeoutSeconds={WATCH_S}&fieldSelector=metadata.name%3D{name}'; echo \"curl exit $?\""],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env())
+        in_flight = e2e.app_process(
+            cluster, deployed, f"curl -sN -m 60 'http://localhost:8001/api/v1/namespaces/{deployed.namespace}/pods"
+                               f"?watch=1&timeoutSeconds={WATCH_S}&fieldSelector=metadata.name%3D{name}'; "
+                               "echo \"curl exit $?\"", pod)
         first = in_flight.stdout.readline()  # the watch's ADDED event: the request is in flight
         deleted = e2e.now()
         if deployed.workload:

@@ -48,7 +48,8 @@ def test_the_kubelet_rotates_the_token_under_a_request_loop(cluster, token_rotat
         found = cluster.get("pod", pod.name, namespace=pod.namespace)
         return found if pod_ready(found) else None
     stored = wait_until(ready, e2e.READY_TIMEOUT_S, f"{build}: the rotation pod Ready")
-    [token] = [source["serviceAccountToken"] for volume in stored["spec"]["volumes"] if volume["name"] == "service-account"
+    [token] = [source["serviceAccountToken"] for volume in stored["spec"]["volumes"]
+               if volume["name"] == "service-account"
                for source in volume["projected"]["sources"] if "serviceAccountToken" in source]
     assert token["expirationSeconds"] == e2e.ROTATION_TOKEN_SECONDS
 

@@ -131,10 +131,6 @@ class Cluster:
         return self.kubectl("exec", "-n", namespace, pod, "-c", container, "--", *command, timeout=timeout,
                             check=False)
 
-    def node_stats(self, node: str) -> dict:
-        """The kubelet's stats summary, through the API server's node proxy."""
-        return json.loads(self.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/stats/summary").stdout)
-
     def kubelet_config(self, node: str) -> dict:
         """The kubelet's running configuration (configz), through the API server's node proxy."""
         return json.loads(self.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/configz").stdout)["kubeletconfig"]
@@ -200,7 +196,8 @@ class NodeTools:
         pid = self.pid(container_id)
         script = (f"grep -E '^(VmRSS|RssAnon|RssFile|RssShmem):' /proc/{pid}/status; "
                   f"p=$(grep -E '(^0::|:memory:)' /proc/{pid}/cgroup | head -1 | cut -d: -f3); "
-                  "if [ -f /host/cgroup/memory$p/memory.stat ]; then echo cgroup v1; cat /host/cgroup/memory$p/memory.stat; "
+                  "if [ -f /host/cgroup/memory$p/memory.stat ]; "
+                  "then echo cgroup v1; cat /host/cgroup/memory$p/memory.stat; "
                   "else echo cgroup v2; cat /host/cgroup$p/memory.stat; fi")
         output = self.sh(script).stdout.splitlines()
         process = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in output if line.startswith(("Vm", "Rss"))}

@@ -18,7 +18,7 @@ import subprocess
 import time
 
 from harness import readme
-from harness.cluster import Cluster, NodeTools, container_status, pod_ready, wait_until
+from harness.cluster import Cluster, NodeTools, container_status, kubectl_binary, pod_ready, wait_until
 from harness.envoy import REPO
 
 import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
@@ -145,7 +145,8 @@ class Injection:
 
     def dry_run_token_expiration(self) -> int | None:
         """The sidecar token's expirationSeconds in a pod the policy would inject now; None if it would not."""
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "labels": {manifests.INJECT_LABEL: "true"}},
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "probe", "labels": {manifests.INJECT_LABEL: "true"}},
                "spec": {"containers": [{"name": "main", "image": APP_IMAGE}]}}
         stored = json.loads(self.cluster.kubectl("create", "--dry-run=server", "-n", self.probe_namespace, "-o", "json",
                                                  "-f", "-", stdin=json.dumps(pod)).stdout)
@@ -202,6 +203,13 @@ def app_exec(cluster: Cluster, deployed: Deployed, script: str, pod: dict | None
     """A shell script in the app container."""
     name = (pod or deployed.pod(cluster))["metadata"]["name"]
     return cluster.exec(deployed.namespace, name, deployed.app_container, "sh", "-c", script, timeout=timeout)
+
+
+def app_process(cluster: Cluster, deployed: Deployed, script: str, pod: dict) -> subprocess.Popen:
+    """A shell script in the app container, running while the test goes on; its output as text."""
+    return subprocess.Popen([kubectl_binary(), "exec", "-n", deployed.namespace, pod["metadata"]["name"], "-c",
+                             deployed.app_container, "--", "sh", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env())
 
 
 def status_and_body(output: str) -> tuple:
@@ -295,7 +303,8 @@ def deploy_overlay(cluster: Cluster, build: str, injection: Injection, workdir: 
         cluster.kubectl("delete", "namespace", namespace, "--wait=true", timeout=300)
     prefix = manifests.example_prefix(build)
     deployed = Deployed("overlay", build, namespace, selector=f"app={manifests.APP}",
-                        service_account=f"{prefix}{manifests.APP}", policy_configmap=f"{prefix}{render.POLICY_CONFIGMAP}",
+                        service_account=f"{prefix}{manifests.APP}",
+                        policy_configmap=f"{prefix}{render.POLICY_CONFIGMAP}",
                         workload=f"deployment/{prefix}{manifests.APP}", created=now())
     commands = block(OVERLAY, 0, "apply --server-side -k dist/kustomize/overlays/example", source=ENVOY_README)
     run(cluster, [line for line in commands if " exec " not in line], build, namespace)
@@ -332,8 +341,8 @@ ROTATION_TOKEN_SECONDS = 600
 # One request a second through podward, for as long as the pod runs: the time, the HTTP status and the JTI of
 # the token the API server saw (a SelfSubjectReview answers with it in user.extra).
 ROTATION_LOOP = (f"while true; do out=$({self_review_curl()}); "
-                 "echo \"$(date +%s) $(echo \"$out\" | tail -n 1) $(echo \"$out\" | grep -o 'JTI=[0-9a-f-]*' | head -1)\"; "
-                 "sleep 1; done")
+                 "jti=$(echo \"$out\" | grep -o 'JTI=[0-9a-f-]*' | head -1); "
+                 "echo \"$(date +%s) $(echo \"$out\" | tail -n 1) $jti\"; sleep 1; done")
 
 
 @dataclasses.dataclass
@@ -352,10 +361,10 @@ def start_token_rotation(cluster: Cluster, injection: Injection) -> list:
     try:
         for build in BUILDS:
             namespace = injection.enable(f"rotation-{build}", build)
+            app = {"name": "main", "image": APP_IMAGE, "command": ["sh", "-c", ROTATION_LOOP]}
             pod = {"apiVersion": "v1", "kind": "Pod",
                    "metadata": {"name": "loop", "labels": {manifests.INJECT_LABEL: "true"}},
-                   "spec": {"terminationGracePeriodSeconds": 1,
-                            "containers": [{"name": "main", "image": APP_IMAGE, "command": ["sh", "-c", ROTATION_LOOP]}]}}
+                   "spec": {"terminationGracePeriodSeconds": 1, "containers": [app]}}
             created = now()
             cluster.apply(pod, namespace)
             pods.append(RotationPod(build, namespace, "loop", created))
