@@ -66,6 +66,21 @@ setup_node() {
   fi
 }
 
+# libpodward.so may need no library that Envoy itself does not link (Envoy links only glibc's): slim and
+# distroless Envoy images carry nothing else. Rust's std on linux-gnu links its unwinder with -lgcc_s, which
+# the native profile's panic="unwind" needs, so that each hook can contain a panic. A search directory
+# where libgcc_s.a is gcc's static unwinder (libgcc_eh.a), found before the system's libgcc_s.so, links the
+# unwinder into the module instead (+24 KB). Passed to the final link only (`cargo rustc`), so every other
+# build and test binary is left as it is. tests/test_native_deps.py checks the result.
+native_cargo() { # cargo arguments (features, target dir)
+  local static_unwinder=target/static-unwinder libgcc_eh
+  libgcc_eh=$(gcc -print-file-name=libgcc_eh.a)
+  [ -f "$libgcc_eh" ] || { echo "gcc's static unwinder libgcc_eh.a is missing (gcc -print-file-name)" >&2; exit 1; }
+  mkdir -p "$static_unwinder"
+  ln -sfn "$libgcc_eh" "$static_unwinder/libgcc_s.a"
+  cargo rustc --quiet --profile native --lib "$@" -- -L "native=$PWD/$static_unwinder"
+}
+
 build() {
   setup_rust
   setup_wasm_opt
@@ -89,7 +104,7 @@ build() {
     exit 1
   fi
   log "building libpodward.so (the native build, an Envoy dynamic module)"
-  cargo build --quiet --profile native --features native
+  native_cargo --features native
   cp target/native/libpodward.so "$NATIVE"
   echo "libpodward.so: $(stat -c %s "$NATIVE") bytes, sha256 $(sha256sum "$NATIVE" | cut -d' ' -f1)"
   setup_python
@@ -101,7 +116,7 @@ build() {
 # (tests/test_crash_drill.py).
 build_test_modules() {
   cargo build --quiet --release --target wasm32-wasip1 --features crash-drill --target-dir target/crash-drill
-  cargo build --quiet --profile native --features native,crash-drill --target-dir target/crash-drill
+  native_cargo --features native,crash-drill --target-dir target/crash-drill
   mkdir -p dist/test
   cp target/crash-drill/wasm32-wasip1/release/podward.wasm dist/test/podward-crash-drill.wasm
   cp target/crash-drill/native/libpodward.so dist/test/libpodward-crash-drill.so

@@ -6,14 +6,15 @@ Committed (envoy/, checked for drift by tests/test_manifests.py):
     binding, and the parameters (a ConfigMap in ``podward-system``);
   * ``kustomize/components/podward`` (and ``-native``): the same sidecar for older clusters, added by
     kustomize to the labelled workloads of a kustomization;
-  * ``kustomize/base``: the example workload as a Deployment, its RBAC, and a kustomization that takes the
-    podward ConfigMap (envoy.yaml + podward.wasm) from render.write_dist and the policy ConfigMap;
-  * ``kustomize/overlays/example``: a namespace that enforces the restricted Pod Security Standard, a name
-    prefix, the token's expiry, and the ``read-only`` policy in the policy ConfigMap;
+  * ``kustomize/base``: the example workload as a Deployment, its RBAC and the policy ConfigMap;
+  * ``kustomize/overlays/example`` (and ``example-native``): the build's podward ConfigMap (envoy.yaml and the
+    module, from render.write_dist), a namespace that enforces the restricted Pod Security Standard (``team-a``;
+    ``team-b`` for the native build), a name prefix, the token's expiry, and the ``read-only`` policy in the
+    policy ConfigMap;
   * ``istio/wasmplugin.yaml``: podward in an Istio sidecar (see README.md).
 
-Built (dist/kustomize): the same tree with the generated ConfigMaps next to the base and in the components,
-ready for ``kubectl kustomize dist/kustomize/overlays/example``.
+Built (dist/kustomize): the same tree with the generated ConfigMaps in the overlays and the components, ready
+for ``kubectl kustomize dist/kustomize/overlays/example``.
 
 Run ``python envoy/manifests.py --help``.
 """
@@ -34,14 +35,22 @@ APP = render.example_pod()["metadata"]["name"]
 CONFIGMAP_NAME = "podward"  # render.write_dist's, mounted by render.example_pod()
 CONFIGMAP_FILE = "podward-configmap.yaml"
 BASE_DIR = "kustomize/base"
-OVERLAY_DIR = "kustomize/overlays/example"
+# Each build's example overlay: the base in a namespace of its own, with that build's ConfigMap.
+OVERLAY_DIRS = {"wasm": "kustomize/overlays/example", "native": "kustomize/overlays/example-native"}
 WASMPLUGIN_FILE = "istio/wasmplugin.yaml"
 # Current kustomize (v5, in kubectl 1.37): `resources` and `patches`. No file may lie outside a
 # kustomization's own directory, hence the ConfigMap is copied next to the base.
 KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
 
-EXAMPLE_NAMESPACE = "team-a"
+EXAMPLE_NAMESPACES = {"wasm": "team-a", "native": "team-b"}
+EXAMPLE_NAMESPACE = EXAMPLE_NAMESPACES["wasm"]
 EXAMPLE_PREFIX = "team-a-"
+
+
+def example_prefix(build: str) -> str:
+    """The example overlay's name prefix: its namespace's name."""
+    return f"{EXAMPLE_NAMESPACES[build]}-"
+
 EXAMPLE_POLICY = {"preset": "read-only"}
 # The API server refuses less than 600 s. No audience: the token then gets the
 # API server's own (--api-audiences, else its issuer), which differs between
@@ -99,8 +108,8 @@ def rbac() -> list:
 
 
 def base_kustomization() -> dict:
-    return {**KUSTOMIZATION, "resources": [CONFIGMAP_FILE, render.POLICY_CONFIGMAP_FILE, "rbac.yaml",
-                                           "deployment.yaml"]}
+    """The app with its sidecar; the overlay brings the podward ConfigMap, and so picks the build."""
+    return {**KUSTOMIZATION, "resources": [render.POLICY_CONFIGMAP_FILE, "rbac.yaml", "deployment.yaml"]}
 
 
 def token_source_path(workload: dict) -> str:
@@ -124,18 +133,18 @@ def policy_patch() -> dict:
             "data": render.policy_configmap(EXAMPLE_POLICY)["data"]}
 
 
-def namespace() -> dict:
+def namespace(build: str = "wasm") -> dict:
     """The example's namespace, admitting only pods that meet the restricted Pod Security Standard."""
     return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": EXAMPLE_NAMESPACE, "labels": POD_SECURITY_LABELS}}
+            "metadata": {"name": EXAMPLE_NAMESPACES[build], "labels": POD_SECURITY_LABELS}}
 
 
-def overlay_kustomization() -> dict:
+def overlay_kustomization(build: str = "wasm") -> dict:
     return {
         **KUSTOMIZATION,
-        "resources": ["../../base", "namespace.yaml"],
-        "namespace": EXAMPLE_NAMESPACE,
-        "namePrefix": EXAMPLE_PREFIX,
+        "resources": ["../../base", "namespace.yaml", render.BUILDS[build][1]],
+        "namespace": EXAMPLE_NAMESPACES[build],
+        "namePrefix": example_prefix(build),
         "patches": [
             {"path": "podward-policy.yaml"},
             {"path": "token.yaml",
@@ -425,10 +434,11 @@ def committed_files(module: bytes) -> dict:
         f"{BASE_DIR}/kustomization.yaml": yaml_documents([base_kustomization()]),
         f"{BASE_DIR}/deployment.yaml": yaml_documents([deployment()]),
         f"{BASE_DIR}/rbac.yaml": yaml_documents(rbac()),
-        f"{OVERLAY_DIR}/kustomization.yaml": yaml_documents([overlay_kustomization()]),
-        f"{OVERLAY_DIR}/namespace.yaml": yaml_documents([namespace()]),
-        f"{OVERLAY_DIR}/podward-policy.yaml": yaml_documents([policy_patch()]),
-        f"{OVERLAY_DIR}/token.yaml": yaml_documents([token_patch()]),
+        **{f"{directory}/{name}": text for build, directory in OVERLAY_DIRS.items() for name, text in (
+            ("kustomization.yaml", yaml_documents([overlay_kustomization(build)])),
+            ("namespace.yaml", yaml_documents([namespace(build)])),
+            ("podward-policy.yaml", yaml_documents([policy_patch()])),
+            ("token.yaml", yaml_documents([token_patch()])))},
         f"{BASE_DIR}/{render.POLICY_CONFIGMAP_FILE}": yaml_documents([render.policy_configmap()]),
         WASMPLUGIN_FILE: yaml_documents([wasm_plugin(module)]),
         f"{INJECT_DIR}/injection.yaml": yaml_documents(injection_documents()),
@@ -449,12 +459,11 @@ def write_committed(envoy_dir: pathlib.Path, wasm: pathlib.Path) -> None:
 
 
 def write_dist(envoy_dir: pathlib.Path, dist: pathlib.Path) -> None:
-    """dist/kustomize: the committed tree plus render.write_dist's ConfigMap in the base."""
+    """dist/kustomize: the committed tree plus render.write_dist's ConfigMaps in the overlays and components."""
     tree = dist / "kustomize"
     shutil.rmtree(tree, ignore_errors=True)
     shutil.copytree(envoy_dir / "kustomize", tree)
-    shutil.copy(dist / CONFIGMAP_FILE, tree / "base" / CONFIGMAP_FILE)
-    for build, directory in COMPONENTS.items():
+    for build, directory in [*OVERLAY_DIRS.items(), *COMPONENTS.items()]:
         configmap_file = render.BUILDS[build][1]
         shutil.copy(dist / configmap_file, dist / directory / configmap_file)
 

@@ -142,7 +142,10 @@ const DEFAULT_FILE_HEADERS: &[(&str, &str)] = &[
 
 const DEFAULT_ACCEPT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
-fn default_identity_headers() -> Vec<IdentityHeader> {
+/// The Downward API variables' headers, and the volume files' where
+/// `file_source` maps their directory: a sidecar run without that volume
+/// (`render.py run` with no `--podinfo-dir`) leaves those headers out.
+fn default_identity_headers(file_source: &FileSource) -> Vec<IdentityHeader> {
     let env = DEFAULT_ENV_HEADERS
         .iter()
         .map(|(header, env)| IdentityHeader {
@@ -151,6 +154,7 @@ fn default_identity_headers() -> Vec<IdentityHeader> {
         });
     let files = DEFAULT_FILE_HEADERS
         .iter()
+        .filter(|(_, path)| file_source.local_path(path).is_some())
         .map(|(header, path)| IdentityHeader {
             header: header.to_string(),
             source: HeaderSource::File {
@@ -182,7 +186,7 @@ impl Config {
         let token = read_token(top.object("token")?)?;
         let identity_headers = match top.list("identity_headers")? {
             Some(items) => read_identity_headers(items)?,
-            None => default_identity_headers(),
+            None => default_identity_headers(&file_source),
         };
         let user_agent = top.boolean("user_agent")?.unwrap_or(true);
         let access_record = top
@@ -565,6 +569,22 @@ mod tests {
                 .as_deref(),
             Some("/etc/podinfo/labels")
         );
+    }
+
+    #[test]
+    fn default_file_headers_need_their_directory() {
+        let config =
+            Config::parse(br#"{"file_source": {"directories": {"/serviceaccount": "/run/sa"}}}"#)
+                .unwrap();
+        assert_eq!(config.files(), ["/serviceaccount/token"]);
+        assert_eq!(config.identity_headers.len(), DEFAULT_ENV_HEADERS.len());
+        // Named in the configuration, a file must still be mapped.
+        let error = Config::parse(
+            br#"{"file_source": {"directories": {"/serviceaccount": "/run/sa"}},
+                 "identity_headers": [{"header": "x-labels", "file": "/podinfo/labels"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "identity_headers[0].file");
     }
 
     #[test]

@@ -7,7 +7,8 @@ one build alone (V8 and its VM reloads; the native module's panic containment) a
 
 Tests marked `envtest` need $KUBEBUILDER_ASSETS. Without it they are deselected, not skipped, and the run ends
 with one line saying so; with PODWARD_REQUIRE_ENVTEST=1 (CI) a missing asset, or a run in which no real-server
-test passed, fails the session."""
+test passed, fails the session. Tests marked `node` run end to end on the cluster of $KUBECONFIG (harness.cluster)
+and are handled the same way, with PODWARD_REQUIRE_NODE=1."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import time
 
 import pytest
 
+from harness import e2e
 from harness.apiserver import StandInApiServer
+from harness.cluster import HOW_TO_GET_ONE, KUBECONFIG_VARIABLE, Cluster, cluster_problem
 from harness.envoy import NATIVE, WASM, Envoy, local_settings
 from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
 from harness.pki import make_pki
@@ -30,6 +33,7 @@ from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPo
 import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
 
 REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"
+REQUIRE_NODE = os.environ.get("PODWARD_REQUIRE_NODE") == "1"
 
 
 class _Envtest:
@@ -40,6 +44,17 @@ class _Envtest:
     startup_seconds: float | None = None
 
 
+class _Node:
+    """What the session learnt about the end-to-end tests on a real cluster, for the closing lines."""
+    node_ids: set = set()
+    not_run = 0
+    passed = 0
+    problem: str | None = None
+    # The token-rotation test runs last and its pods start first, so that the kubelet's renewal (8 minutes
+    # into a 10-minute token) happens while the rest of the suite runs.
+    rotation_selected = False
+
+
 BUILDS = ("wasm", "native")
 
 
@@ -47,6 +62,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "envtest: runs against a real kube-apiserver and etcd ($KUBEBUILDER_ASSETS)")
     config.addinivalue_line("markers", "wasm_only: about the wasm build alone; not run for the native build")
     config.addinivalue_line("markers", "native_only: about the native build alone; not run for the wasm build")
+    config.addinivalue_line("markers", "node: runs end to end on a real cluster ($KUBECONFIG)")
+    config.addinivalue_line("markers", "last: runs after every other test (it waits for what the session started)")
 
 
 def pytest_sessionstart(session):
@@ -56,6 +73,8 @@ def pytest_sessionstart(session):
     if REQUIRE_ENVTEST and assets_dir() is None:
         raise pytest.UsageError(f"PODWARD_REQUIRE_ENVTEST=1 but ${ASSETS_VARIABLE} names no directory with "
                                 f"kube-apiserver and etcd: {HOW_TO_GET_THEM}")
+    if REQUIRE_NODE and not os.environ.get(KUBECONFIG_VARIABLE):
+        raise pytest.UsageError(f"PODWARD_REQUIRE_NODE=1 but ${KUBECONFIG_VARIABLE} is not set: {HOW_TO_GET_ONE}")
 
 
 def _instance_for_the_other_build(item) -> bool:
@@ -77,11 +96,25 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("envtest")]
         config.hook.pytest_deselected(items=real)
         _Envtest.not_run = len(real)
+    on_node = [item for item in items if item.get_closest_marker("node")]
+    _Node.node_ids = {item.nodeid for item in on_node}
+    _Node.problem = cluster_problem() if on_node else None
+    if _Node.problem:
+        if REQUIRE_NODE:
+            raise pytest.UsageError(f"PODWARD_REQUIRE_NODE=1 but {_Node.problem}: {HOW_TO_GET_ONE}")
+        items[:] = [item for item in items if not item.get_closest_marker("node")]
+        config.hook.pytest_deselected(items=on_node)
+        _Node.not_run = len(on_node)
+    last = [item for item in items if item.get_closest_marker("last")]
+    items[:] = [item for item in items if not item.get_closest_marker("last")] + last
+    _Node.rotation_selected = any(item.get_closest_marker("node") for item in last)
 
 
 def pytest_runtest_logreport(report):
     if report.when == "call" and report.passed and report.nodeid in _Envtest.node_ids:
         _Envtest.passed += 1
+    if report.when == "call" and report.passed and report.nodeid in _Node.node_ids:
+        _Node.passed += 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -92,11 +125,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _Envtest.startup_seconds is not None:
         terminalreporter.write_line(f"real kube-apiserver + etcd ready in {_Envtest.startup_seconds:.1f} s; "
                                     f"real-server tests passed: {_Envtest.passed}")
+    if _Node.not_run:
+        terminalreporter.write_line(f"REAL NODE (END-TO-END) TESTS NOT RUN: {_Node.not_run} tests need a cluster "
+                                    f"({_Node.problem}): {HOW_TO_GET_ONE}", red=True, bold=True)
+    elif _Node.node_ids:
+        terminalreporter.write_line(f"end-to-end tests on ${KUBECONFIG_VARIABLE}'s cluster passed: {_Node.passed}")
 
 
 def pytest_sessionfinish(session, exitstatus):
     if REQUIRE_ENVTEST and exitstatus == 0 and _Envtest.passed == 0:
         print("\nPODWARD_REQUIRE_ENVTEST=1, but no real-server test passed")
+        session.exitstatus = 1
+    if REQUIRE_NODE and exitstatus == 0 and _Node.passed == 0:
+        print("\nPODWARD_REQUIRE_NODE=1, but no end-to-end test passed")
         session.exitstatus = 1
 
 
@@ -294,3 +335,38 @@ def assert_status(response: Response, code: int, reason: str) -> dict:
     assert (status["code"], status["reason"]) == (code, reason)
     assert status["message"]
     return status
+
+
+# --- A real cluster ($KUBECONFIG): the end-to-end tests ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The cluster of $KUBECONFIG, as its admin; every namespace the tests made is deleted afterwards."""
+    real = Cluster(os.environ[KUBECONFIG_VARIABLE], tmp_path_factory.mktemp("cluster"))
+    yield real
+    real.delete_namespaces()
+
+
+@pytest.fixture(scope="session")
+def node_tools(cluster):
+    """A privileged pod on the node: the sidecar's process and cgroup, and the cluster network (harness.cluster)."""
+    return e2e.node_tools(cluster)
+
+
+@pytest.fixture(scope="session")
+def injection(cluster):
+    """README's injection, once per cluster: the MutatingAdmissionPolicy, in force."""
+    return e2e.install_injection(cluster)
+
+
+@pytest.fixture(scope="session")
+def token_rotation_pods(cluster, injection):
+    """Pods whose projected token lives 600 s, with a request loop through podward, one per build."""
+    return e2e.start_token_rotation(cluster, injection)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _started_with_the_session(request):
+    """What the `last` node test checks starts before any other test, so that it runs alongside them."""
+    if _Node.rotation_selected:
+        request.getfixturevalue("token_rotation_pods")

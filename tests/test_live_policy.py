@@ -39,12 +39,14 @@ def policy_configmap(namespace: str, policy: dict | str) -> str:
 
 @pytest.fixture
 def apply_policy(kube, tmp_path):
-    """`kubectl apply -f -` of the namespace's policy ConfigMap, as the cluster admin; returns when kubectl did."""
+    """`kubectl apply --server-side -f -` of the namespace's policy ConfigMap, as the cluster admin (README's
+    command); returns when kubectl did."""
     kubeconfig = kube.admin_kubeconfig(tmp_path / "kubeconfig")
 
     def apply(namespace: str, policy: dict | str) -> float:
         started = time.monotonic()
-        result = subprocess.run([os.environ["KUBECTL"], "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
+        result = subprocess.run([os.environ["KUBECTL"], "--kubeconfig", str(kubeconfig), "apply", "--server-side",
+                                 "-f", "-"],
                                 input=policy_configmap(namespace, policy), capture_output=True, text=True,
                                 timeout=60, env={**os.environ, "HOME": str(tmp_path)})
         assert result.returncode == 0, result.stderr

@@ -55,8 +55,14 @@ def base_resources() -> list:
 
 
 @pytest.fixture(scope="module")
-def overlay_resources() -> list:
-    return kustomize(KUSTOMIZE / "overlays" / "example")
+def overlays() -> dict:
+    """Each build's example overlay, built."""
+    return {build: kustomize(DIST / directory) for build, directory in manifests.OVERLAY_DIRS.items()}
+
+
+@pytest.fixture(scope="module")
+def overlay_resources(overlays) -> list:
+    return overlays["wasm"]
 
 
 def only(resources: list, kind: str) -> dict:
@@ -93,8 +99,7 @@ def test_built_kustomize_tree_is_the_committed_one_plus_the_configmaps():
         current = pending.pop()
         assert not (current.left_only or current.diff_files), (current.left, current.left_only, current.diff_files)
         pending.extend(current.subdirs.values())
-    assert (KUSTOMIZE / "base" / manifests.CONFIGMAP_FILE).read_bytes() == CONFIGMAP.read_bytes()
-    for build, directory in manifests.COMPONENTS.items():
+    for build, directory in [*manifests.OVERLAY_DIRS.items(), *manifests.COMPONENTS.items()]:
         configmap_file = render.BUILDS[build][1]
         assert (DIST / directory / configmap_file).read_bytes() == (DIST / configmap_file).read_bytes()
 
@@ -277,14 +282,16 @@ def test_the_injection_passes_the_1_37_schema():
         assert_schema(f"{resource['kind']}/{resource['metadata']['name']}", resource, KUBERNETES_VERSIONS[-1])
 
 
-def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(overlay_resources):
+@pytest.mark.parametrize("build", render.BUILDS)
+def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(overlays, build):
+    overlay_resources, namespace_name = overlays[build], manifests.EXAMPLE_NAMESPACES[build]
     namespace = only(overlay_resources, "Namespace")
-    assert namespace["metadata"] == {"name": manifests.EXAMPLE_NAMESPACE, "labels": manifests.POD_SECURITY_LABELS}
+    assert namespace["metadata"] == {"name": namespace_name, "labels": manifests.POD_SECURITY_LABELS}
     namespaced = [r for r in overlay_resources if r["kind"] != "Namespace"]
-    assert {r["metadata"]["namespace"] for r in namespaced} == {manifests.EXAMPLE_NAMESPACE}
+    assert {r["metadata"]["namespace"] for r in namespaced} == {namespace_name}
     names = {r["kind"]: r["metadata"]["name"] for r in namespaced if r["kind"] != "ConfigMap"}
     configmaps = {r["metadata"]["name"] for r in namespaced if r["kind"] == "ConfigMap"}
-    assert all(name.startswith(manifests.EXAMPLE_PREFIX) for name in [*names.values(), *configmaps])
+    assert all(name.startswith(manifests.example_prefix(build)) for name in [*names.values(), *configmaps])
     spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == names["ServiceAccount"]
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -292,25 +299,27 @@ def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(
     binding = only(overlay_resources, "RoleBinding")
     assert binding["roleRef"]["name"] == names["Role"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": names["ServiceAccount"],
-                                    "namespace": manifests.EXAMPLE_NAMESPACE}]
+                                    "namespace": namespace_name}]
     # The cluster's CA ConfigMap is not ours: the prefix must not touch it.
     ca_source = volumes["service-account"]["projected"]["sources"][1]
     assert ca_source["configMap"]["name"] == "kube-root-ca.crt"
 
 
-def test_overlay_sets_the_token_expiry_and_the_read_only_policy(overlay_resources):
+@pytest.mark.parametrize("build", render.BUILDS)
+def test_overlay_sets_the_token_expiry_and_the_read_only_policy(overlays, build):
+    overlay_resources, prefix = overlays[build], manifests.example_prefix(build)
     spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
     [sources] = [v["projected"]["sources"] for v in spec["volumes"] if v["name"] == "service-account"]
     [token] = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
     assert token == {"path": "token", **manifests.EXAMPLE_TOKEN}
     configmaps = {c["metadata"]["name"]: c for c in overlay_resources if c["kind"] == "ConfigMap"}
-    policy = configmaps[manifests.EXAMPLE_PREFIX + render.POLICY_CONFIGMAP]["data"][render.POLICY_KEY]
+    policy = configmaps[prefix + render.POLICY_CONFIGMAP]["data"][render.POLICY_KEY]
     assert json.loads(policy) == manifests.EXAMPLE_POLICY
-    # The bootstrap is the shipped one: it reads the policy from its file.
-    envoy_yaml = configmaps[manifests.EXAMPLE_PREFIX + manifests.CONFIGMAP_NAME]["data"]["envoy.yaml"]
-    assert envoy_yaml == render.to_yaml(render.bootstrap(render.shipped_settings()))
+    # The bootstrap is the build's shipped one: it reads the policy from its file.
+    envoy_yaml = configmaps[prefix + manifests.CONFIGMAP_NAME]["data"]["envoy.yaml"]
+    assert envoy_yaml == render.to_yaml(render.bootstrap(render.shipped_settings(build)))
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == manifests.EXAMPLE_PREFIX + render.POLICY_CONFIGMAP
+    assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == prefix + render.POLICY_CONFIGMAP
 
 
 def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(base_resources):
@@ -342,14 +351,16 @@ def configmap_payload_bytes(configmap: dict) -> int:
 
 @pytest.mark.parametrize("build, source", [("wasm", "dist/podward-configmap.yaml"),
                                            ("native", "dist/podward-native-configmap.yaml"),
-                                           ("wasm", "kubectl kustomize overlays/example")])
-def test_configmap_module_round_trips_and_fits(build, source, overlay_resources):
+                                           ("wasm", "kubectl kustomize overlays/example"),
+                                           ("native", "kubectl kustomize overlays/example-native")])
+def test_configmap_module_round_trips_and_fits(build, source, overlays):
     if source.startswith("dist/"):
         path = REPO / source
         [configmap] = load_all(path.read_text())
         assert len(path.read_bytes()) <= render.CONFIGMAP_LIMIT
     else:
-        [configmap] = [r for r in overlay_resources if r["metadata"]["name"] == manifests.EXAMPLE_PREFIX + "podward"]
+        [configmap] = [r for r in overlays[build]
+                       if r["metadata"]["name"] == manifests.example_prefix(build) + manifests.CONFIGMAP_NAME]
     module_name = render.BUILDS[build][2]
     module = base64.b64decode(configmap["binaryData"][module_name])
     assert hashlib.sha256(module).digest() == hashlib.sha256(render.BUILT_MODULES[build].read_bytes()).digest()

@@ -5,14 +5,19 @@ for the overlay's service account. (The Istio WasmPlugin needs Istio's CRD, whic
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
+import pathlib
 import subprocess
 
 import pytest
 import yaml
 
 from conftest import assert_status, request
+from harness import readme
+from harness.envoy import REPO
 from harness.pod import ClusterPod
 from test_manifests import CONFIGMAP, ENVOY_DIR, KUSTOMIZE, kustomize, only
 
@@ -122,3 +127,33 @@ def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, k
     assert "cannot list resource" in assert_status(
         request(envoy, "GET", f"/api/v1/namespaces/{manifests.EXAMPLE_NAMESPACE}/secrets"), 403, "Forbidden")["message"]
 
+
+
+# The build's ConfigMap file where README's commands name the wasm build's.
+BUILD_CONFIGMAPS = {build: f"dist/{render.BUILDS[build][1]}" for build in render.BUILDS}
+
+
+def readme_configmap_commands() -> list:
+    """Every command in README's "Deploy" that applies the podward ConfigMap."""
+    return [line for block in readme.blocks("## Deploy") for line in readme.commands(block)
+            if BUILD_CONFIGMAPS["wasm"] in line]
+
+
+@pytest.mark.parametrize("build", render.BUILDS)
+def test_the_readme_applies_each_build_configmap(kube, kubectl, restricted_namespace, tmp_path, build):
+    """README's own commands, for either build's ConfigMap: client-side `kubectl apply` refused the native one
+    (its last-applied annotation would exceed 256 KiB), so the README applies server-side."""
+    commands = readme_configmap_commands()
+    assert len(commands) == 2  # injection's, and the hand-written pod's
+    config = kube.admin_kubeconfig(tmp_path / "kubeconfig")
+    kubectl("config", "set-context", "--current", "--namespace", restricted_namespace, "--kubeconfig", str(config))
+    env = {**os.environ, "KUBECONFIG": str(config), "HOME": str(tmp_path),
+           "PATH": f"{pathlib.Path(os.environ['KUBECTL']).parent}:{os.environ['PATH']}"}
+    module = REPO / "dist" / render.BUILDS[build][2]
+    for command in commands:
+        command = command.replace("team-a", restricted_namespace).replace(BUILD_CONFIGMAPS["wasm"],
+                                                                         BUILD_CONFIGMAPS[build])
+        done = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        configmap = kube.admin_ok("GET", f"/api/v1/namespaces/{restricted_namespace}/configmaps/podward")
+        assert base64.b64decode(configmap["binaryData"][module.name]) == module.read_bytes()

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import sys
 import pytest
 import yaml
 
+from conftest import grant
+from harness import readme
 from harness.envoy import REPO, free_port, http_get, render
 from test_observability import wait_for
 
@@ -148,3 +151,50 @@ def metrics_ready(port: int) -> bool:
 def test_run_says_what_is_missing(tmp_path):
     result = render_py("run", "--api-server", "127.0.0.1:6443", "--token-dir", str(tmp_path / "nowhere"))
     assert result.returncode != 0 and "the token directory" in result.stderr and "does not exist" in result.stderr
+
+
+README_RUN = "### Your own environment"
+README_FILES = (pathlib.Path("/tmp/sa"), pathlib.Path("/tmp/policy.json"))
+
+
+@pytest.fixture
+def readme_cluster(kube, tmp_path):
+    """What the README's "Your own environment" assumes of a user's cluster: a kubeconfig (the admin's) and a
+    `default` ServiceAccount in its namespace, allowed to list pods there. The README's files in /tmp go
+    afterwards."""
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}})
+    grant(kube, "default", "default", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+          name="readme-run")
+    yield kube.admin_kubeconfig(tmp_path / "kubeconfig")
+    shutil.rmtree(README_FILES[0], ignore_errors=True)
+    README_FILES[1].unlink(missing_ok=True)
+
+
+@pytest.mark.envtest
+def test_the_readme_run_in_front_of_your_own_cluster(readme_cluster, tmp_path):
+    """README's "Your own environment", line by line as a user types it: no --podinfo-dir, so podward runs
+    without the Downward API volume and leaves its headers out (it used to refuse to start)."""
+    [block] = readme.blocks(README_RUN)
+    *prepare, run, use = readme.commands(block)
+    assert run.startswith("./build.sh run ") and "--podinfo-dir" not in run
+    # A HOME of its own keeps kubectl's cache out of the user's; cargo and rustup keep theirs.
+    env = {**os.environ, "KUBECONFIG": str(readme_cluster), "HOME": str(tmp_path),
+           "RUSTUP_HOME": os.environ.get("RUSTUP_HOME", os.path.expanduser("~/.rustup")),
+           "CARGO_HOME": os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo")),
+           "PATH": f"{pathlib.Path(os.environ['KUBECTL']).parent}:{os.environ['PATH']}"}
+    for line in prepare:
+        done = subprocess.run(["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+    process = subprocess.Popen(["bash", "-c", f"exec {run}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: process.poll() is not None or metrics_ready(render.METRICS_PORT), timeout=300)
+        assert process.poll() is None, process.stdout.read()
+        used = subprocess.run(["bash", "-c", use], env=env, capture_output=True, text=True,
+                              timeout=60)
+        # The token's own identity listed the pods (none: nothing runs them here).
+        assert (used.returncode, used.stderr) == (0, "No resources found in default namespace.\n"), used.stderr
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert "podward" in output and "invalid podward config" not in output, output[-3000:]
