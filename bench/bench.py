@@ -3,6 +3,7 @@
 
     ./build.sh bench                 # the full run: bench/results.json, then BENCHMARKS.md and bench/charts/
     BENCH_QUICK=1 ./build.sh bench   # one short round (~5 min) to check the pipeline: bench/out/ only
+    BENCH_ONLY=instructions ./build.sh bench   # the callgrind phase alone: bench/out/instructions.json
 
 The parts: tools.py (what is installed and built), processes.py (placement, starting and stopping),
 upstream.py (nginx as the API server), configs.py (the configurations compared), measure.py (how numbers are
@@ -38,7 +39,11 @@ from tools import cargo_output, command_output, ensure_tools  # noqa: E402
 from upstream import MADE_UP_PREFIX, PODS_PATH, pod_list_json  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-SCHEMA = 2
+ONLY = os.environ.get("BENCH_ONLY")
+SCHEMA = 3
+# The forwarded requests' callgrind files of the last run, for callgrind_annotate (not committed).
+CALLGRIND_DUMPS = REPO / "bench" / "out" / "callgrind"
+INSTRUCTIONS_ONLY = REPO / "bench" / "out" / "instructions.json"
 
 
 def file_size(path: pathlib.Path) -> int | None:
@@ -84,8 +89,23 @@ def shipped_sidecar() -> dict:
 
 
 def configurations() -> list[dict]:
-    return [{"key": c.key, "label": c.label, "startup": c.startup, "measured": c.missing() is None,
+    return [{"key": c.key, "label": c.label, "startup": c.startup, "podward": c.podward,
+             "measured": c.missing() is None,
              **({"why": c.missing()} if c.missing() else {})} for c in CONFIGURATIONS]
+
+
+def instructions_only(work: pathlib.Path, plan: phases.Plan) -> None:
+    """The callgrind phase alone (BENCH_ONLY=instructions): a few minutes, for work on the request path."""
+    testbed = Testbed(work)
+    testbed.learn_identity()
+    run = phases.Run(testbed, plan, Quiet(plan.quiet_budget_s))
+    data = {"plan": dataclasses.asdict(plan), "configs": configurations(),
+            "machine": {"git": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"])},
+            "instructions": phases.instructions(run, CALLGRIND_DUMPS)}
+    INSTRUCTIONS_ONLY.parent.mkdir(parents=True, exist_ok=True)
+    INSTRUCTIONS_ONLY.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    print("\n".join(report.instructions_section(report.Results(data))))
+    log(f"wrote {INSTRUCTIONS_ONLY.relative_to(REPO)}; callgrind files in {CALLGRIND_DUMPS.relative_to(REPO)}")
 
 
 def main() -> None:
@@ -101,6 +121,16 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = pathlib.Path(tempfile.mkdtemp(prefix="podward-bench-"))
     log(f"work directory {work}; plan {plan}")
+    if ONLY:
+        if ONLY != "instructions":
+            sys.exit(f"BENCH_ONLY={ONLY}: only 'instructions' can run alone")
+        try:
+            instructions_only(work, plan)
+        finally:
+            stop_all()
+            if os.environ.get("BENCH_KEEP") != "1":
+                shutil.rmtree(work, ignore_errors=True)
+        return
     quiet = Quiet(plan.quiet_budget_s)
     data: dict = {
         "schema": SCHEMA, "quick": QUICK, "plan": dataclasses.asdict(plan),
@@ -118,6 +148,7 @@ def main() -> None:
         run = phases.Run(testbed, plan, quiet)
         data["upstream_reference"] = phases.upstream_reference(run)
         data["runs"] = phases.main_runs(run)
+        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS)
         data["startup"] = phases.startup_runs(run)
         data["flood"] = phases.flood(run)
         data["rotation"] = phases.rotation_runs(run)

@@ -88,10 +88,12 @@ def targets_section(results: Results) -> list[str]:
         rows.append([str(target.issue), target.what, value_text(verdict), limit_text(target, results), outcome,
                      verdict.note])
     return [
-        "## Targets (issues 13 and 14)",
+        "## Targets (issues 13, 14 and 19)",
         "",
         "Paired targets are computed per round from runs started next to each other, shown as median [min–max]; "
-        "'met' means every round meets the target, 'met (median)' only the median. Start-up compares medians.",
+        "'met' means every round meets the target, 'met (median)' only the median. Start-up compares medians. "
+        "Issue 19's are instructions per request under callgrind, paired per launch repeat; CPU microseconds on "
+        "this shared machine are noise-prone and stay as context.",
         "",
         *table(["issue", "target", "measured", "limit", "verdict", "note"], rows, numeric_from=2, text_after=4),
     ]
@@ -196,6 +198,68 @@ def method_section(results: Results) -> list[str]:
             f"(`{data['paths']['made_up']}N`, N counting up; nginx answers them 404). Peak memory per stage, then "
             "whether it still serves.")
     return [*lines, ""]
+
+
+INSTRUCTION_WORKLOADS = [("forwarded", "forwarded request"), ("refused", "refused request (403)"),
+                         ("watch_event", "watch event")]
+
+
+def instructions_section(results: Results, charts: str | None = None) -> list[str]:
+    """Instructions per request under callgrind: the figures issue 19's targets are judged on; `charts`: where
+    the report finds its charts, if it has them."""
+    lines = ["## Instructions per request (callgrind)", ""]
+    counted = results.data.get("instructions")
+    if not counted or "why" in counted:
+        why = counted["why"] if counted else "not in this run's data"
+        return [*lines, f"{NOT_MEASURED.capitalize()}: {why}.", ""]
+    plan = results.data["plan"]
+
+    def k(values: list[float]) -> str:
+        return spread([v / 1000 for v in values], "{:.1f}")
+
+    def repeat_spread(values: list[float]) -> str:
+        return "—" if len(values) < 2 else f"{(max(values) - min(values)) / med(values) * 100:.2f} %"
+
+    rows = []
+    for config in results.configs:
+        key = config["key"]
+        why = config.get("why") if not config["measured"] else results.why_not_counted(key)
+        if why:
+            rows.append([f"{config['label']} ({NOT_MEASURED}: {why})", *["—"] * 7])
+            continue
+        forwarded = results.instructions(key)
+        a = results.instructions("A")
+        rows.append([
+            config["label"], k(forwarded), repeat_spread(forwarded),
+            fmt_or_na(med(forwarded) / med(a) if forwarded and a else None, "{:.3f}"),
+            k(results.instructions(key, "refused")) if results.instructions(key, "refused") else "—",
+            k(results.instructions(key, "watch_event")),
+            spread([v / 1e6 for v in results.idle_instructions_per_s(key)], "{:.2f}"),
+            spread([v / 1e6 for v in [r["per_s"] for r in results.instruction_rows()
+                                      if r["config"] == key and r["workload"] == "idle"
+                                      and r["refresh"] == "none"]], "{:.2f}") if config.get("podward") else "—",
+        ])
+    return [
+        *lines,
+        *([f"![instructions per request per configuration]({charts}/instructions.svg)", ""] if charts else []),
+        f"User-space instructions of the proxy process, all threads together, counted by {counted['tool']} "
+        f"(`--tool=callgrind --separate-threads=no`), Envoy --concurrency 1; each configuration launched "
+        f"{plan['instruction_repeats']} time(s), interleaved. Per launch: {plan['instruction_warmup']} requests of "
+        f"warm-up, then each count between `callgrind_control --zero` and `--dump`: "
+        f"{plan['instruction_requests']} sequential requests on one kept-alive connection (GET "
+        f"{results.data['paths']['pods'] if 'paths' in results.data else 'the PodList'}, "
+        f"{(results.data.get('machine') or {}).get('podlist_bytes', '~2,400')} bytes from nginx), as many "
+        "refused ones (exec, which podward's preset and kubectl proxy deny; 403), and "
+        f"{plan['instruction_events']} watch events (~1.3 KB each) one at a time on an open watch. What the "
+        f"proxy does on timers is counted in a {plan['instruction_idle_s']:g} s idle window of the same launch "
+        "and taken off each count (rate × its wall time). podward's file refresh is a cost per second, not per "
+        "request: the counting launch of C, E and F sets `refresh_interval_ms` to its maximum, and a second "
+        "launch as shipped (1 s) gives the idle figure.",
+        "",
+        *table(["configuration", "k instr / forwarded request", "spread between launches", "× A",
+                "k instr / refused request", "k instr / watch event", "M instr / idle s (as shipped)",
+                "M instr / idle s (no refresh)"], rows),
+    ]
 
 
 def cell_sections(results: Results) -> list[str]:
@@ -422,7 +486,9 @@ def memory_observations(results: Results, m) -> list[str | None]:
 
 def render_markdown(results: Results, layout: Layout) -> str:
     sections = [
-        title(results, layout), targets_section(results), glance_section(results, layout), machine_section(results),
+        title(results, layout), targets_section(results), glance_section(results, layout),
+        instructions_section(results, os.path.relpath(layout.charts, layout.report.parent)),
+        machine_section(results),
         method_section(results), cell_sections(results), comparisons_section(results), startup_section(results),
         flood_section(results), headroom_section(results), rotation_section(results), microbench_section(results),
         memory_variants_section(results),

@@ -21,11 +21,15 @@ WASM_OPT = ["wasm-opt", "-Oz", "--enable-bulk-memory", "--enable-sign-ext", "--e
             "--enable-nontrapping-float-to-int", "--enable-multivalue", "--enable-reference-types"]
 
 
+# Debian package of each tool the bench runs: valgrind brings callgrind and callgrind_control.
+PACKAGES = {"wrk": "wrk", "nginx": "nginx", "valgrind": "valgrind", "callgrind_control": "valgrind"}
+
+
 def ensure_tools() -> None:
-    missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
+    missing = [tool for tool in PACKAGES if not shutil.which(tool)]
     if missing:
-        log(f"installing {' '.join(missing)} from Debian")
-        packages = ["wrk", "nginx"]
+        packages = sorted({PACKAGES[tool] for tool in missing})
+        log(f"installing {' '.join(packages)} from Debian")
         if subprocess.run(["apt-get", "install", "-y", "-qq", *packages]).returncode != 0:
             subprocess.run(["apt-get", "update", "-qq"], check=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
