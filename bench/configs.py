@@ -43,6 +43,8 @@ class Configuration:
     # The app listener's HTTP filters (before the router); None keeps render.bootstrap()'s, i.e. podward.
     filters: Callable[["Testbed", render.Settings], list] | None = None
     kubectl: bool = False             # `kubectl proxy` instead of Envoy
+    # The API server's protocol, pinned: HTTP/1.1 unless h2 (the shipped config negotiates h2 by ALPN since
+    # issue 19; the figures stay comparable with earlier runs, and E is podward over h2).
     upstream_http2: bool = False
     client_sends_token: bool = False  # the proxy adds no credentials: wrk sends the token itself
     sends_identity: bool = False      # the identity headers must reach the upstream, equal to podward's
@@ -50,6 +52,8 @@ class Configuration:
     build: str = "wasm"               # podward's build when the filters are render.py's own
     startup: bool = False             # part of the start-up measurement
     refuses: bool = False             # answers REFUSED_PATH itself (a policy), instead of forwarding it
+    # A change to the whole bootstrap (bench/breakdown.py's variants), after the filters are in place.
+    adjust: Callable[[dict], None] | None = None
 
     @property
     def podward(self) -> bool:
@@ -109,13 +113,13 @@ CONFIGURATIONS = [
     Configuration("A", "A Envoy, no filter", filters=no_filters, client_sends_token=True, startup=True),
     Configuration("B", "B Envoy credential_injector + header_mutation", filters=native_injector,
                   sends_identity=True),
-    Configuration("C", "C podward (wasm) as shipped", sends_identity=True, startup=True, refuses=True),
+    Configuration("C", "C podward (wasm), HTTP/1.1 upstream", sends_identity=True, startup=True, refuses=True),
     Configuration("C0", "C0 minimal header-setting wasm", filters=minimal_wasm, sends_identity=True, startup=True),
     Configuration("D1", "D kubectl proxy, HTTP/1.1 upstream", kubectl=True, refuses=True),
     Configuration("D2", "D kubectl proxy, h2 upstream", kubectl=True, upstream_http2=True, startup=True,
                   refuses=True),
     Configuration("E", "E podward (wasm), h2 upstream", upstream_http2=True, sends_identity=True, refuses=True),
-    Configuration("F", "F podward native (dynamic module) as shipped", build="native", sends_identity=True,
+    Configuration("F", "F podward native (dynamic module), HTTP/1.1 upstream", build="native", sends_identity=True,
                   needs=NATIVE_MODULE, startup=True, refuses=True),
 ]
 BY_KEY = {config.key: config for config in CONFIGURATIONS}
@@ -168,6 +172,9 @@ class Testbed:
         return {"Authorization": f"Bearer {self.token}"} if config.client_sends_token else {}
 
     def settings(self, **overrides) -> render.Settings:
+        """render.py's settings for this testbed; the upstream protocol pinned to HTTP/1.1 unless overridden
+        (Configuration.upstream_http2)."""
+        overrides.setdefault("upstream_protocol", "http1")
         settings = local_settings(self.pod, self.nginx.port, self.ca_file, **overrides)
         return dataclasses.replace(settings, wasm_path=str(self.podward_wasm), native_path=str(self.native_module))
 
@@ -183,6 +190,8 @@ class Testbed:
             router = manager["http_filters"][-1]
             assert router["name"] == "envoy.filters.http.router"
             manager["http_filters"] = [*config.filters(self, settings), router]
+        if config.adjust:
+            config.adjust(bootstrap)
         return bootstrap
 
     def envoy_service(self, label: str, bootstrap: dict, settings: render.Settings, concurrency: int,
@@ -233,7 +242,7 @@ class Testbed:
         """The configuration's proxy, not yet started; `plugin_config` replaces podward's configuration."""
         if config.kubectl:
             return self.kubectl_service(config, concurrency, wrapper)
-        settings = self.settings(upstream_http2=config.upstream_http2, build=config.build,
+        settings = self.settings(upstream_protocol="h2" if config.upstream_http2 else "http1", build=config.build,
                                  **({"plugin_config": plugin_config} if plugin_config is not None else {}))
         return self.envoy_service(config.key, self.envoy_config(config, settings), settings, concurrency,
                                   wrapper=wrapper)
