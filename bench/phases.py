@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import subprocess
+import sys
 import time
 
 from configs import BY_KEY, CONFIGURATIONS, Configuration, Testbed
@@ -134,6 +136,34 @@ def instructions(run: Run, keep_dumps) -> dict:
     """Instructions per forwarded request, refused request and watch event, and per idle second, under
     callgrind (instructions.py); `keep_dumps`: where the forwarded requests' callgrind files are kept."""
     return instruction_counts(run.testbed, measurable(), run.plan, keep_dumps)
+
+
+CONNECTIONS_TEST = "tests/test_real_connections.py"
+
+
+def api_connections(work: pathlib.Path) -> dict:
+    """The connections each sidecar holds to the real API server under watches and requests, podward (both
+    builds, and its HTTP/1.1 variant) against kubectl proxy: the test that asserts the target, run for its
+    figures. Needs $KUBEBUILDER_ASSETS (../shared/envtest)."""
+    if not os.environ.get("KUBEBUILDER_ASSETS"):
+        return {"why": "$KUBEBUILDER_ASSETS is not set (the real API server, ../shared/envtest/install)"}
+    log(f"API server connections: {CONNECTIONS_TEST} against the real API server")
+    figures = work / "figures"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CONNECTIONS_TEST],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "tests"), "PODWARD_FIGURES": str(figures),
+                               "PODWARD_REQUIRE_ENVTEST": "1"})
+    recorded = figures / "connections.json"
+    builds = json.loads(recorded.read_text()) if recorded.exists() else {}
+    result = {"test": CONNECTIONS_TEST, "passed": done.returncode == 0,
+              "builds": {build: sections["api_server_connections"] for build, sections in builds.items()}}
+    if done.returncode != 0:
+        result["output"] = done.stdout[-3000:]
+        log(f"  the test failed:\n{done.stdout[-3000:]}")
+    for build, figures_of in result["builds"].items():
+        log(f"  {build}: podward {figures_of['podward']['connections']}, its HTTP/1.1 variant "
+            f"{figures_of['podward_http1']['connections']}, kubectl proxy {figures_of['kubectl_proxy']['connections']}")
+    return result
 
 
 def startup_runs(run: Run) -> list[dict]:
