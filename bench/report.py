@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders BENCHMARKS.md and its charts from a results file, and from nothing else.
 
-    python bench/report.py           # bench/results.json → BENCHMARKS.md, bench/charts/*.svg
+    python bench/report.py           # bench/results.json → BENCHMARKS.md, bench/charts/*.svg, README.md's figures
     python bench/report.py --quick   # bench/out/results.quick.json → bench/out/BENCHMARKS.quick.md, bench/out/charts/
 
 Every sentence with a number is a template filled from the data, so the report cannot drift from what was
@@ -16,6 +16,7 @@ import os
 import pathlib
 import sys
 
+import readme
 from charts import draw_all
 from figures import MAIN_CELL, NOT_MEASURED, Results, fmt_or_na, med, mib, spread
 from targets import judge_all, limit_text, value_text
@@ -28,9 +29,10 @@ class Layout:
     results: pathlib.Path
     report: pathlib.Path
     charts: pathlib.Path
+    readme: pathlib.Path | None = None  # whose figures are rendered too (readme.py)
 
 
-FULL = Layout(REPO / "bench" / "results.json", REPO / "BENCHMARKS.md", REPO / "bench" / "charts")
+FULL = Layout(REPO / "bench" / "results.json", REPO / "BENCHMARKS.md", REPO / "bench" / "charts", REPO / "README.md")
 QUICK = Layout(REPO / "bench" / "out" / "results.quick.json", REPO / "bench" / "out" / "BENCHMARKS.quick.md",
                REPO / "bench" / "out" / "charts")
 
@@ -262,6 +264,55 @@ def instructions_section(results: Results, charts: str | None = None) -> list[st
     ]
 
 
+# The paper estimate of what a fleet of sidecars costs the API servers.
+FLEET_PODS = 10_000
+
+
+def connections_section(results: Results) -> list[str]:
+    """Connections each sidecar holds to the real API server, and what a fleet of them costs it."""
+    lines = ["## Connections to the API server (issue 19)", ""]
+    measured = results.data.get("api_connections")
+    if not measured or "why" in measured or not measured.get("builds"):
+        why = (measured or {}).get("why", "not in this run's data")
+        return [*lines, f"{NOT_MEASURED.capitalize()}: {why}.", ""]
+    rows, estimates = [], []
+    for build, figures in sorted(measured["builds"].items()):
+        per_connection = figures.get("apiserver_go_memory_per_connection_bytes")
+        for key, what in (("podward", f"podward ({build}), HTTP/2 by ALPN (shipped)"),
+                          ("podward_http1", f"podward ({build}), HTTP/1.1 upstream (before issue 19)"),
+                          ("kubectl_proxy", "kubectl proxy (client-go, HTTP/2)")):
+            held = figures[key]["connections"]
+            fleet = held * FLEET_PODS
+            memory = "—" if per_connection is None else f"{fleet * per_connection / 2**30:.2f}"
+            rows.append([what, str(held), f"{figures[key]['apiserver_go_memory_delta_bytes'] / 2**20:.1f}",
+                         f"{fleet:,}", memory])
+        if per_connection is not None:
+            estimates.append(f"{build}: {per_connection / 1024:.0f} KiB")
+    any_build = next(iter(measured["builds"].values()))["podward"]
+    verdict = "passed" if measured["passed"] else "**failed**"
+    return [
+        *lines,
+        f"`{measured['test']}` ({verdict}) against kube-apiserver 1.36 (envtest): {any_build['watches']} watches "
+        f"held open through the sidecar, each on its own connection from the app, then "
+        f"{any_build['requests']} list requests from {any_build['concurrent_clients']} concurrent clients; the most "
+        "established TCP connections the proxy process held to the API server port (/proc/PID/fd and "
+        "/proc/net/tcp, sampled every 20 ms). Its target: podward holds no more than kubectl proxy, plus one for an "
+        "upgrade in progress (exec, attach and port-forward always take an HTTP/1.1 connection of their own, in "
+        "client-go too).",
+        "",
+        *table(["sidecar", "connections to the API server", "API server memory for the watches, MiB",
+                f"{FLEET_PODS:,} pods: connections", f"{FLEET_PODS:,} pods: API server GiB"], rows),
+        f"Paper estimate for {FLEET_PODS:,} pods with the same load: connections × the API server's memory per "
+        "connection, measured here as the growth of its live Go heap and goroutine stacks "
+        "(go_memstats_heap_inuse_bytes + go_memstats_stack_inuse_bytes from its /metrics, each right after a "
+        "collection forced through /debug/pprof/heap?gc=1, median of 3) between the same watches held on one "
+        "connection and on one connection each, divided by the extra connections "
+        f"({', '.join(estimates) or 'not measured'}). Not counted: the kernel's socket buffers on both ends and "
+        "any load balancer in front; a fleet's API servers share the total.",
+        "",
+    ]
+
+
 def cell_sections(results: Results) -> list[str]:
     lines = []
     for cell in results.cells():
@@ -488,6 +539,7 @@ def render_markdown(results: Results, layout: Layout) -> str:
     sections = [
         title(results, layout), targets_section(results), glance_section(results, layout),
         instructions_section(results, os.path.relpath(layout.charts, layout.report.parent)),
+        connections_section(results),
         machine_section(results),
         method_section(results), cell_sections(results), comparisons_section(results), startup_section(results),
         flood_section(results), headroom_section(results), rotation_section(results), microbench_section(results),
@@ -501,7 +553,10 @@ def render(data: dict, layout: Layout) -> list[pathlib.Path]:
     results = Results(data)
     layout.report.parent.mkdir(parents=True, exist_ok=True)
     layout.report.write_text(render_markdown(results, layout))
-    return [layout.report, *draw_all(results, layout.charts)]
+    written = [layout.report, *draw_all(results, layout.charts)]
+    if layout.readme:
+        written.append(readme.render(results, layout.readme))
+    return written
 
 
 def main() -> None:

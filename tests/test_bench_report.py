@@ -23,8 +23,11 @@ COMMITTED = json.loads(report.FULL.results.read_text())
 
 
 def render_into(directory: pathlib.Path, data: dict) -> report.Layout:
-    """The committed layout (report at the root, charts under bench/charts), moved into `directory`."""
-    layout = report.Layout(report.FULL.results, directory / "BENCHMARKS.md", directory / "bench" / "charts")
+    """The committed layout (report at the root, charts under bench/charts, the README), moved into
+    `directory`."""
+    (directory / "README.md").write_text(report.FULL.readme.read_text())
+    layout = report.Layout(report.FULL.results, directory / "BENCHMARKS.md", directory / "bench" / "charts",
+                           directory / "README.md")
     report.render(data, layout)
     return layout
 
@@ -33,6 +36,8 @@ def test_committed_report_and_charts_are_what_the_renderer_makes(tmp_path):
     layout = render_into(tmp_path, COMMITTED)
     assert layout.report.read_text() == report.FULL.report.read_text(), \
         "BENCHMARKS.md differs from bench/results.json: run `python bench/report.py` and commit both"
+    assert layout.readme.read_text() == report.FULL.readme.read_text(), \
+        "README.md's figures differ from bench/results.json: run `python bench/report.py` and commit both"
     rendered = sorted(path.name for path in layout.charts.iterdir())
     assert rendered == sorted(path.name for path in report.FULL.charts.iterdir())
     for name in rendered:
