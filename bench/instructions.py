@@ -146,10 +146,12 @@ def per_unit(instructions: int, seconds: float, background_per_s: float, units: 
 
 
 def count_configuration(testbed: Testbed, config: Configuration, plan, repeat: int,
-                        out_dir: pathlib.Path) -> list[dict]:
-    """One launch under callgrind: the idle rate, then each workload; one row per workload."""
+                        out_dir: pathlib.Path, plugin_config: dict | None = None) -> list[dict]:
+    """One launch under callgrind: the idle rate, then each workload; one row per workload. `plugin_config`:
+    podward's configuration, for a podward configuration (the refresh is taken out in any case)."""
     callgrind = Callgrind(out_dir / f"{config.key}-{repeat}", f"{config.key}")
-    plugin_config = {"refresh_interval_ms": NO_REFRESH_MS} if config.podward else None
+    if config.podward:
+        plugin_config = {**(plugin_config or {}), "refresh_interval_ms": NO_REFRESH_MS}
     service = launch(testbed, config, callgrind, plugin_config)
     headers = testbed.client_headers(config)
     rows = []
