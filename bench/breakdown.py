@@ -139,6 +139,85 @@ def calls_per_function(dump: str) -> dict:
     return calls
 
 
+def call_graph(dump: str) -> tuple[collections.Counter, collections.Counter]:
+    """(calls, inclusive instructions) per (caller, callee) of a callgrind file."""
+    names, calls, cost = {}, collections.Counter(), collections.Counter()
+    caller = callee = pending = None
+    for line in pathlib.Path(dump).read_text(errors="replace").splitlines():
+        match = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
+        if match:
+            if match.group(3):
+                names[match.group(2)] = match.group(3).split("'")[0]
+            if match.group(1) == "fn":
+                caller = names.get(match.group(2))
+            else:
+                callee = names.get(match.group(2))
+            continue
+        if line.startswith("calls="):
+            pending = int(line.split("=")[1].split()[0])
+        elif pending is not None and line[:1].isdigit() or (pending is not None and line[:1] in "+-*"):
+            calls[(caller, callee)] += pending
+            cost[(caller, callee)] += int(line.split()[1])
+            pending = None
+    return calls, cost
+
+
+def generated(function: str | None) -> bool:
+    return bool(function) and function.startswith("0x") and int(function, 16) >= GENERATED_CODE_FROM
+
+
+def host_calls(dump: str, requests: int) -> dict:
+    """Each proxy-wasm host function the module called: {address: (calls, inclusive instructions)} per request.
+    Every call from V8's code into Envoy goes through one entry (the most called from generated code); its
+    callees, three levels down, are the host functions themselves."""
+    calls, cost = call_graph(dump)
+    entries = collections.Counter()
+    for (caller, callee), count in calls.items():
+        if generated(caller) and not generated(callee):
+            entries[callee] += count
+    if not entries:
+        return {}
+    entry = entries.most_common(1)[0][0]
+
+    def callees(of: str) -> list:
+        return [(callee, calls[(caller, callee)], cost[(caller, callee)]) for caller, callee in calls if caller == of]
+    found = {}
+    # A host function sits under two wrappers, each called as often as it is.
+    for first, calls_first, _ in callees(entry):
+        for second, calls_second, _ in callees(first):
+            for third, count, instructions in callees(second):
+                if count == calls_second == calls_first and instructions / requests >= 500:
+                    found[third] = (count / requests, instructions / requests)
+    return found
+
+
+def host_call_section(base: dict) -> list[str]:
+    """C's and C0's host functions, named by the probe variant each first appears in."""
+    def of(key: str) -> dict:
+        row = base.get(key, {}).get("forwarded", {})
+        return host_calls(row["dump"], row["count"]) if row.get("dump") else {}
+    c0 = of("C0")
+    names = {address: "proxy_replace_header_map_value (C0's header sets)" for address in c0}
+    for probe in PROBES:
+        for address in set(of("C0+" + probe)) - set(c0):
+            names[address] = {"read-headers": "proxy_get_header_map_pairs (the whole request map)",
+                              "response-code": "proxy_get_property (response.code)",
+                              "counter": "proxy_increment_metric",
+                              "record": "proxy_set_property (the access record)"}[probe]
+    rows = []
+    for key in ("C0", "C"):
+        for address, (count, instructions) in sorted(of(key).items(), key=lambda item: -item[1][1]):
+            rows.append(f"| {key} | {names.get(address, address)} | {count:.2f} | {instructions / 1000:.2f} | "
+                        f"{instructions / count / 1000:.2f} |")
+    return ["## Host calls from the VM (Envoy's side, inclusive)", "",
+            "Every call from V8's code into Envoy goes through one entry; its callees are the host functions, "
+            "named here by the C0 probe in which each first appears (podward's own calls to the same function "
+            "have the same address); one no probe makes is left as its address. Calls under 0.5k a request are "
+            "left out.", "",
+            "| | host function | calls per request | k per request | k per call |", "|---|---|---:|---:|---:|",
+            *rows, ""]
+
+
 def main() -> None:
     ensure_tools()
     work = pathlib.Path(tempfile.mkdtemp(prefix="podward-breakdown-"))
@@ -198,6 +277,7 @@ def render(rows: list, plan) -> str:
                   "| object | k |", "|---|---:|",
                   *(f"| {name} | {value / requests / 1000:.1f} |" for name, value in
                     sorted(split.items(), key=lambda item: -item[1])), ""]
+    lines += host_call_section(base)
     f_dump = base["F"]["forwarded"].get("dump")
     if f_dump:
         lines += ["## F: the dynamic-module hooks and callbacks (inclusive k per request, calls per request)", "",
