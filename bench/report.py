@@ -280,7 +280,7 @@ def connections_section(results: Results) -> list[str]:
         per_connection = figures.get("apiserver_go_memory_per_connection_bytes")
         for key, what in (("podward", f"podward ({build}), HTTP/2 by ALPN (shipped)"),
                           ("podward_http1", f"podward ({build}), HTTP/1.1 upstream (before issue 19)"),
-                          ("kubectl_proxy", "kubectl proxy (client-go, HTTP/2)")):
+                          ("kubectl_proxy", f"kubectl proxy (client-go, HTTP/2), beside the {build} run")):
             held = figures[key]["connections"]
             fleet = held * FLEET_PODS
             memory = "—" if per_connection is None else f"{fleet * per_connection / 2**30:.2f}"
