@@ -163,6 +163,11 @@ case "${1:-build}" in
   bench)
     build
     setup_kubectl
+    # The real API server, for the phase that counts its connections (skipped without it).
+    if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ -x ../shared/envtest/install ]; then
+      KUBEBUILDER_ASSETS=$(../shared/envtest/install .cache/envtest)
+      export KUBEBUILDER_ASSETS
+    fi
     exec env PYTHONPATH=tests "$VENV/bin/python" bench/bench.py ;;
   *)
     sed -n '2,10p' "$0"

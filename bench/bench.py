@@ -3,6 +3,7 @@
 
     ./build.sh bench                 # the full run: bench/results.json, then BENCHMARKS.md and bench/charts/
     BENCH_QUICK=1 ./build.sh bench   # one short round (~5 min) to check the pipeline: bench/out/ only
+    BENCH_ONLY=instructions,connections ./build.sh bench   # those phases alone: bench/out/only.json
 
 The parts: tools.py (what is installed and built), processes.py (placement, starting and stopping),
 upstream.py (nginx as the API server), configs.py (the configurations compared), measure.py (how numbers are
@@ -38,7 +39,12 @@ from tools import cargo_output, command_output, ensure_tools  # noqa: E402
 from upstream import MADE_UP_PREFIX, PODS_PATH, pod_list_json  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-SCHEMA = 2
+ONLY = os.environ.get("BENCH_ONLY")
+SCHEMA = 3
+# The forwarded requests' callgrind files of the last run, for callgrind_annotate (not committed).
+CALLGRIND_DUMPS = REPO / "bench" / "out" / "callgrind"
+ONLY_RESULTS = REPO / "bench" / "out" / "only.json"
+ALONE = {"instructions", "connections"}
 
 
 def file_size(path: pathlib.Path) -> int | None:
@@ -70,6 +76,8 @@ def describe_machine(testbed: Testbed) -> dict:
             "minimal_wasm_cargo": file_size(testbed.minimal_wasm_built),
             "libpodward_so": file_size(NATIVE_MODULE),
         },
+        # The ConfigMap `podward` of each build, as ./build.sh wrote it (README, "Which build").
+        "configmaps": {build: file_size(REPO / "dist" / configmap) for build, (_, configmap, _) in render.BUILDS.items()},
         "podlist_bytes": len(pod_list_json()),
         "git": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "load_average_at_start": os.getloadavg(),
@@ -84,8 +92,29 @@ def shipped_sidecar() -> dict:
 
 
 def configurations() -> list[dict]:
-    return [{"key": c.key, "label": c.label, "startup": c.startup, "measured": c.missing() is None,
+    return [{"key": c.key, "label": c.label, "startup": c.startup, "podward": c.podward,
+             "measured": c.missing() is None,
              **({"why": c.missing()} if c.missing() else {})} for c in CONFIGURATIONS]
+
+
+def phases_alone(work: pathlib.Path, plan: phases.Plan, names: list[str]) -> None:
+    """BENCH_ONLY=instructions,connections: those phases alone, a few minutes each, for work on the request
+    path; bench/out/only.json, never the committed results."""
+    data = {"plan": dataclasses.asdict(plan), "configs": configurations(),
+            "machine": {"git": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"])}}
+    if "instructions" in names:
+        testbed = Testbed(work)
+        testbed.learn_identity()
+        run = phases.Run(testbed, plan, Quiet(plan.quiet_budget_s))
+        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS)
+        data["api_connections"] = phases.api_connections(work)
+    if "connections" in names:
+        data["api_connections"] = phases.api_connections(work)
+    ONLY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    ONLY_RESULTS.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    results = report.Results(data)
+    print("\n".join([*report.instructions_section(results), *report.connections_section(results)]))
+    log(f"wrote {ONLY_RESULTS.relative_to(REPO)}; callgrind files in {CALLGRIND_DUMPS.relative_to(REPO)}")
 
 
 def main() -> None:
@@ -101,6 +130,17 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = pathlib.Path(tempfile.mkdtemp(prefix="podward-bench-"))
     log(f"work directory {work}; plan {plan}")
+    if ONLY:
+        names = ONLY.split(",")
+        if not set(names) <= ALONE:
+            sys.exit(f"BENCH_ONLY={ONLY}: only {', '.join(sorted(ALONE))} can run alone")
+        try:
+            phases_alone(work, plan, names)
+        finally:
+            stop_all()
+            if os.environ.get("BENCH_KEEP") != "1":
+                shutil.rmtree(work, ignore_errors=True)
+        return
     quiet = Quiet(plan.quiet_budget_s)
     data: dict = {
         "schema": SCHEMA, "quick": QUICK, "plan": dataclasses.asdict(plan),
@@ -118,6 +158,8 @@ def main() -> None:
         run = phases.Run(testbed, plan, quiet)
         data["upstream_reference"] = phases.upstream_reference(run)
         data["runs"] = phases.main_runs(run)
+        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS)
+        data["api_connections"] = phases.api_connections(work)
         data["startup"] = phases.startup_runs(run)
         data["flood"] = phases.flood(run)
         data["rotation"] = phases.rotation_runs(run)

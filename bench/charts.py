@@ -127,7 +127,24 @@ def startup_chart(results: Results, path: pathlib.Path) -> None:
     save(figure, path)
 
 
-CHARTS = {"memory.svg": memory_chart, "cpu.svg": cpu_chart, "startup.svg": startup_chart}
+def instructions_chart(results: Results, path: pathlib.Path) -> None:
+    """Instructions per forwarded request, refused request and watch event (callgrind), median of launches."""
+    keys = [c["key"] for c in results.configs]
+    figure = Figure(figsize=(10, 0.55 * len(keys) + 1.4))
+    axes = figure.subplots()
+    colours = ["#3182bd", "#fd8d3c", "#74c476"]
+    series = [(name, [med([v / 1000 for v in results.instructions(k, workload)]) for k in keys], colour)
+              for (workload, name), colour in zip((("forwarded", "forwarded request"), ("refused", "refused (403)"),
+                                                   ("watch_event", "watch event")), colours)]
+    grouped_barh(axes, configuration_labels(results, keys), series, "{:.1f}k")
+    axes.set_xlabel("thousand user-space instructions of the proxy, all threads (callgrind), median of launches")
+    figure.suptitle("Instructions per request, Envoy --concurrency 1")
+    legend_below(figure, axes)
+    save(figure, path)
+
+
+CHARTS = {"memory.svg": memory_chart, "cpu.svg": cpu_chart, "startup.svg": startup_chart,
+          "instructions.svg": instructions_chart}
 
 
 def draw_all(results: Results, directory: pathlib.Path) -> list[pathlib.Path]:

@@ -43,12 +43,22 @@ class Configuration:
     # The app listener's HTTP filters (before the router); None keeps render.bootstrap()'s, i.e. podward.
     filters: Callable[["Testbed", render.Settings], list] | None = None
     kubectl: bool = False             # `kubectl proxy` instead of Envoy
+    # The API server's protocol, pinned: HTTP/1.1 unless h2 (the shipped config negotiates h2 by ALPN since
+    # issue 19; the figures stay comparable with earlier runs, and E is podward over h2).
     upstream_http2: bool = False
     client_sends_token: bool = False  # the proxy adds no credentials: wrk sends the token itself
     sends_identity: bool = False      # the identity headers must reach the upstream, equal to podward's
     needs: pathlib.Path | None = None  # a build artefact this configuration cannot run without
     build: str = "wasm"               # podward's build when the filters are render.py's own
     startup: bool = False             # part of the start-up measurement
+    refuses: bool = False             # answers REFUSED_PATH itself (a policy), instead of forwarding it
+    # A change to the whole bootstrap (bench/breakdown.py's variants), after the filters are in place.
+    adjust: Callable[[dict], None] | None = None
+
+    @property
+    def podward(self) -> bool:
+        """podward's own filter (either build), rather than a baseline's."""
+        return self.filters is None and not self.kubectl
 
     def missing(self) -> str | None:
         """Why the configuration cannot be measured on this machine, or None."""
@@ -103,13 +113,14 @@ CONFIGURATIONS = [
     Configuration("A", "A Envoy, no filter", filters=no_filters, client_sends_token=True, startup=True),
     Configuration("B", "B Envoy credential_injector + header_mutation", filters=native_injector,
                   sends_identity=True),
-    Configuration("C", "C podward (wasm) as shipped", sends_identity=True, startup=True),
+    Configuration("C", "C podward (wasm), HTTP/1.1 upstream", sends_identity=True, startup=True, refuses=True),
     Configuration("C0", "C0 minimal header-setting wasm", filters=minimal_wasm, sends_identity=True, startup=True),
-    Configuration("D1", "D kubectl proxy, HTTP/1.1 upstream", kubectl=True),
-    Configuration("D2", "D kubectl proxy, h2 upstream", kubectl=True, upstream_http2=True, startup=True),
-    Configuration("E", "E podward (wasm), h2 upstream", upstream_http2=True, sends_identity=True),
-    Configuration("F", "F podward native (dynamic module) as shipped", build="native", sends_identity=True,
-                  needs=NATIVE_MODULE, startup=True),
+    Configuration("D1", "D kubectl proxy, HTTP/1.1 upstream", kubectl=True, refuses=True),
+    Configuration("D2", "D kubectl proxy, h2 upstream", kubectl=True, upstream_http2=True, startup=True,
+                  refuses=True),
+    Configuration("E", "E podward (wasm), h2 upstream", upstream_http2=True, sends_identity=True, refuses=True),
+    Configuration("F", "F podward native (dynamic module), HTTP/1.1 upstream", build="native", sends_identity=True,
+                  needs=NATIVE_MODULE, startup=True, refuses=True),
 ]
 BY_KEY = {config.key: config for config in CONFIGURATIONS}
 
@@ -161,6 +172,9 @@ class Testbed:
         return {"Authorization": f"Bearer {self.token}"} if config.client_sends_token else {}
 
     def settings(self, **overrides) -> render.Settings:
+        """render.py's settings for this testbed; the upstream protocol pinned to HTTP/1.1 unless overridden
+        (Configuration.upstream_http2)."""
+        overrides.setdefault("upstream_protocol", "http1")
         settings = local_settings(self.pod, self.nginx.port, self.ca_file, **overrides)
         return dataclasses.replace(settings, wasm_path=str(self.podward_wasm), native_path=str(self.native_module))
 
@@ -176,14 +190,17 @@ class Testbed:
             router = manager["http_filters"][-1]
             assert router["name"] == "envoy.filters.http.router"
             manager["http_filters"] = [*config.filters(self, settings), router]
+        if config.adjust:
+            config.adjust(bootstrap)
         return bootstrap
 
     def envoy_service(self, label: str, bootstrap: dict, settings: render.Settings, concurrency: int,
-                      hot_restart: bool = False) -> Service:
+                      hot_restart: bool = False, wrapper: tuple = ()) -> Service:
+        """`wrapper`: a command that runs Envoy (valgrind for the instruction counts)."""
         path = self.work / f"envoy-{label}-c{concurrency}.yaml"
         path.write_text(render.to_yaml(bootstrap))
         flags = ["--use-dynamic-base-id"] if hot_restart else ["--disable-hot-restart"]
-        argv = pinned(PROXY_CPUS[concurrency], [str(ENVOY_BINARY), "-c", str(path), "--concurrency",
+        argv = pinned(PROXY_CPUS[concurrency], [*wrapper, str(ENVOY_BINARY), "-c", str(path), "--concurrency",
                                                 str(concurrency), *flags, "--log-level", "info"])
         # The pod's Downward API environment only; the access log (stdout) goes to /dev/null.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.pod.env}
@@ -195,7 +212,7 @@ class Testbed:
         service.admin = lambda path: admin_get(settings, path)
         return service
 
-    def kubectl_service(self, config: Configuration, concurrency: int) -> Service:
+    def kubectl_service(self, config: Configuration, concurrency: int, wrapper: tuple = ()) -> Service:
         port = free_port()
         kubeconfig = self.work / "kubeconfig.yaml"
         kubeconfig.write_text(render.to_yaml({
@@ -211,17 +228,24 @@ class Testbed:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
         if not config.upstream_http2:
             env["DISABLE_HTTP2"] = "1"  # client-go's switch for HTTP/1.1 only
-        argv = pinned(PROXY_CPUS[concurrency], [self.kubectl, "--kubeconfig", str(kubeconfig), "proxy",
+        if wrapper:
+            # Go preempts goroutines with signals (SIGURG), which callgrind's signal tracking trips over
+            # (threads.c: vgCallgrind_post_signal assertion); without them the scheduler preempts at calls.
+            env["GODEBUG"] = "asyncpreemptoff=1"
+        argv = pinned(PROXY_CPUS[concurrency], [*wrapper, self.kubectl, "--kubeconfig", str(kubeconfig), "proxy",
                                                 "--address", "127.0.0.1", "--port", str(port)])
         return Service(config.key, argv, env, self.work / f"kubectl-{config.key}-c{concurrency}.log",
                        f"http://127.0.0.1:{port}", ready=lambda s: http_get(s.url + PROBE_PATH, timeout=1)[0] == 200)
 
-    def service(self, config: Configuration, concurrency: int) -> Service:
-        """The configuration's proxy, not yet started."""
+    def service(self, config: Configuration, concurrency: int, wrapper: tuple = (),
+                plugin_config: dict | None = None) -> Service:
+        """The configuration's proxy, not yet started; `plugin_config` replaces podward's configuration."""
         if config.kubectl:
-            return self.kubectl_service(config, concurrency)
-        settings = self.settings(upstream_http2=config.upstream_http2, build=config.build)
-        return self.envoy_service(config.key, self.envoy_config(config, settings), settings, concurrency)
+            return self.kubectl_service(config, concurrency, wrapper)
+        settings = self.settings(upstream_protocol="h2" if config.upstream_http2 else "http1", build=config.build,
+                                 **({"plugin_config": plugin_config} if plugin_config is not None else {}))
+        return self.envoy_service(config.key, self.envoy_config(config, settings), settings, concurrency,
+                                  wrapper=wrapper)
 
     def start(self, config: Configuration, concurrency: int) -> Service:
         service = self.service(config, concurrency).start()

@@ -51,7 +51,7 @@ class Results:
     def __init__(self, data: dict):
         self.data = data
         self.configs = data["configs"]
-        self.runs = data["runs"]
+        self.runs = data.get("runs", [])
 
     def label(self, key: str) -> str:
         return next(c["label"] for c in self.configs if c["key"] == key)
@@ -84,6 +84,41 @@ class Results:
             if a and b and a[0] is not None and b[0] is not None:
                 out.append(combine(a[0], b[0]))
         return out
+
+    # --- instructions (callgrind) ---
+
+    def instruction_rows(self) -> list[dict]:
+        return (self.data.get("instructions") or {}).get("rows", [])
+
+    def instructions(self, key: str, workload: str = "forwarded") -> list[float]:
+        """Instructions per request (or per watch event) of `key`, one value per launch."""
+        return [row["per_unit"] for row in self.instruction_rows()
+                if row["config"] == key and row["workload"] == workload]
+
+    def idle_instructions_per_s(self, key: str) -> list[float]:
+        """Instructions per idle second with podward's refresh as shipped, one value per launch."""
+        return [row["per_s"] for row in self.instruction_rows()
+                if row["config"] == key and row["workload"] == "idle" and row["refresh"] == "as shipped"]
+
+    def instruction_pairs(self, a: str, b: str, workload_a: str = "forwarded", workload_b: str = "forwarded",
+                          combine=lambda x, y: x / y) -> list[float]:
+        """combine(a, b) per repeat: launches of the same repeat ran next to each other."""
+        def by_repeat(key: str, workload: str) -> dict:
+            return {row["repeat"]: row["per_unit"] for row in self.instruction_rows()
+                    if row["config"] == key and row["workload"] == workload}
+        first, second = by_repeat(a, workload_a), by_repeat(b, workload_b)
+        return [combine(first[r], second[r]) for r in sorted(first) if r in second]
+
+    def why_not_counted(self, key: str) -> str | None:
+        """Why a configuration has no instruction counts, or None if it has them."""
+        counted = self.data.get("instructions")
+        if not counted:
+            return "not in this run's data"
+        if "why" in counted:
+            return counted["why"]
+        if key in counted.get("failures", {}):
+            return f"did not run under valgrind ({counted['failures'][key]})"
+        return None
 
     def startup(self, key: str) -> list[float]:
         return [row["seconds"] for row in self.data.get("startup") or [] if row["config"] == key]

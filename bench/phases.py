@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import subprocess
+import sys
 import time
 
 from configs import BY_KEY, CONFIGURATIONS, Configuration, Testbed
 from harness.envoy import render
+from instructions import instruction_counts
 from measure import (MemorySampler, Quiet, Slowloris, made_up_resources_script, measure, parse_wrk,
                      seconds_to_first_200, settle_and_read_memory, wrk, wrk_argv)
 from processes import http_get, log, pinned
@@ -34,15 +37,23 @@ class Plan:
     flood_connections: int   # concurrent requests
     flood_seconds: int       # seconds of each flood stage
     quiet_budget_s: float    # total seconds the run may wait for other processes to calm down
+    instruction_repeats: int  # launches of each configuration under callgrind
+    instruction_warmup: int   # requests before counting (a quarter as many refusals and watch events)
+    instruction_requests: int  # counted requests, forwarded and refused
+    instruction_events: int   # counted watch events
+    instruction_idle_s: float  # seconds of the idle count
 
 
 QUICK_PLAN = Plan(rounds=1, duration=3, warmup=1, idle_settle=1.0, after_settle=2.0, connections=(16, 64),
                   concurrencies=(1, 2), rotation_seconds=6, memory_repeats=1, memory_load=3, startup_repeats=10,
-                  flood_slowloris=2000, flood_connections=1000, flood_seconds=3, quiet_budget_s=30)
+                  flood_slowloris=2000, flood_connections=1000, flood_seconds=3, quiet_budget_s=30,
+                  instruction_repeats=1, instruction_warmup=40, instruction_requests=200, instruction_events=100,
+                  instruction_idle_s=3.0)
 FULL_PLAN = Plan(rounds=int(os.environ.get("BENCH_ROUNDS", "3")), duration=10, warmup=2, idle_settle=3.0,
                  after_settle=5.0, connections=(16, 64), concurrencies=(1, 2), rotation_seconds=12, memory_repeats=2,
                  memory_load=8, startup_repeats=10, flood_slowloris=2000, flood_connections=1000, flood_seconds=10,
-                 quiet_budget_s=240)
+                 quiet_budget_s=240, instruction_repeats=2, instruction_warmup=100, instruction_requests=1000,
+                 instruction_events=400, instruction_idle_s=10.0)
 
 
 @dataclasses.dataclass
@@ -119,6 +130,40 @@ def main_runs(run: Run) -> list[dict]:
                 finally:
                     service.stop()
     return rows
+
+
+def instructions(run: Run, keep_dumps) -> dict:
+    """Instructions per forwarded request, refused request and watch event, and per idle second, under
+    callgrind (instructions.py); `keep_dumps`: where the forwarded requests' callgrind files are kept."""
+    return instruction_counts(run.testbed, measurable(), run.plan, keep_dumps)
+
+
+CONNECTIONS_TEST = "tests/test_real_connections.py"
+
+
+def api_connections(work: pathlib.Path) -> dict:
+    """The connections each sidecar holds to the real API server under watches and requests, podward (both
+    builds, and its HTTP/1.1 variant) against kubectl proxy: the test that asserts the target, run for its
+    figures. Needs $KUBEBUILDER_ASSETS (../shared/envtest)."""
+    if not os.environ.get("KUBEBUILDER_ASSETS"):
+        return {"why": "$KUBEBUILDER_ASSETS is not set (the real API server, ../shared/envtest/install)"}
+    log(f"API server connections: {CONNECTIONS_TEST} against the real API server")
+    figures = work / "figures"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CONNECTIONS_TEST],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "tests"), "PODWARD_FIGURES": str(figures),
+                               "PODWARD_REQUIRE_ENVTEST": "1"})
+    recorded = figures / "connections.json"
+    builds = json.loads(recorded.read_text()) if recorded.exists() else {}
+    result = {"test": CONNECTIONS_TEST, "passed": done.returncode == 0,
+              "builds": {build: sections["api_server_connections"] for build, sections in builds.items()}}
+    if done.returncode != 0:
+        result["output"] = done.stdout[-3000:]
+        log(f"  the test failed:\n{done.stdout[-3000:]}")
+    for build, figures_of in result["builds"].items():
+        log(f"  {build}: podward {figures_of['podward']['connections']}, its HTTP/1.1 variant "
+            f"{figures_of['podward_http1']['connections']}, kubectl proxy {figures_of['kubectl_proxy']['connections']}")
+    return result
 
 
 def startup_runs(run: Run) -> list[dict]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders BENCHMARKS.md and its charts from a results file, and from nothing else.
 
-    python bench/report.py           # bench/results.json → BENCHMARKS.md, bench/charts/*.svg
+    python bench/report.py           # bench/results.json → BENCHMARKS.md, bench/charts/*.svg, README.md's figures
     python bench/report.py --quick   # bench/out/results.quick.json → bench/out/BENCHMARKS.quick.md, bench/out/charts/
 
 Every sentence with a number is a template filled from the data, so the report cannot drift from what was
@@ -16,6 +16,7 @@ import os
 import pathlib
 import sys
 
+import readme
 from charts import draw_all
 from figures import MAIN_CELL, NOT_MEASURED, Results, fmt_or_na, med, mib, spread
 from targets import judge_all, limit_text, value_text
@@ -28,9 +29,10 @@ class Layout:
     results: pathlib.Path
     report: pathlib.Path
     charts: pathlib.Path
+    readme: pathlib.Path | None = None  # whose figures are rendered too (readme.py)
 
 
-FULL = Layout(REPO / "bench" / "results.json", REPO / "BENCHMARKS.md", REPO / "bench" / "charts")
+FULL = Layout(REPO / "bench" / "results.json", REPO / "BENCHMARKS.md", REPO / "bench" / "charts", REPO / "README.md")
 QUICK = Layout(REPO / "bench" / "out" / "results.quick.json", REPO / "bench" / "out" / "BENCHMARKS.quick.md",
                REPO / "bench" / "out" / "charts")
 
@@ -88,10 +90,12 @@ def targets_section(results: Results) -> list[str]:
         rows.append([str(target.issue), target.what, value_text(verdict), limit_text(target, results), outcome,
                      verdict.note])
     return [
-        "## Targets (issues 13 and 14)",
+        "## Targets (issues 13, 14 and 19)",
         "",
         "Paired targets are computed per round from runs started next to each other, shown as median [min–max]; "
-        "'met' means every round meets the target, 'met (median)' only the median. Start-up compares medians.",
+        "'met' means every round meets the target, 'met (median)' only the median. Start-up compares medians. "
+        "Issue 19's are instructions per request under callgrind, paired per launch repeat; CPU microseconds on "
+        "this shared machine are noise-prone and stay as context.",
         "",
         *table(["issue", "target", "measured", "limit", "verdict", "note"], rows, numeric_from=2, text_after=4),
     ]
@@ -196,6 +200,117 @@ def method_section(results: Results) -> list[str]:
             f"(`{data['paths']['made_up']}N`, N counting up; nginx answers them 404). Peak memory per stage, then "
             "whether it still serves.")
     return [*lines, ""]
+
+
+INSTRUCTION_WORKLOADS = [("forwarded", "forwarded request"), ("refused", "refused request (403)"),
+                         ("watch_event", "watch event")]
+
+
+def instructions_section(results: Results, charts: str | None = None) -> list[str]:
+    """Instructions per request under callgrind: the figures issue 19's targets are judged on; `charts`: where
+    the report finds its charts, if it has them."""
+    lines = ["## Instructions per request (callgrind)", ""]
+    counted = results.data.get("instructions")
+    if not counted or "why" in counted:
+        why = counted["why"] if counted else "not in this run's data"
+        return [*lines, f"{NOT_MEASURED.capitalize()}: {why}.", ""]
+    plan = results.data["plan"]
+
+    def k(values: list[float]) -> str:
+        return spread([v / 1000 for v in values], "{:.1f}")
+
+    def repeat_spread(values: list[float]) -> str:
+        return "—" if len(values) < 2 else f"{(max(values) - min(values)) / med(values) * 100:.2f} %"
+
+    rows = []
+    for config in results.configs:
+        key = config["key"]
+        why = config.get("why") if not config["measured"] else results.why_not_counted(key)
+        if why:
+            rows.append([f"{config['label']} ({NOT_MEASURED}: {why})", *["—"] * 7])
+            continue
+        forwarded = results.instructions(key)
+        a = results.instructions("A")
+        rows.append([
+            config["label"], k(forwarded), repeat_spread(forwarded),
+            fmt_or_na(med(forwarded) / med(a) if forwarded and a else None, "{:.3f}"),
+            k(results.instructions(key, "refused")) if results.instructions(key, "refused") else "—",
+            k(results.instructions(key, "watch_event")),
+            spread([v / 1e6 for v in results.idle_instructions_per_s(key)], "{:.2f}"),
+            spread([v / 1e6 for v in [r["per_s"] for r in results.instruction_rows()
+                                      if r["config"] == key and r["workload"] == "idle"
+                                      and r["refresh"] == "none"]], "{:.2f}") if config.get("podward") else "—",
+        ])
+    return [
+        *lines,
+        *([f"![instructions per request per configuration]({charts}/instructions.svg)", ""] if charts else []),
+        f"User-space instructions of the proxy process, all threads together, counted by {counted['tool']} "
+        f"(`--tool=callgrind --separate-threads=no`), Envoy --concurrency 1; each configuration launched "
+        f"{plan['instruction_repeats']} time(s), interleaved. Per launch: {plan['instruction_warmup']} requests of "
+        f"warm-up, then each count between `callgrind_control --zero` and `--dump`: "
+        f"{plan['instruction_requests']} sequential requests on one kept-alive connection (GET "
+        f"{results.data['paths']['pods'] if 'paths' in results.data else 'the PodList'}, "
+        f"{(results.data.get('machine') or {}).get('podlist_bytes', '~2,400')} bytes from nginx), as many "
+        "refused ones (exec, which podward's preset and kubectl proxy deny; 403), and "
+        f"{plan['instruction_events']} watch events (~1.3 KB each) one at a time on an open watch. What the "
+        f"proxy does on timers is counted in a {plan['instruction_idle_s']:g} s idle window of the same launch "
+        "and taken off each count (rate × its wall time). podward's file refresh is a cost per second, not per "
+        "request: the counting launch of C, E and F sets `refresh_interval_ms` to its maximum, and a second "
+        "launch as shipped (1 s) gives the idle figure.",
+        "",
+        *table(["configuration", "k instr / forwarded request", "spread between launches", "× A",
+                "k instr / refused request", "k instr / watch event", "M instr / idle s (as shipped)",
+                "M instr / idle s (no refresh)"], rows),
+    ]
+
+
+# The paper estimate of what a fleet of sidecars costs the API servers.
+FLEET_PODS = 10_000
+
+
+def connections_section(results: Results) -> list[str]:
+    """Connections each sidecar holds to the real API server, and what a fleet of them costs it."""
+    lines = ["## Connections to the API server (issue 19)", ""]
+    measured = results.data.get("api_connections")
+    if not measured or "why" in measured or not measured.get("builds"):
+        why = (measured or {}).get("why", "not in this run's data")
+        return [*lines, f"{NOT_MEASURED.capitalize()}: {why}.", ""]
+    rows, estimates = [], []
+    for build, figures in sorted(measured["builds"].items()):
+        per_connection = figures.get("apiserver_go_memory_per_connection_bytes")
+        for key, what in (("podward", f"podward ({build}), HTTP/2 by ALPN (shipped)"),
+                          ("podward_http1", f"podward ({build}), HTTP/1.1 upstream (before issue 19)"),
+                          ("kubectl_proxy", f"kubectl proxy (client-go, HTTP/2), beside the {build} run")):
+            held = figures[key]["connections"]
+            fleet = held * FLEET_PODS
+            memory = "—" if per_connection is None else f"{fleet * per_connection / 2**30:.2f}"
+            rows.append([what, str(held), f"{figures[key]['apiserver_go_memory_delta_bytes'] / 2**20:.1f}",
+                         f"{fleet:,}", memory])
+        if per_connection is not None:
+            estimates.append(f"{build}: {per_connection / 1024:.0f} KiB")
+    any_build = next(iter(measured["builds"].values()))["podward"]
+    verdict = "passed" if measured["passed"] else "**failed**"
+    return [
+        *lines,
+        f"`{measured['test']}` ({verdict}) against kube-apiserver 1.36 (envtest): {any_build['watches']} watches "
+        f"held open through the sidecar, each on its own connection from the app, then "
+        f"{any_build['requests']} list requests from {any_build['concurrent_clients']} concurrent clients; the most "
+        "established TCP connections the proxy process held to the API server port (/proc/PID/fd and "
+        "/proc/net/tcp, sampled every 20 ms). Its target: podward holds no more than kubectl proxy, plus one for an "
+        "upgrade in progress (exec, attach and port-forward always take an HTTP/1.1 connection of their own, in "
+        "client-go too).",
+        "",
+        *table(["sidecar", "connections to the API server", "API server memory for the watches, MiB",
+                f"{FLEET_PODS:,} pods: connections", f"{FLEET_PODS:,} pods: API server GiB"], rows),
+        f"Paper estimate for {FLEET_PODS:,} pods with the same load: connections × the API server's memory per "
+        "connection, measured here as the growth of its live Go heap and goroutine stacks "
+        "(go_memstats_heap_inuse_bytes + go_memstats_stack_inuse_bytes from its /metrics, each right after a "
+        "collection forced through /debug/pprof/heap?gc=1, median of 3) between the same watches held on one "
+        "connection and on one connection each, divided by the extra connections "
+        f"({', '.join(estimates) or 'not measured'}). Not counted: the kernel's socket buffers on both ends and "
+        "any load balancer in front; a fleet's API servers share the total.",
+        "",
+    ]
 
 
 def cell_sections(results: Results) -> list[str]:
@@ -422,7 +537,10 @@ def memory_observations(results: Results, m) -> list[str | None]:
 
 def render_markdown(results: Results, layout: Layout) -> str:
     sections = [
-        title(results, layout), targets_section(results), glance_section(results, layout), machine_section(results),
+        title(results, layout), targets_section(results), glance_section(results, layout),
+        instructions_section(results, os.path.relpath(layout.charts, layout.report.parent)),
+        connections_section(results),
+        machine_section(results),
         method_section(results), cell_sections(results), comparisons_section(results), startup_section(results),
         flood_section(results), headroom_section(results), rotation_section(results), microbench_section(results),
         memory_variants_section(results),
@@ -435,7 +553,10 @@ def render(data: dict, layout: Layout) -> list[pathlib.Path]:
     results = Results(data)
     layout.report.parent.mkdir(parents=True, exist_ok=True)
     layout.report.write_text(render_markdown(results, layout))
-    return [layout.report, *draw_all(results, layout.charts)]
+    written = [layout.report, *draw_all(results, layout.charts)]
+    if layout.readme:
+        written.append(readme.render(results, layout.readme))
+    return written
 
 
 def main() -> None:

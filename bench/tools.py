@@ -21,11 +21,15 @@ WASM_OPT = ["wasm-opt", "-Oz", "--enable-bulk-memory", "--enable-sign-ext", "--e
             "--enable-nontrapping-float-to-int", "--enable-multivalue", "--enable-reference-types"]
 
 
+# Debian package of each tool the bench runs: valgrind brings callgrind and callgrind_control.
+PACKAGES = {"wrk": "wrk", "nginx": "nginx", "valgrind": "valgrind", "callgrind_control": "valgrind"}
+
+
 def ensure_tools() -> None:
-    missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
+    missing = [tool for tool in PACKAGES if not shutil.which(tool)]
     if missing:
-        log(f"installing {' '.join(missing)} from Debian")
-        packages = ["wrk", "nginx"]
+        packages = sorted({PACKAGES[tool] for tool in missing})
+        log(f"installing {' '.join(packages)} from Debian")
         if subprocess.run(["apt-get", "install", "-y", "-qq", *packages]).returncode != 0:
             subprocess.run(["apt-get", "update", "-qq"], check=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
@@ -48,13 +52,16 @@ def cargo_output(crate_target: pathlib.Path, name: str) -> pathlib.Path:
     return target / "wasm32-wasip1" / "release" / name
 
 
-def build_minimal_filter(work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """C0's module: (cargo's output, the wasm-opt'd copy in `work` that Envoy loads)."""
-    log("building the minimal filter (C0)")
+def build_minimal_filter(work: pathlib.Path, feature: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+    """C0's module: (cargo's output, the wasm-opt'd copy in `work` that Envoy loads); with `feature`, a variant
+    built apart (bench/breakdown.py's probes)."""
+    log(f"building the minimal filter (C0{' with ' + feature if feature else ''})")
+    target = MINIMAL_CRATE / "target" / feature if feature else MINIMAL_CRATE / "target"
     subprocess.run(["cargo", "build", "--quiet", "--manifest-path", str(MINIMAL_CRATE / "Cargo.toml"),
-                    "--release", "--target", "wasm32-wasip1"], check=True)
-    built = cargo_output(MINIMAL_CRATE / "target", "minimal_filter.wasm")
-    optimised = work / "minimal_filter.wasm"
+                    "--release", "--target", "wasm32-wasip1", "--target-dir", str(target),
+                    *(["--features", feature] if feature else [])], check=True)
+    built = target / "wasm32-wasip1" / "release" / "minimal_filter.wasm"
+    optimised = work / f"minimal_filter{'-' + feature if feature else ''}.wasm"
     subprocess.run([*WASM_OPT, str(built), "-o", str(optimised)], check=True)
     return built, optimised
 

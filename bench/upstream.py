@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import queue
+import socket
 import string
+import threading
 
 from harness.envoy import free_port
 from processes import LOAD_CPUS, Service, accepts, pinned
@@ -24,6 +27,11 @@ IDENTITY_HEADERS = [
 PODS_PATH = "/api/v1/namespaces/default/pods"
 ROTATION_PATH = "/api/v1/namespaces/rotation/pods"
 PROBE_PATH = "/api/v1/namespaces/default/configmaps/probe"
+# A watch nginx proxies, unbuffered, to WatchEvents: one event per `send()`.
+WATCH_PATH = "/api/v1/namespaces/default/pods?watch=1"
+# A request the podward configurations and kubectl proxy refuse themselves (exec is denied by podward's
+# kubectl-proxy preset and by kubectl proxy's default --reject-paths); the others forward it (nginx: 404).
+REFUSED_PATH = "/api/v1/namespaces/default/pods/web-0/exec?command=date&stdout=true"
 # A group nginx does not serve (404 Status): the flood asks for thousands of made-up resources in it.
 MADE_UP_PREFIX = "/apis/made.up/v1/thing"
 
@@ -71,6 +79,72 @@ def pod_list_json(size: int = 2400) -> bytes:
     return document("x" * shortfall)
 
 
+def watch_event_json(resource_version: int) -> bytes:
+    """One MODIFIED event of the PodList's first pod (~1.3 KB), as a watch sends it: one JSON line."""
+    pod = json.loads(pod_list_json())["items"][0]
+    pod["metadata"]["resourceVersion"] = str(resource_version)
+    return json.dumps({"type": "MODIFIED", "object": pod}, separators=(",", ":")).encode() + b"\n"
+
+
+class WatchEvents:
+    """A plain HTTP/1.1 server behind nginx's watch location: it answers a watch with a chunked stream and
+    writes one event to the latest watch each time `send()` is called, so that a proxy's cost per watch event
+    can be counted one event at a time. A newer watch ends the older ones."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.latest: queue.Queue | None = None
+        self.resource_version = 50000
+        threading.Thread(target=self._accept, name="watch-events", daemon=True).start()
+
+    def send(self) -> None:
+        self.resource_version += 1
+        with self.lock:
+            if self.latest:
+                self.latest.put(watch_event_json(self.resource_version))
+
+    def end_watch(self) -> None:
+        """Ends the latest watch (the server's side of timeoutSeconds)."""
+        with self.lock:
+            if self.latest:
+                self.latest.put(None)
+                self.latest = None
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        events: queue.Queue = queue.Queue()
+        with connection:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = connection.recv(4096)
+                if not data:
+                    return
+                head += data
+            with self.lock:
+                if self.latest:
+                    self.latest.put(None)
+                self.latest = events
+            try:
+                # The head and a first event at once: over h2, nginx holds the head until data follows.
+                first = watch_event_json(self.resource_version)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(first), first))
+                while (event := events.get()) is not None:
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+                connection.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass
+
+
 def status_json(code: int, reason: str, message: str) -> str:
     return json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                        "message": message, "reason": reason, "code": code}, separators=(",", ":"))
@@ -81,6 +155,7 @@ class Nginx:
 
     def __init__(self, work: pathlib.Path, pki, tokens: list[str]):
         self.work, self.port = work / "nginx", free_port()
+        self.watch_events = WatchEvents()
         self.work.mkdir(parents=True, exist_ok=True)
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.work / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
@@ -92,6 +167,7 @@ class Nginx:
         self.conf = self.work / "nginx.conf"
         self.conf.write_text(template.substitute(
             work=self.work, port=self.port, server_cert=pki.server_cert, server_key=pki.server_key,
+            events_port=self.watch_events.port,
             unauthorized=status_json(401, "Unauthorized", "Unauthorized"),
             not_found=status_json(404, "NotFound", "the server could not find the requested resource"),
             echo_headers=echo,

@@ -245,6 +245,25 @@ SCRAPE_STATS = [
 SCRAPE_QUERY = "filter=" + urllib.parse.quote("^(" + "|".join(SCRAPE_STATS) + ")", safe="")
 # podward's readiness, behind the probe: one connection serves the kubelet's probes one after another.
 READY_MAX_CONNECTIONS = 4
+# The API server's two clusters. Everything but upgrades goes over HTTP/2 where the API server offers it (ALPN),
+# as client-go does: one connection per pod carries every watch and request, instead of one TLS connection per
+# watch. exec, attach and port-forward are connection upgrades (WebSocket, SPDY/3.1) that kube-apiserver takes
+# over HTTP/1.1 only, so they go to a cluster of their own.
+API_CLUSTER = "kubernetes"
+UPGRADE_CLUSTER = "kubernetes_upgrades"
+UPSTREAM_PROTOCOLS = ("auto", "http1", "h2")
+# Per HTTP/2 connection to the API server. kube-apiserver 1.36 announces 100 concurrent streams
+# (SETTINGS_MAX_CONCURRENT_STREAMS, measured on envtest), which Envoy honours; past them it opens another
+# connection. A stream's window bounds what a watch the app reads slowly can make Envoy hold; the
+# connection's window, what all of them together can.
+API_HTTP2_OPTIONS = {
+    "max_concurrent_streams": 100,
+    "initial_stream_window_size": 64 * 1024,
+    "initial_connection_window_size": 1024 * 1024,
+    # client-go's HTTP/2 health check (ReadIdleTimeout 30 s, PingTimeout 15 s): a dead connection would
+    # otherwise stall every watch it carries until TCP gives up.
+    "connection_keepalive": {"interval": "30s", "timeout": "15s"},
+}
 
 
 @dataclasses.dataclass
@@ -272,14 +291,18 @@ class Settings:
     metrics_address: str = "0.0.0.0"
     metrics_port: int = METRICS_PORT
     plugin_config: dict = dataclasses.field(default_factory=dict)
-    upstream_http2: bool = False
     # The sidecar's entrypoint (ENTRYPOINT) drains Envoy on SIGTERM through a file beside the admin socket;
     # a local run has no such entrypoint.
     drain: bool = False
+    # Requests other than upgrades: "auto", HTTP/2 where the API server offers it by ALPN, else HTTP/1.1;
+    # "http1", one connection per request in flight (before issue 19); "h2", HTTP/2 only.
+    upstream_protocol: str = "auto"
 
     def __post_init__(self):
         if self.listen_port is None and self.app_socket is None:
             raise ValueError("the app needs a way in: a TCP port, a Unix socket or both")
+        if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
+            raise ValueError(f"upstream_protocol {self.upstream_protocol!r}: one of {', '.join(UPSTREAM_PROTOCOLS)}")
 
     @property
     def native(self) -> bool:
@@ -403,15 +426,20 @@ def podward_filter(settings: Settings) -> dict:
     }
 
 
+def api_routes() -> list:
+    """Upgrades (exec, attach, port-forward) to the HTTP/1.1 cluster, everything else to the main one. No route
+    timeout: watches, `logs -f` and upgraded streams last as long as both ends want."""
+    upgrade = {"name": "upgrade", "present_match": True}
+    return [
+        {"match": {"prefix": "/", "headers": [upgrade]}, "route": {"cluster": UPGRADE_CLUSTER, "timeout": "0s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": API_CLUSTER, "timeout": "0s"}},
+    ]
+
+
 def _app_listener(settings: Settings) -> dict:
-    route = {
-        "match": {"prefix": "/"},
-        # No route timeout: watches and `logs -f` last as long as both ends want.
-        "route": {"cluster": "kubernetes", "timeout": "0s"},
-    }
     manager = _connection_manager(
         "podward",
-        [route],
+        api_routes(),
         [podward_filter(settings)],
         codec_type="AUTO",
         # Paths are normalised before the filter classifies them, so that
@@ -658,12 +686,14 @@ def api_pool_limits() -> dict:
                             "max_pending_requests": MAX_DOWNSTREAM_CONNECTIONS}]}
 
 
-def _api_cluster(settings: Settings) -> dict:
+def _api_cluster(settings: Settings, name: str, protocol: str) -> dict:
+    """A cluster to the API server speaking `protocol` (one of UPSTREAM_PROTOCOLS)."""
+    alpn = {"auto": ["h2", "http/1.1"], "http1": ["http/1.1"], "h2": ["h2"]}[protocol]
     tls = _typed(
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         sni=settings.api_sni,
         common_tls_context={
-            "alpn_protocols": ["h2"] if settings.upstream_http2 else ["http/1.1"],
+            "alpn_protocols": alpn,
             "validation_context": {
                 "trusted_ca": {"filename": settings.ca_file},
                 "match_typed_subject_alt_names": [
@@ -672,21 +702,26 @@ def _api_cluster(settings: Settings) -> dict:
             },
         },
     )
-    protocol = {"http2_protocol_options": {}} if settings.upstream_http2 else {"http_protocol_options": {}}
+    http1, http2 = {"http_protocol_options": {}}, {"http2_protocol_options": API_HTTP2_OPTIONS}
+    if protocol == "auto":
+        # The protocol the API server picks by ALPN, per connection.
+        protocol_config = {"auto_config": {**http1, **http2}}
+    else:
+        protocol_config = {"explicit_http_config": http2 if protocol == "h2" else http1}
     try:
         ipaddress.ip_address(settings.api_address)
         is_ip = True
     except ValueError:
         is_ip = False
     return {
-        "name": "kubernetes",
+        "name": name,
         "type": "STATIC" if is_ip else "STRICT_DNS",
         "connect_timeout": API_CONNECT_TIMEOUT,
         # What Envoy reads ahead from the API server for an app that reads slowly (default 1 MiB).
         "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
         "circuit_breakers": api_pool_limits(),
         "load_assignment": {
-            "cluster_name": "kubernetes",
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": settings.api_address, "port_value": settings.api_port}}}}]}],
         },
@@ -694,12 +729,18 @@ def _api_cluster(settings: Settings) -> dict:
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config=protocol,
+                **protocol_config,
                 # A burst's connections are closed once idle, not kept for an hour.
                 common_http_protocol_options={"idle_timeout": API_CONNECTION_IDLE_TIMEOUT},
             )
         },
     }
+
+
+def api_clusters(settings: Settings) -> list:
+    """The API server as the main cluster (settings.upstream_protocol) and as the upgrades' HTTP/1.1 one."""
+    return [_api_cluster(settings, API_CLUSTER, settings.upstream_protocol),
+            _api_cluster(settings, UPGRADE_CLUSTER, "http1")]
 
 
 def _files_cluster() -> dict:
@@ -842,7 +883,7 @@ def bootstrap(settings: Settings) -> dict:
         "static_resources": {
             "listeners": [_app_listener(settings), _metrics_listener(settings),
                           *([_files_listener(settings)] if file_source else [])],
-            "clusters": [_api_cluster(settings), *([_files_cluster()] if file_source else []),
+            "clusters": [*api_clusters(settings), *([_files_cluster()] if file_source else []),
                          _admin_cluster(settings), _ready_cluster(settings)],
         },
     }

@@ -23,8 +23,11 @@ COMMITTED = json.loads(report.FULL.results.read_text())
 
 
 def render_into(directory: pathlib.Path, data: dict) -> report.Layout:
-    """The committed layout (report at the root, charts under bench/charts), moved into `directory`."""
-    layout = report.Layout(report.FULL.results, directory / "BENCHMARKS.md", directory / "bench" / "charts")
+    """The committed layout (report at the root, charts under bench/charts, the README), moved into
+    `directory`."""
+    (directory / "README.md").write_text(report.FULL.readme.read_text())
+    layout = report.Layout(report.FULL.results, directory / "BENCHMARKS.md", directory / "bench" / "charts",
+                           directory / "README.md")
     report.render(data, layout)
     return layout
 
@@ -33,6 +36,8 @@ def test_committed_report_and_charts_are_what_the_renderer_makes(tmp_path):
     layout = render_into(tmp_path, COMMITTED)
     assert layout.report.read_text() == report.FULL.report.read_text(), \
         "BENCHMARKS.md differs from bench/results.json: run `python bench/report.py` and commit both"
+    assert layout.readme.read_text() == report.FULL.readme.read_text(), \
+        "README.md's figures differ from bench/results.json: run `python bench/report.py` and commit both"
     rendered = sorted(path.name for path in layout.charts.iterdir())
     assert rendered == sorted(path.name for path in report.FULL.charts.iterdir())
     for name in rendered:
@@ -111,3 +116,33 @@ def test_the_report_says_not_measured_for_an_absent_configuration():
     assert "C0 minimal header-setting wasm (not measured: withheld by this test)" in text
     c_minus_c0 = next(line for line in text.splitlines() if "anonymous memory idle, C − C0" in line)
     assert "| not measured | C0: withheld by this test |" in c_minus_c0
+
+
+def instruction_row(config: str, repeat: int, workload: str, per_unit: float) -> dict:
+    return {"config": config, "repeat": repeat, "workload": workload, "count": 400, "instructions": 0,
+            "seconds": 1.0, "background_per_s": 0.0, "per_unit": per_unit}
+
+
+def test_instruction_targets_pair_launches_of_the_same_repeat():
+    rows = [instruction_row("C0", 0, "forwarded", 300_000), instruction_row("C", 0, "forwarded", 324_000),
+            instruction_row("C0", 1, "forwarded", 280_000), instruction_row("C", 1, "forwarded", 300_000),
+            instruction_row("C", 0, "refused", 330_000), instruction_row("C", 1, "refused", 290_000)]
+    results = results_with([run_row("C", 0), run_row("C0", 0)], instructions={"rows": rows, "failures": {}})
+    verdict = judge(target("instructions per forwarded request, C / C0"), results)
+    assert verdict.values == [1.08, 300_000 / 280_000] and verdict.outcome == "met"
+    refused = judge(target("instructions per refused request (C)"), results)
+    assert refused.values == [1.1, 290_000 / 280_000] and refused.outcome == "missed"
+
+
+def test_instruction_targets_are_not_measured_without_counts_or_for_a_proxy_valgrind_could_not_run():
+    runs = [run_row("A", 0), run_row("F", 0), run_row("B", 0)]
+    assert judge(target("instructions per forwarded request, F / A"), results_with(runs)).note == \
+        "F: not in this run's data"
+    counted = {"tool": "valgrind-3.19.0", "rows": [instruction_row("A", 0, "forwarded", 1.0)],
+               "failures": {"F": "AssertionError: x"}}
+    verdict = judge(target("instructions per forwarded request, F / A"), results_with(runs, instructions=counted))
+    assert verdict.outcome == NOT_MEASURED and "did not run under valgrind" in verdict.note
+    plan = {"instruction_repeats": 1, "instruction_warmup": 1, "instruction_requests": 1, "instruction_events": 1,
+            "instruction_idle_s": 1}
+    text = "\n".join(report.instructions_section(results_with(runs, instructions=counted, plan=plan)))
+    assert "F (not measured: did not run under valgrind (AssertionError: x))" in text

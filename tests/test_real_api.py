@@ -287,10 +287,10 @@ def test_a_case_trick_reaches_nothing_the_api_server_would_run(real_pod, start_r
         assert_status(response, 404, "NotFound")
 
 
-# --- The h2 upstream variant -----------------------------------------------------------------------------------
+# --- HTTP/2 only, without the ALPN choice ----------------------------------------------------------------------
 
 def test_the_h2_upstream_variant_serves_lists_watches_and_writes(real_pod, start_real_envoy, kube):
-    envoy = start_real_envoy(real_pod, upstream_http2=True)
+    envoy = start_real_envoy(real_pod, upstream_protocol="h2")
     namespace = real_pod.namespace
     pods = request(envoy, "GET", f"/api/v1/namespaces/{namespace}/pods")
     assert pods.status == 200 and [p["metadata"]["name"] for p in pods.json()["items"]] == [real_pod.name]

@@ -30,6 +30,7 @@ from kubernetes import client
 from kubernetes.stream import portforward, stream
 
 from conftest import assert_status, request
+from harness.envoy import render
 from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, V4_CHANNEL, V5_CHANNEL
 from harness.figures import record_figures
 
@@ -48,10 +49,10 @@ def wait_until(condition, what: str, timeout: float = 5.0):
 
 
 def in_flight(envoy) -> tuple:
-    """Requests in flight from the app and towards the API server, and upgraded connections."""
+    """Requests in flight from the app and towards the API server (either cluster), and upgraded connections."""
     stats = envoy.stats()
-    return (stats["http.podward.downstream_rq_active"], stats["cluster.kubernetes.upstream_rq_active"],
-            stats["http.podward.downstream_cx_upgrades_active"])
+    upstream = sum(stats[f"cluster.{name}.upstream_rq_active"] for name in (render.API_CLUSTER, render.UPGRADE_CLUSTER))
+    return (stats["http.podward.downstream_rq_active"], upstream, stats["http.podward.downstream_cx_upgrades_active"])
 
 
 def wait_for_envoy_to_drop_every_stream(envoy):
@@ -420,6 +421,8 @@ def test_closing_a_websocket_mid_command_ends_it_upstream(interactive, apiserver
     ws.send_binary(b"\x00typed\n")
     assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"\x01typed\n")
     assert in_flight(interactive) == (1, 1, 1)
+    # The upgrade went over the HTTP/1.1 cluster, which kube-apiserver requires for it.
+    assert interactive.stats()[f"cluster.{render.UPGRADE_CLUSTER}.upstream_rq_active"] == 1
     ws.close()
     seen = the_session(apiserver, "exec")
     wait_until(seen.ended.is_set, "the stand-in to see the exec end")

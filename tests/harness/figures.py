@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
-DIRECTORY = pathlib.Path("/tmp/podward-figures")
+# PODWARD_FIGURES: elsewhere, as the benchmark asks for the figures of the test it runs.
+DIRECTORY = pathlib.Path(os.environ.get("PODWARD_FIGURES", "/tmp/podward-figures"))
 
 
 def record_figures(topic: str, build: str, section: str, figures: dict):
-    """Writes one build's section of /tmp/podward-figures/<topic>.json, keeping the others, and prints it."""
+    """Writes one build's section of DIRECTORY/<topic>.json, keeping the others, and prints it."""
     path = DIRECTORY / f"{topic}.json"
     DIRECTORY.mkdir(parents=True, exist_ok=True)
     recorded = json.loads(path.read_text()) if path.exists() else {}
