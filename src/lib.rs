@@ -80,6 +80,12 @@ mod shared_constants {
     }
 
     #[test]
+    fn the_file_cluster_is_the_shared_one() {
+        let config = crate::config::Config::parse(b"").unwrap();
+        assert_eq!(shared()["files_cluster"], json!(config.file_source.cluster));
+    }
+
+    #[test]
     fn the_metric_tag_keys_are_the_shared_ones() {
         assert_eq!(shared()["metric_tag_keys"], json!(crate::metrics::TAG_KEYS));
     }
