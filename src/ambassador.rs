@@ -293,6 +293,7 @@ impl Sources for PodView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Value;
     use std::cell::RefCell;
 
     /// Records what the core logged and counted.
@@ -300,7 +301,7 @@ mod tests {
     pub(crate) struct Recorder {
         pub logs: RefCell<Vec<(Level, String)>>,
         pub counts: RefCell<Counts>,
-        pub drained: RefCell<Vec<(String, crate::metrics::Value)>>,
+        pub drained: RefCell<Vec<(String, Value)>>,
     }
 
     impl Log for Recorder {
@@ -313,31 +314,32 @@ mod tests {
         pub fn logged(&self, text: &str) -> bool {
             self.logs.borrow().iter().any(|(_, m)| m.contains(text))
         }
-        /// The sum of every count of `name` (a tagged name) so far.
-        pub fn counted(&self, name: &str) -> u64 {
+        /// Every count so far, as (tagged name, value).
+        fn drained(&self) -> std::cell::RefMut<'_, Vec<(String, Value)>> {
             let mut drained = self.drained.borrow_mut();
             self.counts
                 .borrow_mut()
                 .drain(&mut |sample| drained.push((sample.tagged_name(), sample.value)));
             drained
-                .iter()
-                .filter(|(n, _)| n == name)
+        }
+        /// The sum of every count of `name` (a tagged name) so far.
+        pub fn counted(&self, name: &str) -> u64 {
+            let drained = self.drained();
+            let counts = drained.iter().filter(|(n, _)| n == name);
+            counts
                 .map(|(_, value)| match value {
-                    crate::metrics::Value::Add(n) => *n,
-                    crate::metrics::Value::Set(_) => 0,
+                    Value::Add(n) => *n,
+                    Value::Set(_) => 0,
                 })
                 .sum()
         }
         fn gauges(&self) -> Vec<u64> {
-            let mut drained = self.drained.borrow_mut();
-            self.counts
-                .borrow_mut()
-                .drain(&mut |sample| drained.push((sample.tagged_name(), sample.value)));
+            let drained = self.drained();
             drained
                 .iter()
                 .filter_map(|(_, value)| match value {
-                    crate::metrics::Value::Set(n) => Some(*n),
-                    crate::metrics::Value::Add(_) => None,
+                    Value::Set(n) => Some(*n),
+                    Value::Add(_) => None,
                 })
                 .collect()
         }

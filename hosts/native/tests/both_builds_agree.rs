@@ -664,6 +664,19 @@ fn counted(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
         .unwrap_or(0)
 }
 
+/// Requests given up for want of a token.
+fn no_token(metrics: &Metrics) -> u64 {
+    counted(
+        metrics,
+        "podward_local_replies_total",
+        &[("reason", "no_token")],
+    )
+}
+
+fn bearer(outcome: &Outcome) -> Option<&str> {
+    header(outcome, "authorization")
+}
+
 fn code(outcome: &Outcome) -> u32 {
     match outcome {
         Outcome::Replied(code, ..) => *code,
@@ -698,10 +711,7 @@ fn the_first_token_releases_the_waiting_requests_alike() {
             Finish(3),
         ],
     );
-    assert_eq!(
-        header(&outcomes[&1], "authorization"),
-        Some("Bearer token-1")
-    );
+    assert_eq!(bearer(&outcomes[&1]), Some("Bearer token-1"));
     assert_eq!(header(&outcomes[&3], "x-pod-name"), Some("web-0"));
     assert_eq!(code(&outcomes[&2]), 403);
     let requests = "podward_requests_total";
@@ -766,15 +776,8 @@ fn a_request_given_up_gets_its_status_even_if_the_token_comes_before_it_is_woken
         body.contains("podward has no service-account token to send"),
         "{body}"
     );
-    assert_eq!(
-        header(&outcomes[&2], "authorization"),
-        Some("Bearer token-1")
-    );
-    let no_token = [("reason", "no_token")];
-    assert_eq!(
-        counted(&metrics, "podward_local_replies_total", &no_token),
-        1
-    );
+    assert_eq!(bearer(&outcomes[&2]), Some("Bearer token-1"));
+    assert_eq!(no_token(&metrics), 1);
 }
 
 #[test]
@@ -794,15 +797,8 @@ fn a_request_that_hangs_up_while_it_waits_is_never_woken() {
         ],
     );
     assert_eq!(outcomes[&1], Outcome::Held);
-    assert_eq!(
-        header(&outcomes[&2], "authorization"),
-        Some("Bearer token-1")
-    );
-    let no_token = [("reason", "no_token")];
-    assert_eq!(
-        counted(&metrics, "podward_local_replies_total", &no_token),
-        0
-    );
+    assert_eq!(bearer(&outcomes[&2]), Some("Bearer token-1"));
+    assert_eq!(no_token(&metrics), 0);
 }
 
 #[test]
@@ -828,15 +824,9 @@ fn refresh_failures_and_a_policy_swap_mid_burst_are_handled_alike() {
         ],
     );
     assert_eq!(code(&outcomes[&1]), 403, "read-only");
-    assert_eq!(
-        header(&outcomes[&3], "authorization"),
-        Some("Bearer token-1")
-    );
+    assert_eq!(bearer(&outcomes[&3]), Some("Bearer token-1"));
     assert_eq!(code(&outcomes[&4]), 403, "kubectl-proxy still denies exec");
-    assert_eq!(
-        header(&outcomes[&5], "authorization"),
-        Some("Bearer token-1")
-    );
+    assert_eq!(bearer(&outcomes[&5]), Some("Bearer token-1"));
     assert_eq!(counted(&metrics, "podward_policy_reloads_total", &[]), 2);
     // Before the token arrived, the bad token, and twice while it is missing.
     assert_eq!(
@@ -866,10 +856,7 @@ fn probes_and_refusals_are_answered_alike() {
         panic!("not ready: {:?}", outcomes[&1]);
     };
     assert!(body.contains("file source answered HTTP 404"), "{body}");
-    assert_eq!(
-        header(&outcomes[&9], "authorization"),
-        Some("Bearer token-1")
-    );
+    assert_eq!(bearer(&outcomes[&9]), Some("Bearer token-1"));
     assert_eq!(code(&outcomes[&2]), 200);
     assert_eq!(code(&outcomes[&3]), 400);
 }

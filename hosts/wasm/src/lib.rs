@@ -1,7 +1,7 @@
 //! podward.wasm: the proxy-wasm adapter. [`abi`] is the host's ABI (its
-//! imports, the callbacks it calls, the allocator); [`vm`] is the glue that
-//! hands each callback to podward's engine and carries out its answer. It
-//! decides nothing itself.
+//! imports, the callbacks it calls, the allocator); [`host`] names the calls
+//! the glue makes; [`vm`] is the glue that hands each callback to podward's
+//! engine and carries out its answer. It decides nothing itself.
 //!
 //! Each VM (one per Envoy worker, one on the main thread) runs one engine per
 //! plugin; the files come from Envoy's internal file listener, fetched by
@@ -23,7 +23,8 @@ extern crate alloc;
 
 #[allow(unsafe_code)]
 pub mod abi;
+pub mod host;
 pub mod vm;
 
-pub use abi::ProxyWasm;
+pub use host::ProxyWasm;
 pub use vm::{Action, Vm};

@@ -7,7 +7,7 @@
 //! `proxy_on_log` at once; resuming a request can too): the engine has
 //! answered, and the borrow has ended, before such a call is made.
 
-use crate::abi::ProxyWasm;
+use crate::host::ProxyWasm;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
