@@ -201,25 +201,23 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         let Some(at) = self.position(stream) else {
             return Step::Wait;
         };
-        let waker = match &self.requests[at].1 {
-            Held::Released { waker } => *waker,
-            Held::Refused(_) => {
-                let (_, held) = self.requests.swap_remove(at);
-                return match held {
-                    Held::Refused(status) => Step::Reply(status.local_reply()),
-                    _ => Step::Wait,
-                };
+        let (_, held) = self.requests.swap_remove(at);
+        let waker = match held {
+            Held::Released { waker } => waker,
+            Held::Refused(status) => return Step::Reply(status.local_reply()),
+            Held::Waiting { .. } | Held::Served { .. } => {
+                self.requests.push((stream, held));
+                return Step::Wait;
             }
-            Held::Waiting { .. } | Held::Served { .. } => return Step::Wait,
         };
         if self.pod.prepared().is_none() {
             // A new configuration came between the release and the wake:
             // wait for it like a request that has just arrived.
             let give_up_at = now_ms.saturating_add(self.config.startup_wait_ms);
-            self.requests[at].1 = Held::Waiting { give_up_at, waker };
+            self.requests
+                .push((stream, Held::Waiting { give_up_at, waker }));
             return Step::Wait;
         }
-        self.requests.swap_remove(at);
         match host.request_headers() {
             Some(headers) => self.serve(stream, &headers, now_ms, host),
             None => self.unreadable_headers(),
@@ -258,19 +256,23 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
     pub fn on_tick(&mut self, now_ms: u64, log: &dyn Log) -> Tick<K> {
         self.pod
             .report_freshness(now_ms / 1000, log, &mut self.counts);
-        let late = |held: &Held<K>| matches!(held, Held::Waiting { give_up_at, .. } if *give_up_at <= now_ms);
         let mut wake = Vec::new();
-        if self.requests.iter().any(|(_, held)| late(held)) {
-            let status = Status::unavailable(self.pod.not_ready_reason(), 1);
-            for (_, held) in &mut self.requests {
-                if let (true, Held::Waiting { waker, .. }) = (late(held), &*held) {
-                    wake.push(*waker);
-                    *held = Held::Refused(status.clone());
-                    self.counts.count(Counter::LocalReplies {
-                        reason: Refusal::NoToken,
-                    });
-                }
+        let mut refusal = None;
+        for (_, held) in &mut self.requests {
+            let Held::Waiting { give_up_at, waker } = *held else {
+                continue;
+            };
+            if give_up_at > now_ms {
+                continue;
             }
+            // One Status for all: why podward cannot serve yet.
+            let status =
+                refusal.get_or_insert_with(|| Status::unavailable(self.pod.not_ready_reason(), 1));
+            *held = Held::Refused(status.clone());
+            self.counts.count(Counter::LocalReplies {
+                reason: Refusal::NoToken,
+            });
+            wake.push(waker);
         }
         let read = if self.reading {
             self.due(now_ms)
