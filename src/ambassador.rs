@@ -298,10 +298,10 @@ mod tests {
 
     /// Records what the core logged and counted.
     #[derive(Default)]
-    pub(crate) struct Recorder {
-        pub logs: RefCell<Vec<(Level, String)>>,
-        pub counts: RefCell<Counts>,
-        pub drained: RefCell<Vec<(String, Value)>>,
+    struct Recorder {
+        logs: RefCell<Vec<(Level, String)>>,
+        counts: RefCell<Counts>,
+        drained: RefCell<Vec<(String, Value)>>,
     }
 
     impl Log for Recorder {
@@ -311,7 +311,7 @@ mod tests {
     }
 
     impl Recorder {
-        pub fn logged(&self, text: &str) -> bool {
+        fn logged(&self, text: &str) -> bool {
             self.logs.borrow().iter().any(|(_, m)| m.contains(text))
         }
         /// Every count so far, as (tagged name, value).
@@ -323,7 +323,7 @@ mod tests {
             drained
         }
         /// The sum of every count of `name` (a tagged name) so far.
-        pub fn counted(&self, name: &str) -> u64 {
+        fn counted(&self, name: &str) -> u64 {
             let drained = self.drained();
             let counts = drained.iter().filter(|(n, _)| n == name);
             counts
@@ -385,32 +385,32 @@ mod tests {
 
     #[test]
     fn a_missing_optional_file_does_not_hold_requests_but_its_header_is_reported() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador("");
-        read_all(&mut ambassador, &POD_FILES[..2], 0, &telemetry);
+        read_all(&mut ambassador, &POD_FILES[..2], 0, &recorder);
         assert!(ambassador.prepared().is_some());
-        assert!(telemetry.logged(
+        assert!(recorder.logged(
             "header x-pod-annotations not sent: file /podinfo/annotations could not be read"
         ));
     }
 
     #[test]
     fn a_bad_token_read_keeps_the_last_good_token_and_warns_once() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(r#"{"refresh_interval_ms": 10}"#);
-        read_all(&mut ambassador, POD_FILES, 0, &telemetry);
+        read_all(&mut ambassador, POD_FILES, 0, &recorder);
         for now in [1000, 2000] {
             read_all(
                 &mut ambassador,
                 &[("/serviceaccount/token", b"two words")],
                 now,
-                &telemetry,
+                &recorder,
             );
         }
         let prepared = ambassador.prepared().unwrap();
         assert_eq!(prepared.identity.token.authorization(), "Bearer token-1");
-        assert_eq!(telemetry.counted("podward_token_refresh_failures_total"), 2);
-        let warnings: Vec<_> = telemetry
+        assert_eq!(recorder.counted("podward_token_refresh_failures_total"), 2);
+        let warnings: Vec<_> = recorder
             .logs
             .borrow()
             .iter()
@@ -423,22 +423,22 @@ mod tests {
             ["podward: could not use /serviceaccount/token: the token holds characters a header \
               cannot carry; keeping the last good content"]
         );
-        assert!(!telemetry.logged("two words"));
+        assert!(!recorder.logged("two words"));
     }
 
     #[test]
     fn a_rotation_rebuilds_the_identity() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(r#"{"refresh_interval_ms": 10}"#);
-        read_all(&mut ambassador, POD_FILES, 0, &telemetry);
+        read_all(&mut ambassador, POD_FILES, 0, &recorder);
         let before = ambassador.prepared().unwrap().identity.clone();
         let mut rotated = POD_FILES.to_vec();
         rotated[0] = ("/serviceaccount/token", b"token-2");
-        read_all(&mut ambassador, &rotated, 1000, &telemetry);
+        read_all(&mut ambassador, &rotated, 1000, &recorder);
         let after = ambassador.prepared().unwrap().identity.clone();
         assert_eq!(before.token.authorization(), "Bearer token-1");
         assert_eq!(after.token.authorization(), "Bearer token-2");
-        assert!(telemetry.logged("podward: /serviceaccount/token changed"));
+        assert!(recorder.logged("podward: /serviceaccount/token changed"));
     }
 
     const POLICY_FILE: &str =
@@ -452,9 +452,9 @@ mod tests {
 
     #[test]
     fn a_policy_file_is_required_and_applied_live() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(POLICY_FILE);
-        read_all(&mut ambassador, POD_FILES, 0, &telemetry);
+        read_all(&mut ambassador, POD_FILES, 0, &recorder);
         assert!(ambassador.prepared().is_none());
         assert_eq!(
             ambassador.readiness(),
@@ -464,7 +464,7 @@ mod tests {
             &mut ambassador,
             &with_policy(br#"{"preset": "read-only"}"#),
             100,
-            &telemetry,
+            &recorder,
         );
         let policy = ambassador.prepared().unwrap().policy.clone();
         assert!(policy
@@ -475,50 +475,50 @@ mod tests {
             &mut ambassador,
             &with_policy(br#"{"preset": "own-namespace"}"#),
             1000,
-            &telemetry,
+            &recorder,
         );
         let policy = ambassador.prepared().unwrap().policy.clone();
         assert!(policy
             .rule_refs()
             .any(|r| r.as_str() == "own-namespace/default"));
-        assert_eq!(telemetry.counted("podward_policy_reloads_total"), 2);
+        assert_eq!(recorder.counted("podward_policy_reloads_total"), 2);
     }
 
     #[test]
     fn a_bad_policy_update_is_refused_and_the_last_good_stays() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(POLICY_FILE);
         read_all(
             &mut ambassador,
             &with_policy(br#"{"preset": "read-only"}"#),
             0,
-            &telemetry,
+            &recorder,
         );
         let bad: &[u8] = br#"{"preset": "read-only", "rules": [{"name": "x", "action": "allow", "verbs": ["fetch"], "nonResourceURLs": ["*"]}]}"#;
-        read_all(&mut ambassador, &with_policy(bad), 1000, &telemetry);
+        read_all(&mut ambassador, &with_policy(bad), 1000, &recorder);
         let policy = ambassador.prepared().unwrap().policy.clone();
         assert!(policy.rule_refs().all(|r| r.as_str() != "rules/x"));
-        assert_eq!(telemetry.counted("podward_policy_reload_failures_total"), 1);
-        assert!(telemetry.logged(
+        assert_eq!(recorder.counted("podward_policy_reload_failures_total"), 1);
+        assert!(recorder.logged(
             "could not use /policy/policy.json: field `policy.rules[0].verbs`: unknown verb \"fetch\""
         ));
-        assert!(telemetry.logged("the last good policy stays in force"));
+        assert!(recorder.logged("the last good policy stays in force"));
     }
 
     #[test]
     fn freshness_changes_are_logged_and_counted_once() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(r#"{"refresh_interval_ms": 10}"#);
         let extended = jwt(r#"{"iat":0,"exp":31536000,"kubernetes.io":{"warnafter":3600}}"#);
         let files = [("/serviceaccount/token", extended.as_slice())];
-        read_all(&mut ambassador, &files, 0, &telemetry);
+        read_all(&mut ambassador, &files, 0, &recorder);
         for now_s in [0, 100, 2880, 2900, 3600, 4000, 31_536_000] {
-            let mut counts = telemetry.counts.borrow_mut();
-            ambassador.report_freshness(now_s, &telemetry, &mut counts);
+            let mut counts = recorder.counts.borrow_mut();
+            ambassador.report_freshness(now_s, &recorder, &mut counts);
             drop(counts);
-            telemetry.counted("");
+            recorder.counted("");
         }
-        let levels: Vec<Level> = telemetry
+        let levels: Vec<Level> = recorder
             .logs
             .borrow()
             .iter()
@@ -526,11 +526,11 @@ mod tests {
             .map(|(level, _)| *level)
             .collect();
         assert_eq!(levels, [Level::Warn, Level::Error, Level::Error]);
-        assert!(telemetry.logged("past its renewal point and ends in 720s"));
-        assert!(telemetry.logged("the token is 0s past its warnafter time"));
-        assert!(telemetry.logged("the token expired 10s ago"));
-        assert_eq!(telemetry.counted("podward_token_stale_total"), 1);
-        let gauges = telemetry.gauges();
+        assert!(recorder.logged("past its renewal point and ends in 720s"));
+        assert!(recorder.logged("the token is 0s past its warnafter time"));
+        assert!(recorder.logged("the token expired 10s ago"));
+        assert_eq!(recorder.counted("podward_token_stale_total"), 1);
+        let gauges = recorder.gauges();
         assert_eq!(gauges.first(), Some(&3600));
         assert_eq!(gauges.get(2), Some(&720));
         assert_eq!(gauges.last(), Some(&0));
@@ -538,17 +538,17 @@ mod tests {
 
     #[test]
     fn odd_time_claims_are_reported_once_per_token() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador("");
         let odd = jwt(r#"{"exp":"soon","nbf":500}"#);
         read_all(
             &mut ambassador,
             &[("/serviceaccount/token", &odd)],
             100_000,
-            &telemetry,
+            &recorder,
         );
-        assert!(telemetry.logged("the token's exp claim is not a number"));
-        assert!(telemetry.logged("not valid for another 400s by this node's clock"));
+        assert!(recorder.logged("the token's exp claim is not a number"));
+        assert!(recorder.logged("not valid for another 400s by this node's clock"));
         assert!(
             ambassador.prepared().is_some(),
             "sent anyway: the API server decides"
