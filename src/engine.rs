@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::filter::{self, Served};
 use crate::headers::HeaderList;
 use crate::host::{Level, Log, RequestHost};
-use crate::metrics::{Counter, Counts, Refusal, RequestSeries, Sample};
+use crate::metrics::{Counter, Counts, Gauge, Refusal, RequestSeries, Sample};
 use crate::prelude::*;
 use crate::status::{LocalReply, Status};
 use alloc::sync::Arc;
@@ -114,6 +114,9 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         let config = parse(config, log)?;
         let mut counts = Counts::default();
         counts.declare(&config);
+        // Exported from the start too: 0 until a token is read, as Envoy
+        // shows a gauge defined and never set.
+        counts.set(Gauge::TokenExpirySeconds, 0);
         Some(Engine {
             pod: Ambassador::new(config.clone(), env.clone()),
             config,

@@ -403,6 +403,21 @@ fn a_reload_keeps_held_requests_and_reads_again_under_the_new_config() {
 }
 
 #[test]
+fn every_series_the_config_tells_is_exported_before_anything_happens() {
+    let mut script = Script::new("");
+    let gauge = script.counted("podward_token_expiry_seconds");
+    assert_eq!(gauge, 0);
+    assert!(script
+        .metrics
+        .iter()
+        .any(|(name, value)| name == "podward_token_expiry_seconds" && *value == Value::Set(0)));
+    assert!(script
+        .metrics
+        .iter()
+        .any(|(name, value)| name == NO_TOKEN && *value == Value::Add(0)));
+}
+
+#[test]
 fn a_probe_starts_the_reading_and_tells_what_is_missing() {
     let mut script = Script::new("");
     let (code, body) = status_of(&script.arrive(1, "GET", "/podward/ready"));
