@@ -17,8 +17,10 @@ WASM=dist/podward.wasm
 NATIVE=dist/libpodward.so
 # What ships (after wasm-opt), and cargo's own output: nothing may depend on
 # wasm-opt to fit. V8's memory per VM grows with the module (BENCHMARKS.md).
-WASM_BUDGET=150000
-CARGO_WASM_BUDGET=250000
+# Both from constants.json, the one source of what Rust, Python and this file share.
+shared_constant() { sed -n "s/^ *\"$1\": *\([0-9]*\).*/\1/p" constants.json; }
+WASM_BUDGET=$(shared_constant wasm_budget_bytes)
+CARGO_WASM_BUDGET=$(shared_constant cargo_wasm_budget_bytes)
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -78,15 +80,15 @@ native_cargo() { # cargo arguments (features, target dir)
   [ -f "$libgcc_eh" ] || { echo "gcc's static unwinder libgcc_eh.a is missing (gcc -print-file-name)" >&2; exit 1; }
   mkdir -p "$static_unwinder"
   ln -sfn "$libgcc_eh" "$static_unwinder/libgcc_s.a"
-  cargo rustc --quiet --profile native --lib "$@" -- -L "native=$PWD/$static_unwinder"
+  cargo rustc --quiet --profile native -p podward-native --lib "$@" -- -L "native=$PWD/$static_unwinder"
 }
 
 build() {
   setup_rust
   setup_wasm_opt
   log "building podward.wasm"
-  cargo build --quiet --release --target wasm32-wasip1
-  local built=target/wasm32-wasip1/release/podward.wasm
+  cargo build --quiet --release --target wasm32-wasip1 -p podward-wasm
+  local built=target/wasm32-wasip1/release/podward_wasm.wasm
   if [ "$(stat -c %s "$built")" -gt "$CARGO_WASM_BUDGET" ]; then
     echo "cargo's podward.wasm is $(stat -c %s "$built") bytes, over $CARGO_WASM_BUDGET" >&2
     exit 1
@@ -104,8 +106,8 @@ build() {
     exit 1
   fi
   log "building libpodward.so (the native build, an Envoy dynamic module)"
-  native_cargo --features native
-  cp target/native/libpodward.so "$NATIVE"
+  native_cargo --features module
+  cp target/native/libpodward_native.so "$NATIVE"
   echo "libpodward.so: $(stat -c %s "$NATIVE") bytes, sha256 $(sha256sum "$NATIVE" | cut -d' ' -f1)"
   setup_python
   "$VENV/bin/python" envoy/render.py generate --dist dist --wasm "$WASM" --native "$NATIVE"
@@ -115,14 +117,16 @@ build() {
 # Builds only the tests load, never shipped: each panics on demand
 # (tests/test_crash_drill.py).
 build_test_modules() {
-  cargo build --quiet --release --target wasm32-wasip1 --features crash-drill --target-dir target/crash-drill
-  native_cargo --features native,crash-drill --target-dir target/crash-drill
+  cargo build --quiet --release --target wasm32-wasip1 -p podward-wasm --features crash-drill \
+    --target-dir target/crash-drill
+  native_cargo --features module,crash-drill --target-dir target/crash-drill
   mkdir -p dist/test
-  cp target/crash-drill/wasm32-wasip1/release/podward.wasm dist/test/podward-crash-drill.wasm
-  cp target/crash-drill/native/libpodward.so dist/test/libpodward-crash-drill.so
+  cp target/crash-drill/wasm32-wasip1/release/podward_wasm.wasm dist/test/podward-crash-drill.wasm
+  cp target/crash-drill/native/libpodward_native.so dist/test/libpodward-crash-drill.so
 }
 
-# The logic's unit tests compiled to wasm, run by Node's WASI.
+# The core's unit tests (the engine's event scripts among them) compiled to
+# wasm, run by Node's WASI.
 wasm_unit_tests() {
   setup_node
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings tests/wasi-run.mjs" \
@@ -132,12 +136,15 @@ wasm_unit_tests() {
 run_tests() {
   log "lint"
   cargo fmt --all -- --check
-  cargo clippy --quiet --all-targets -- -D warnings
-  cargo clippy --quiet --target wasm32-wasip1 -- -D warnings
-  cargo clippy --quiet --features native -- -D warnings
-  cargo clippy --quiet --features native,crash-drill -- -D warnings
-  log "unit tests, native"
-  cargo test --quiet
+  # The host: every crate, tests and the bench included (the native adapter
+  # without Envoy's ABI, as its tests build it).
+  cargo clippy --quiet --workspace --all-targets -- -D warnings
+  cargo clippy --quiet --target wasm32-wasip1 -p podward -p podward-wasm -- -D warnings
+  cargo clippy --quiet --target wasm32-wasip1 -p podward-wasm --features crash-drill -- -D warnings
+  cargo clippy --quiet -p podward-native --features module -- -D warnings
+  cargo clippy --quiet -p podward-native --features module,crash-drill -- -D warnings
+  log "unit tests, native (the core, both adapters' glue, the differential test)"
+  cargo test --quiet --workspace
   log "unit tests, as wasm"
   wasm_unit_tests
   build_test_modules

@@ -71,7 +71,7 @@ def describe_machine(testbed: Testbed) -> dict:
         "modules": {
             "podward_wasm": file_size(testbed.podward_wasm),
             "podward_wasm_sha256": hashlib.sha256(testbed.podward_wasm.read_bytes()).hexdigest(),
-            "podward_wasm_cargo": file_size(cargo_output(REPO / "target", "podward.wasm")),
+            "podward_wasm_cargo": file_size(cargo_output(REPO / "target", "podward_wasm.wasm")),
             "minimal_wasm": file_size(testbed.minimal_wasm),
             "minimal_wasm_cargo": file_size(testbed.minimal_wasm_built),
             "libpodward_so": file_size(NATIVE_MODULE),

@@ -1,7 +1,7 @@
 //! The request path's pure logic, natively: host check, classification,
 //! policy, token freshness and header setting (`filter::handle`), the whole
-//! request as served (`filter::serve` against a host that only copies), plus
-//! the pieces alone. No criterion: a plain timer loop keeps the dev build small.
+//! request as a host runs it (the engine's request and stream-end events
+//! against a host that only copies), plus the pieces alone. No criterion: a plain timer loop keeps the dev build small.
 //!
 //! `cargo bench --bench request_path` prints a table, then one `RESULT {json}`
 //! line that bench/bench.py reads. The bench profile inherits the release
@@ -9,19 +9,17 @@
 //! compiled wasm runs slower than this native code, and the host calls podward
 //! makes to read and write Envoy's header map are not included.
 
-use podward::ambassador::Prepared;
 use podward::config::{Config, PolicySource};
-use podward::filter::{handle, serve, Outcome, RequestHost, Rewrite};
+use podward::engine::{Engine, Start, Step};
+use podward::filter::{handle, Decision};
 use podward::headers::HeaderList;
+use podward::host::{Level, Log, RequestHost};
 use podward::identity::{build, Identity, Sources};
-use podward::metrics::{Counter, Gauge, Level, RequestSeries, Telemetry};
 use podward::policy::Policy;
 use podward::request_info::classify;
-use podward::status::Status;
 use podward::token::Token;
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The pod as the sidecar sees it: Downward API env vars and files.
@@ -105,33 +103,58 @@ fn client_headers(method: &str, path: &str) -> HeaderList {
     HeaderList::from_pairs(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
 }
 
-/// A host that keeps what it is told, as a host's header-map calls would.
-struct CopyingHost {
-    forwarded: usize,
+/// A host that hands over a copy of its header map and keeps what it is told.
+struct CopyingHost<'a> {
+    headers: &'a HeaderList,
+    edits: usize,
     record: usize,
 }
 
-impl RequestHost for CopyingHost {
-    fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
-        self.forwarded = rewrite.edits(original).additions.len();
-        Ok(())
+impl RequestHost for CopyingHost<'_> {
+    type Waker = ();
+    fn request_headers(&mut self) -> Option<HeaderList> {
+        Some(self.headers.clone())
     }
-    fn reply(&mut self, status: &Status) {
-        self.forwarded = status.to_json().len();
+    fn remove_header(&mut self, name: &[u8]) -> bool {
+        self.edits += name.len();
+        true
     }
-    fn record(&mut self, access_record: &str) {
-        self.record = access_record.len();
+    fn add_header(&mut self, name: &[u8], value: &[u8]) -> bool {
+        self.edits += name.len() + value.len();
+        true
     }
+    fn set_access_record(&mut self, record: &str) {
+        self.record = record.len();
+    }
+    fn waker(&mut self) {}
 }
 
 struct Silent;
 
-impl Telemetry for Silent {
-    fn log(&self, _: Level, _: &str) {}
-    fn count(&self, counter: Counter<'_>) {
-        black_box(counter);
+impl Log for Silent {
+    fn log(&self, level: Level, message: &str) {
+        black_box((level, message));
     }
-    fn gauge(&self, _: Gauge, _: u64) {}
+}
+
+/// An engine that has read the pod's files and serves at once.
+fn ready_engine(pod: &Pod) -> Engine<u64, ()> {
+    let env = pod
+        .env
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let mut engine =
+        Engine::configure(b"", env, Start::AtOnce, &Silent).expect("the default config");
+    let now_ms = NOW_S * 1000;
+    for read in engine.on_tick(now_ms, &Silent).read {
+        let content = match read.path.as_str() {
+            "/serviceaccount/token" => token_file(),
+            path => pod.files.get(path).map(|c| c.to_vec()).unwrap_or_default(),
+        };
+        engine.on_read_done(&read, Ok(content), now_ms, &Silent);
+    }
+    engine
 }
 
 /// Median ns per call of `f` over `repeats` timed batches of `iterations`.
@@ -167,18 +190,13 @@ fn main() {
     let (identity, omissions): (Identity, _) = build(&config, token.clone(), &pod);
     assert!(omissions.is_empty(), "{omissions:?}");
     assert_eq!(identity.headers.len(), 13);
-    let prepared = Prepared {
-        identity: Arc::new(identity.clone()),
-        policy: Arc::new(policy.clone()),
-    };
-
     let forward = |method: &'static str, path: &'static str| {
         let base = client_headers(method, path);
         let (config, policy, identity): (&Config, &Policy, &Identity) =
             (&config, policy, &identity);
-        move || match handle(config, policy, identity, NOW_S, &base).outcome {
-            Outcome::Forward(rewrite) => rewrite.edits(&base).additions.len(),
-            Outcome::Reply(status) => status.to_json().len(),
+        move || match handle(config, policy, identity, NOW_S, &base).decision {
+            Decision::Forward(rewrite) => rewrite.edits(&base).additions.len(),
+            Decision::Reply(status) => status.to_json().len(),
         }
     };
     let list = "/api/v1/namespaces/default/pods";
@@ -187,33 +205,27 @@ fn main() {
     let exec = "/api/v1/namespaces/default/pods/web-0/exec?command=sh&stdin=true&tty=true";
 
     let base = client_headers("GET", list);
-    // What a host runs per request: `serve` (handle, the metric series, the
-    // access-log record) and, when the request ends, the series' metric id.
-    let mut series = RequestSeries::default();
+    // What a host runs per request: the engine's request event (`serve`:
+    // handle, the metric series, the header edits) and its stream end (the
+    // request counted).
+    let mut engine = ready_engine(&pod);
+    let mut stream = 0;
     let mut as_served = || {
         let mut host = CopyingHost {
-            forwarded: 0,
+            headers: &base,
+            edits: 0,
             record: 0,
         };
-        // A host hands over a copy of its header map.
-        let headers = base.clone();
-        let served = serve(
-            &mut host,
-            &headers,
-            &config,
-            &prepared,
-            NOW_S,
-            &mut series,
-            &Silent,
-        );
-        let index = served.series.expect("classified");
-        let id = series.metric_id(index, 200, |_| Some(7));
-        (host.record, id, host.forwarded)
+        stream += 1;
+        let answer = engine.on_request_headers(stream, NOW_S * 1000, &mut host);
+        assert_eq!(answer.step, Step::Forward);
+        engine.on_stream_end(stream, || Some(200));
+        (host.record, host.edits)
     };
     let as_served_ns = time(iterations, repeats, &mut as_served);
     let mut results: Vec<(&str, f64)> = vec![
         (
-            "as served: handle + metric series + access record, GET list pods",
+            "as served: request event + stream end, GET list pods",
             as_served_ns,
         ),
         (

@@ -32,13 +32,17 @@ import urllib.parse
 
 import yaml
 
+# The constants podward's Rust core, build.sh and these generators share, from their one source (the core's
+# unit tests hold its copies to the same file).
+SHARED = json.loads((pathlib.Path(__file__).resolve().parent.parent / "constants.json").read_text())
+
 ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-PODINFO_DIR = "/etc/podinfo"
+SERVICE_ACCOUNT_DIR = SHARED["directories"]["/serviceaccount"]
+PODINFO_DIR = SHARED["directories"]["/podinfo"]
 PODWARD_DIR = "/etc/podward"
 # The policy's own ConfigMap, one key mounted here in the sidecar only; podward re-reads it through its file
 # source every refresh, so `kubectl apply` of a new policy takes effect without a restart.
-POLICY_DIR = "/etc/podward-policy"
+POLICY_DIR = SHARED["directories"]["/policy"]
 POLICY_CONFIGMAP = "podward-policy"
 POLICY_KEY = "policy.json"
 # The same file as podward names it: a path on its file source (Settings.file_directories).
@@ -49,7 +53,8 @@ DEFAULT_POLICY = {"preset": "kubectl-proxy"}
 # src/config.rs's defaults.
 SHIPPED_PLUGIN_CONFIG = {"policy_file": POLICY_FILE}
 API_SERVER_NAME = "kubernetes.default.svc"
-FILES_LISTENER = "podward_files"
+# The internal listener serving the pod's files, and the cluster podward fetches them through.
+FILES_LISTENER = SHARED["files_cluster"]
 
 # Envoy's admin API can change the sidecar (log levels that print the injected
 # Authorization, /quitquitquit, /drain_listeners, /runtime_modify), and every
@@ -71,7 +76,7 @@ METRICS_PATH = "/stats/prometheus"
 # is never put on the metrics port, which the cluster network reaches: every other path there would be
 # forwarded with the token.
 READY_PATH = "/ready"
-PODWARD_READY_PATH = "/podward/ready"
+PODWARD_READY_PATH = SHARED["readiness_path"]
 READY_CLUSTER = "podward_ready"
 # Within the startup probe's timeoutSeconds (1 s): Envoy answers before the kubelet gives up.
 READY_TIMEOUT = "0.9s"
@@ -113,16 +118,16 @@ ENV_KEYS = [*POD_FIELD_ENV, *RESOURCE_ENV]
 
 # Tag keys podward folds into its metric names (src/metrics.rs TAG_KEYS); each
 # gets a regex that lifts `key=.=value;.;` out of the name into a tag.
-METRIC_TAG_KEYS = ["verb", "group", "resource", "code", "rule", "reason", "file"]
+METRIC_TAG_KEYS = SHARED["metric_tag_keys"]
 
 # A watch may stay quiet for long; kube-apiserver ends watches after 30-60 min
 # (--min-request-timeout 1800 s, randomised up to double), so idle streams are
 # only cut after that.
 STREAM_IDLE_TIMEOUT = "3700s"
 
-# src/config.rs's default for `startup_wait_ms`: how long podward holds a
+# The default `startup_wait_ms` (src/config.rs): how long podward holds a
 # request that arrived before the first token.
-STARTUP_WAIT_MS = 5000
+STARTUP_WAIT_MS = SHARED["startup_wait_ms"]
 # Envoy answers a Timeout Status to a request not fully received (408) or
 # still held by a filter (504) this long after podward would have answered it
 # itself, so no request waits without bound even if the filter loses track of

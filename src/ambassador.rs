@@ -1,90 +1,42 @@
-//! What the sidecar knows about the pod (its token, its policy, its identity
-//! files) and the requests waiting until it knows enough to serve them.
+//! What the sidecar knows about the pod: its token, its policy, its identity
+//! files, and the identity prepared from them for every request.
 //!
-//! Both hosts run this state machine and only feed it: the proxy-wasm adapter
-//! (one per VM, reading the files through fetches from Envoy's internal file
-//! listener) and the native adapter (one per Envoy, reading the files itself).
 //! It decides when to read each file again, which content to keep, when to
-//! rebuild the prepared identity, when a waiting request may go on or must be
-//! given up, and what to log and count on the way.
-//!
-//! A host that loses its state (a wasm VM rebuilt after a crash) starts again
-//! from [`Ambassador::new`]: requests it was holding are not known to the new
-//! one, and Envoy's `request_timeout` answers them (see envoy/render.py).
+//! rebuild the prepared identity, and what to log and count on the way. The
+//! engine ([`crate::engine`]) feeds it the reads a host made.
 
-use crate::config::{Config, PolicySource};
-use crate::filter::Refusal;
-use crate::identity::{self, Identity, Sources};
-use crate::metrics::{Counter, Gauge, Level, Telemetry};
+use crate::config::{Config, FileRole, PolicySource};
+use crate::filter::Prepared;
+use crate::host::{Level, Log};
+use crate::identity::{self, Sources};
+use crate::metrics::{Counter, Counts, Gauge};
 use crate::policy::Policy;
 use crate::prelude::*;
-use crate::refresh::{Outcome, Refresher, STARTUP_RETRY_MS};
-use crate::status::Status;
+use crate::refresh::{Refreshed, Refresher, STARTUP_RETRY_MS};
 use crate::token::{Freshness, Token};
 use alloc::sync::Arc;
 use core::mem::discriminant;
 
-/// Everything a request needs, built when a source changes and shared by
-/// every request until the next change.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub identity: Arc<Identity>,
-    pub policy: Arc<Policy>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Token,
-    Policy,
-    Identity,
-}
-
-/// What to do with a request that has just arrived.
-#[derive(Debug)]
-pub enum Admission {
-    Serve(Prepared),
-    /// Held until [`Ambassador::read_done`] releases it or [`Ambassador::tick`]
-    /// gives it up. `start_reading`: this is the first request, and the files
-    /// are due now.
-    Wait {
-        start_reading: bool,
-    },
-}
-
-pub struct Ambassador<W> {
+pub struct Ambassador {
     config: Arc<Config>,
     /// The Downward API environment variables, (name, value): fixed for the
     /// pod's life, and read only when the identity is rebuilt.
     env: Vec<(String, String)>,
     refresher: Refresher,
-    roles: Vec<Role>,
+    roles: Vec<FileRole>,
     token: Option<Token>,
     policy: Option<Arc<Policy>>,
     prepared: Option<Prepared>,
-    /// Requests held for the first [`Prepared`], with the time to give up.
-    waiting: Vec<(W, u64)>,
-    /// Reading has started. A wasm VM starts on its first request: the VM on
-    /// Envoy's main thread never serves one and cannot reach the file listener.
-    active: bool,
     reported_freshness: Option<Freshness>,
 }
 
-impl<W: PartialEq> Ambassador<W> {
-    pub fn new(config: Arc<Config>, env: Vec<(String, String)>) -> Ambassador<W> {
+impl Ambassador {
+    pub fn new(config: Arc<Config>, env: Vec<(String, String)>) -> Ambassador {
         let files = config.files();
-        let roles: Vec<Role> = files
-            .iter()
-            .enumerate()
-            .map(|(index, path)| match (&config.policy, index) {
-                (_, 0) => Role::Token,
-                (PolicySource::File(policy), _) if policy == path => Role::Policy,
-                _ => Role::Identity,
-            })
-            .collect();
+        let roles: Vec<FileRole> = files.iter().map(|(role, _)| *role).collect();
         let required: Vec<(&str, bool)> = files
             .iter()
-            .zip(&roles)
-            .map(|(path, role)| (*path, *role != Role::Identity))
+            .map(|(role, path)| (*path, *role != FileRole::Identity))
             .collect();
         // A read gets its timeout plus a second of grace before it counts as lost.
         let lost_after_ms = config.file_source.timeout_ms + 1000;
@@ -100,110 +52,77 @@ impl<W: PartialEq> Ambassador<W> {
             token: None,
             policy,
             prepared: None,
-            waiting: Vec::new(),
-            active: false,
             reported_freshness: None,
             config,
         }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
-    }
-
-    /// How often the host should call [`Ambassador::tick`] and
-    /// [`Ambassador::due`].
+    /// How often the engine's tick should run.
     pub fn tick_interval_ms(&self) -> u64 {
         self.config.refresh_interval_ms.min(STARTUP_RETRY_MS)
-    }
-
-    /// Start reading without waiting for a request (a probe, or a host that
-    /// reads from the start); true if reading starts now.
-    pub fn activate(&mut self) -> bool {
-        !core::mem::replace(&mut self.active, true)
     }
 
     pub fn prepared(&self) -> Option<&Prepared> {
         self.prepared.as_ref()
     }
 
-    /// Serve at once if everything is on hand, else hold the request.
-    pub fn admit(&mut self, waiter: W, now_ms: u64) -> Admission {
-        if let Some(prepared) = &self.prepared {
-            return Admission::Serve(prepared.clone());
-        }
-        let give_up_at = now_ms.saturating_add(self.config.startup_wait_ms);
-        self.waiting.push((waiter, give_up_at));
-        Admission::Wait {
-            start_reading: self.activate(),
-        }
-    }
-
-    /// A held request went away (the client hung up).
-    pub fn forget(&mut self, waiter: &W) {
-        self.waiting.retain(|(held, _)| held != waiter);
-    }
-
     /// The files to read now, as (index, path); each is in flight until
     /// [`Ambassador::read_done`] is called for it.
     pub fn due(&mut self, now_ms: u64) -> Vec<(usize, String)> {
-        if !self.active {
-            return Vec::new();
-        }
         self.refresher.due(now_ms)
     }
 
     /// Takes a read's result: the file's content, or why there is none.
-    /// Returns the requests that may go on now.
     pub fn read_done(
         &mut self,
         index: usize,
         read: Result<Vec<u8>, String>,
         now_s: u64,
-        telemetry: &dyn Telemetry,
-    ) -> Vec<W> {
+        log: &dyn Log,
+        counts: &mut Counts,
+    ) {
         let Some(&role) = self.roles.get(index) else {
-            return Vec::new();
+            return;
         };
         let mut new_token = None;
         let mut new_policy = None;
         let outcome = self.refresher.complete(index, read, |content| match role {
-            Role::Token => {
+            FileRole::Token => {
                 new_token = Some(Token::parse(content).map_err(|e| e.to_string())?);
                 Ok(())
             }
-            Role::Policy => {
+            FileRole::Policy => {
                 new_policy = Some(Policy::parse(content).map_err(|e| e.to_string())?);
                 Ok(())
             }
-            Role::Identity => Ok(()),
+            FileRole::Identity => Ok(()),
         });
         let path = self.refresher.path(index).unwrap_or_default();
         match &outcome {
-            Outcome::Unchanged => {}
-            Outcome::Changed => {
+            Refreshed::Unchanged => {}
+            Refreshed::Changed => {
                 let counter = match role {
-                    Role::Token => Counter::TokenRefreshes,
-                    Role::Policy => Counter::PolicyReloads,
-                    Role::Identity => Counter::FileRefreshes { file: path },
+                    FileRole::Token => Counter::TokenRefreshes,
+                    FileRole::Policy => Counter::PolicyReloads,
+                    FileRole::Identity => Counter::FileRefreshes { file: path },
                 };
-                telemetry.count(counter);
-                telemetry.log(Level::Info, &format!("podward: {path} changed"));
+                counts.count(counter);
+                log.log(Level::Info, &format!("podward: {path} changed"));
             }
-            Outcome::Failed { message, repeated } => {
+            Refreshed::Failed { message, repeated } => {
                 let (counter, kept) = match role {
-                    Role::Token => (Counter::TokenRefreshFailures, self.token.is_some()),
-                    Role::Policy => (Counter::PolicyReloadFailures, self.policy.is_some()),
-                    Role::Identity => (Counter::FileRefreshFailures { file: path }, true),
+                    FileRole::Token => (Counter::TokenRefreshFailures, self.token.is_some()),
+                    FileRole::Policy => (Counter::PolicyReloadFailures, self.policy.is_some()),
+                    FileRole::Identity => (Counter::FileRefreshFailures { file: path }, true),
                 };
-                telemetry.count(counter);
+                counts.count(counter);
                 if !repeated {
                     let keeping = match (role, kept) {
-                        (Role::Policy, true) => "the last good policy stays in force",
+                        (FileRole::Policy, true) => "the last good policy stays in force",
                         (_, true) => "keeping the last good content",
                         (_, false) => "nothing to fall back on yet",
                     };
-                    telemetry.log(
+                    log.log(
                         Level::Warn,
                         &format!("podward: could not use {message}; {keeping}"),
                     );
@@ -211,7 +130,7 @@ impl<W: PartialEq> Ambassador<W> {
             }
         }
         if let Some(token) = new_token {
-            warn_about_claims(&token, now_s, telemetry);
+            warn_about_claims(&token, now_s, log);
             self.token = Some(token);
         }
         if let Some(policy) = new_policy {
@@ -219,40 +138,9 @@ impl<W: PartialEq> Ambassador<W> {
         }
         // A last file's first read can make the pod's view complete without
         // changing anything, e.g. when an optional file is missing.
-        if outcome == Outcome::Changed || self.prepared.is_none() {
-            self.rebuild(telemetry);
+        if outcome == Refreshed::Changed || self.prepared.is_none() {
+            self.rebuild(log);
         }
-        if self.prepared.is_some() {
-            self.waiting.drain(..).map(|(waiter, _)| waiter).collect()
-        } else {
-            Vec::new()
-        }
-    }
-
-    /// Periodic work: requests that waited too long are given up (each with
-    /// the reply to send), and the token's age is reported.
-    pub fn tick(&mut self, now_ms: u64, telemetry: &dyn Telemetry) -> Vec<(W, Status)> {
-        self.report_freshness(now_ms / 1000, telemetry);
-        if !self
-            .waiting
-            .iter()
-            .any(|(_, give_up_at)| *give_up_at <= now_ms)
-        {
-            return Vec::new();
-        }
-        let (late, still): (Vec<_>, Vec<_>) = core::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|(_, give_up_at)| *give_up_at <= now_ms);
-        self.waiting = still;
-        let status = Status::unavailable(self.not_ready_reason(), 1);
-        late.into_iter()
-            .map(|(waiter, _)| {
-                telemetry.count(Counter::LocalReplies {
-                    reason: Refusal::NoToken,
-                });
-                (waiter, status.clone())
-            })
-            .collect()
     }
 
     /// Whether a request would be served now; if not, why (for a probe).
@@ -263,17 +151,18 @@ impl<W: PartialEq> Ambassador<W> {
         }
     }
 
-    fn not_ready_reason(&self) -> String {
+    /// Why a request cannot be served yet: the reply to one that waited too long.
+    pub fn not_ready_reason(&self) -> String {
         let failure = |role| {
             let index = self.roles.iter().position(|r| *r == role)?;
             self.refresher.failure(index)
         };
         let not_yet = "the file source has not answered yet";
         if self.token.is_none() {
-            let why = failure(Role::Token).unwrap_or(not_yet);
+            let why = failure(FileRole::Token).unwrap_or(not_yet);
             format!("podward has no service-account token to send: {why}")
         } else if self.policy.is_none() {
-            let why = failure(Role::Policy).unwrap_or(not_yet);
+            let why = failure(FileRole::Policy).unwrap_or(not_yet);
             format!("podward has no policy to apply: {why}")
         } else {
             "podward has not read the pod's identity files yet".into()
@@ -281,7 +170,7 @@ impl<W: PartialEq> Ambassador<W> {
     }
 
     /// Rebuilt whenever a source changes, so requests only copy prepared headers.
-    fn rebuild(&mut self, telemetry: &dyn Telemetry) {
+    fn rebuild(&mut self, log: &dyn Log) {
         if !self.refresher.settled() {
             return;
         }
@@ -294,7 +183,7 @@ impl<W: PartialEq> Ambassador<W> {
         };
         let (identity, omissions) = identity::build(&self.config, token.clone(), &sources);
         for omission in omissions {
-            telemetry.log(
+            log.log(
                 Level::Warn,
                 &format!(
                     "podward: header {} not sent: {}",
@@ -311,12 +200,12 @@ impl<W: PartialEq> Ambassador<W> {
     /// Logs when the token on hand crosses the kubelet's renewal point, its
     /// `warnafter` or its expiry without a new one arriving: the signs of a
     /// broken rotation.
-    fn report_freshness(&mut self, now_s: u64, telemetry: &dyn Telemetry) {
+    pub fn report_freshness(&mut self, now_s: u64, log: &dyn Log, counts: &mut Counts) {
         let Some(token) = &self.token else {
             return;
         };
         if let Some(end) = token.intended_end() {
-            telemetry.gauge(Gauge::TokenExpirySeconds, end.saturating_sub(now_s));
+            counts.set(Gauge::TokenExpirySeconds, end.saturating_sub(now_s));
         }
         let freshness = token.freshness(now_s, self.config.token.expiry_skew_seconds);
         let previous = self.reported_freshness.replace(freshness);
@@ -325,10 +214,10 @@ impl<W: PartialEq> Ambassador<W> {
             return;
         }
         match freshness {
-            Freshness::Fresh => telemetry.log(Level::Info, "podward: the token on hand is fresh"),
+            Freshness::Fresh => log.log(Level::Info, "podward: the token on hand is fresh"),
             Freshness::Stale { expires_in_s } => {
-                telemetry.count(Counter::TokenStale);
-                telemetry.log(
+                counts.count(Counter::TokenStale);
+                log.log(
                     Level::Warn,
                     &format!(
                         "podward: the token is past its renewal point and ends in {expires_in_s}s; \
@@ -338,9 +227,9 @@ impl<W: PartialEq> Ambassador<W> {
             }
             Freshness::Overdue { overdue_for_s } => {
                 if was == Freshness::Fresh {
-                    telemetry.count(Counter::TokenStale);
+                    counts.count(Counter::TokenStale);
                 }
-                telemetry.log(
+                log.log(
                     Level::Error,
                     &format!(
                         "podward: the token is {overdue_for_s}s past its warnafter time; the API \
@@ -349,7 +238,7 @@ impl<W: PartialEq> Ambassador<W> {
                     ),
                 );
             }
-            Freshness::Expired { expired_for_s } => telemetry.log(
+            Freshness::Expired { expired_for_s } => log.log(
                 Level::Error,
                 &format!(
                     "podward: the token expired {expired_for_s}s ago; requests get 503 until a \
@@ -361,9 +250,9 @@ impl<W: PartialEq> Ambassador<W> {
 }
 
 /// Told once per token: what podward cannot judge about it.
-fn warn_about_claims(token: &Token, now_s: u64, telemetry: &dyn Telemetry) {
+fn warn_about_claims(token: &Token, now_s: u64, log: &dyn Log) {
     if !token.claims.unreadable.is_empty() {
-        telemetry.log(
+        log.log(
             Level::Warn,
             &format!(
                 "podward: the token's {} claim is not a number; podward cannot tell its age",
@@ -373,7 +262,7 @@ fn warn_about_claims(token: &Token, now_s: u64, telemetry: &dyn Telemetry) {
     }
     if let Some(nbf) = token.claims.nbf.filter(|nbf| *nbf > now_s) {
         // Sent anyway: the API server judges nbf by its own clock.
-        telemetry.log(
+        log.log(
             Level::Warn,
             &format!(
                 "podward: the token is not valid for another {}s by this node's clock (nbf); \
@@ -404,25 +293,20 @@ impl Sources for PodView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Value;
     use std::cell::RefCell;
 
-    /// Records what the core told the host.
+    /// Records what the core logged and counted.
     #[derive(Default)]
     struct Recorder {
         logs: RefCell<Vec<(Level, String)>>,
-        counts: RefCell<Vec<String>>,
-        gauges: RefCell<Vec<(Gauge, u64)>>,
+        counts: RefCell<Counts>,
+        drained: RefCell<Vec<(String, Value)>>,
     }
 
-    impl Telemetry for Recorder {
+    impl Log for Recorder {
         fn log(&self, level: Level, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
-        }
-        fn count(&self, counter: Counter<'_>) {
-            self.counts.borrow_mut().push(counter.tagged_name());
-        }
-        fn gauge(&self, gauge: Gauge, value: u64) {
-            self.gauges.borrow_mut().push((gauge, value));
         }
     }
 
@@ -430,16 +314,38 @@ mod tests {
         fn logged(&self, text: &str) -> bool {
             self.logs.borrow().iter().any(|(_, m)| m.contains(text))
         }
-        fn counted(&self, name: &str) -> usize {
+        /// Every count so far, as (tagged name, value).
+        fn drained(&self) -> std::cell::RefMut<'_, Vec<(String, Value)>> {
+            let mut drained = self.drained.borrow_mut();
             self.counts
-                .borrow()
+                .borrow_mut()
+                .drain(&mut |sample| drained.push((sample.tagged_name(), sample.value)));
+            drained
+        }
+        /// The sum of every count of `name` (a tagged name) so far.
+        fn counted(&self, name: &str) -> u64 {
+            let drained = self.drained();
+            let counts = drained.iter().filter(|(n, _)| n == name);
+            counts
+                .map(|(_, value)| match value {
+                    Value::Add(n) => *n,
+                    Value::Set(_) => 0,
+                })
+                .sum()
+        }
+        fn gauges(&self) -> Vec<u64> {
+            let drained = self.drained();
+            drained
                 .iter()
-                .filter(|c| c.as_str() == name)
-                .count()
+                .filter_map(|(_, value)| match value {
+                    Value::Set(n) => Some(*n),
+                    Value::Add(_) => None,
+                })
+                .collect()
         }
     }
 
-    fn ambassador(config: &str) -> Ambassador<u32> {
+    fn ambassador(config: &str) -> Ambassador {
         let config = Arc::new(Config::parse(config.as_bytes()).unwrap());
         let env = [("POD_NAME", "web-0"), ("POD_NAMESPACE", "team-a")]
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -455,21 +361,20 @@ mod tests {
 
     /// Reads every due file from `files` (path → content, missing → 404).
     fn read_all(
-        ambassador: &mut Ambassador<u32>,
+        ambassador: &mut Ambassador,
         files: &[(&str, &[u8])],
         now_ms: u64,
-        telemetry: &Recorder,
-    ) -> Vec<u32> {
-        let mut released = Vec::new();
+        recorder: &Recorder,
+    ) {
         for (index, path) in ambassador.due(now_ms) {
             let read = files
                 .iter()
                 .find(|(p, _)| *p == path)
                 .map(|(_, content)| content.to_vec())
                 .ok_or_else(|| "HTTP 404".to_string());
-            released.extend(ambassador.read_done(index, read, now_ms / 1000, telemetry));
+            let mut counts = recorder.counts.borrow_mut();
+            ambassador.read_done(index, read, now_ms / 1000, recorder, &mut counts);
         }
-        released
     }
 
     const POD_FILES: &[(&str, &[u8])] = &[
@@ -479,97 +384,33 @@ mod tests {
     ];
 
     #[test]
-    fn requests_wait_for_the_first_read_then_go_on() {
-        let telemetry = Recorder::default();
-        let mut ambassador = ambassador("");
-        assert_eq!(
-            ambassador.due(0),
-            [],
-            "nothing is read before the first request"
-        );
-        assert!(matches!(
-            ambassador.admit(1, 0),
-            Admission::Wait {
-                start_reading: true
-            }
-        ));
-        assert!(matches!(
-            ambassador.admit(2, 10),
-            Admission::Wait {
-                start_reading: false
-            }
-        ));
-        ambassador.forget(&2);
-        assert_eq!(read_all(&mut ambassador, POD_FILES, 20, &telemetry), [1]);
-        let Admission::Serve(prepared) = ambassador.admit(3, 30) else {
-            panic!("prepared")
-        };
-        assert_eq!(prepared.identity.token.authorization(), "Bearer token-1");
-        assert_eq!(ambassador.readiness(), Ok(()));
-        assert_eq!(telemetry.counted("podward_token_refreshes_total"), 1);
-    }
-
-    #[test]
-    fn late_requests_are_given_up_with_the_cause() {
-        let telemetry = Recorder::default();
-        let mut ambassador = ambassador(r#"{"startup_wait_ms": 500}"#);
-        ambassador.admit(1, 0);
-        ambassador.admit(2, 300);
-        assert!(read_all(&mut ambassador, &POD_FILES[1..], 0, &telemetry).is_empty());
-        assert_eq!(ambassador.tick(499, &telemetry), []);
-        let given_up = ambassador.tick(500, &telemetry);
-        assert_eq!(given_up.len(), 1);
-        let (waiter, status) = &given_up[0];
-        assert_eq!(*waiter, 1);
-        assert_eq!(status.code, 503);
-        assert_eq!(
-            status.message,
-            "podward has no service-account token to send: /serviceaccount/token: HTTP 404"
-        );
-        assert_eq!(
-            telemetry.counted("reason=.=no_token;.;podward_local_replies_total"),
-            1
-        );
-        assert_eq!(ambassador.tick(800, &telemetry).len(), 1);
-        assert_eq!(
-            ambassador.readiness(),
-            Err(status.message.clone()),
-            "the probe tells the same cause"
-        );
-    }
-
-    #[test]
     fn a_missing_optional_file_does_not_hold_requests_but_its_header_is_reported() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador("");
-        ambassador.admit(1, 0);
-        assert_eq!(
-            read_all(&mut ambassador, &POD_FILES[..2], 0, &telemetry),
-            [1]
-        );
-        assert!(telemetry.logged(
+        read_all(&mut ambassador, &POD_FILES[..2], 0, &recorder);
+        assert!(ambassador.prepared().is_some());
+        assert!(recorder.logged(
             "header x-pod-annotations not sent: file /podinfo/annotations could not be read"
         ));
     }
 
     #[test]
     fn a_bad_token_read_keeps_the_last_good_token_and_warns_once() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(r#"{"refresh_interval_ms": 10}"#);
-        ambassador.activate();
-        read_all(&mut ambassador, POD_FILES, 0, &telemetry);
+        read_all(&mut ambassador, POD_FILES, 0, &recorder);
         for now in [1000, 2000] {
             read_all(
                 &mut ambassador,
                 &[("/serviceaccount/token", b"two words")],
                 now,
-                &telemetry,
+                &recorder,
             );
         }
         let prepared = ambassador.prepared().unwrap();
         assert_eq!(prepared.identity.token.authorization(), "Bearer token-1");
-        assert_eq!(telemetry.counted("podward_token_refresh_failures_total"), 2);
-        let warnings: Vec<_> = telemetry
+        assert_eq!(recorder.counted("podward_token_refresh_failures_total"), 2);
+        let warnings: Vec<_> = recorder
             .logs
             .borrow()
             .iter()
@@ -582,23 +423,22 @@ mod tests {
             ["podward: could not use /serviceaccount/token: the token holds characters a header \
               cannot carry; keeping the last good content"]
         );
-        assert!(!telemetry.logged("two words"));
+        assert!(!recorder.logged("two words"));
     }
 
     #[test]
     fn a_rotation_rebuilds_the_identity() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(r#"{"refresh_interval_ms": 10}"#);
-        ambassador.activate();
-        read_all(&mut ambassador, POD_FILES, 0, &telemetry);
+        read_all(&mut ambassador, POD_FILES, 0, &recorder);
         let before = ambassador.prepared().unwrap().identity.clone();
         let mut rotated = POD_FILES.to_vec();
         rotated[0] = ("/serviceaccount/token", b"token-2");
-        read_all(&mut ambassador, &rotated, 1000, &telemetry);
+        read_all(&mut ambassador, &rotated, 1000, &recorder);
         let after = ambassador.prepared().unwrap().identity.clone();
         assert_eq!(before.token.authorization(), "Bearer token-1");
         assert_eq!(after.token.authorization(), "Bearer token-2");
-        assert!(telemetry.logged("podward: /serviceaccount/token changed"));
+        assert!(recorder.logged("podward: /serviceaccount/token changed"));
     }
 
     const POLICY_FILE: &str =
@@ -612,21 +452,20 @@ mod tests {
 
     #[test]
     fn a_policy_file_is_required_and_applied_live() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(POLICY_FILE);
-        ambassador.admit(1, 0);
-        assert!(read_all(&mut ambassador, POD_FILES, 0, &telemetry).is_empty());
+        read_all(&mut ambassador, POD_FILES, 0, &recorder);
+        assert!(ambassador.prepared().is_none());
         assert_eq!(
             ambassador.readiness(),
             Err("podward has no policy to apply: /policy/policy.json: HTTP 404".into())
         );
-        let released = read_all(
+        read_all(
             &mut ambassador,
             &with_policy(br#"{"preset": "read-only"}"#),
             100,
-            &telemetry,
+            &recorder,
         );
-        assert_eq!(released, [1]);
         let policy = ambassador.prepared().unwrap().policy.clone();
         assert!(policy
             .rule_refs()
@@ -636,49 +475,50 @@ mod tests {
             &mut ambassador,
             &with_policy(br#"{"preset": "own-namespace"}"#),
             1000,
-            &telemetry,
+            &recorder,
         );
         let policy = ambassador.prepared().unwrap().policy.clone();
         assert!(policy
             .rule_refs()
             .any(|r| r.as_str() == "own-namespace/default"));
-        assert_eq!(telemetry.counted("podward_policy_reloads_total"), 2);
+        assert_eq!(recorder.counted("podward_policy_reloads_total"), 2);
     }
 
     #[test]
     fn a_bad_policy_update_is_refused_and_the_last_good_stays() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(POLICY_FILE);
-        ambassador.activate();
         read_all(
             &mut ambassador,
             &with_policy(br#"{"preset": "read-only"}"#),
             0,
-            &telemetry,
+            &recorder,
         );
         let bad: &[u8] = br#"{"preset": "read-only", "rules": [{"name": "x", "action": "allow", "verbs": ["fetch"], "nonResourceURLs": ["*"]}]}"#;
-        read_all(&mut ambassador, &with_policy(bad), 1000, &telemetry);
+        read_all(&mut ambassador, &with_policy(bad), 1000, &recorder);
         let policy = ambassador.prepared().unwrap().policy.clone();
         assert!(policy.rule_refs().all(|r| r.as_str() != "rules/x"));
-        assert_eq!(telemetry.counted("podward_policy_reload_failures_total"), 1);
-        assert!(telemetry.logged(
+        assert_eq!(recorder.counted("podward_policy_reload_failures_total"), 1);
+        assert!(recorder.logged(
             "could not use /policy/policy.json: field `policy.rules[0].verbs`: unknown verb \"fetch\""
         ));
-        assert!(telemetry.logged("the last good policy stays in force"));
+        assert!(recorder.logged("the last good policy stays in force"));
     }
 
     #[test]
     fn freshness_changes_are_logged_and_counted_once() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador(r#"{"refresh_interval_ms": 10}"#);
-        ambassador.activate();
         let extended = jwt(r#"{"iat":0,"exp":31536000,"kubernetes.io":{"warnafter":3600}}"#);
         let files = [("/serviceaccount/token", extended.as_slice())];
-        read_all(&mut ambassador, &files, 0, &telemetry);
+        read_all(&mut ambassador, &files, 0, &recorder);
         for now_s in [0, 100, 2880, 2900, 3600, 4000, 31_536_000] {
-            ambassador.tick(now_s * 1000, &telemetry);
+            let mut counts = recorder.counts.borrow_mut();
+            ambassador.report_freshness(now_s, &recorder, &mut counts);
+            drop(counts);
+            recorder.counted("");
         }
-        let levels: Vec<Level> = telemetry
+        let levels: Vec<Level> = recorder
             .logs
             .borrow()
             .iter()
@@ -686,30 +526,29 @@ mod tests {
             .map(|(level, _)| *level)
             .collect();
         assert_eq!(levels, [Level::Warn, Level::Error, Level::Error]);
-        assert!(telemetry.logged("past its renewal point and ends in 720s"));
-        assert!(telemetry.logged("the token is 0s past its warnafter time"));
-        assert!(telemetry.logged("the token expired 10s ago"));
-        assert_eq!(telemetry.counted("podward_token_stale_total"), 1);
-        let gauges = telemetry.gauges.borrow();
-        assert_eq!(gauges.first(), Some(&(Gauge::TokenExpirySeconds, 3600)));
-        assert_eq!(gauges.get(2), Some(&(Gauge::TokenExpirySeconds, 720)));
-        assert_eq!(gauges.last(), Some(&(Gauge::TokenExpirySeconds, 0)));
+        assert!(recorder.logged("past its renewal point and ends in 720s"));
+        assert!(recorder.logged("the token is 0s past its warnafter time"));
+        assert!(recorder.logged("the token expired 10s ago"));
+        assert_eq!(recorder.counted("podward_token_stale_total"), 1);
+        let gauges = recorder.gauges();
+        assert_eq!(gauges.first(), Some(&3600));
+        assert_eq!(gauges.get(2), Some(&720));
+        assert_eq!(gauges.last(), Some(&0));
     }
 
     #[test]
     fn odd_time_claims_are_reported_once_per_token() {
-        let telemetry = Recorder::default();
+        let recorder = Recorder::default();
         let mut ambassador = ambassador("");
-        ambassador.activate();
         let odd = jwt(r#"{"exp":"soon","nbf":500}"#);
         read_all(
             &mut ambassador,
             &[("/serviceaccount/token", &odd)],
             100_000,
-            &telemetry,
+            &recorder,
         );
-        assert!(telemetry.logged("the token's exp claim is not a number"));
-        assert!(telemetry.logged("not valid for another 400s by this node's clock"));
+        assert!(recorder.logged("the token's exp claim is not a number"));
+        assert!(recorder.logged("not valid for another 400s by this node's clock"));
         assert!(
             ambassador.prepared().is_some(),
             "sent anyway: the API server decides"

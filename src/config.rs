@@ -9,6 +9,10 @@ use crate::prelude::*;
 use crate::status::Quoted;
 use serde_json::Value;
 
+/// How long a request that arrived before the first token is held, unless
+/// configured (envoy/render.py sizes Envoy's timeouts by it; constants.json).
+pub const DEFAULT_STARTUP_WAIT_MS: u64 = 5000;
+
 /// The validated configuration the filter runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,6 +54,20 @@ pub struct FileSource {
 }
 
 impl FileSource {
+    /// A file as the file listener answered a fetch of it: the body of a 200,
+    /// else why there is none (`status`: the answer's `:status`, `None` when
+    /// the fetch timed out or was reset).
+    pub fn fetched(status: Option<&[u8]>, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        match status {
+            Some(b"200") => Ok(body),
+            Some(status) => Err(format!(
+                "file source answered HTTP {}",
+                String::from_utf8_lossy(status)
+            )),
+            None => Err("file source did not answer (timeout or reset)".into()),
+        }
+    }
+
     /// Where the file at `path` on the file source is on disk.
     pub fn local_path(&self, path: &str) -> Option<String> {
         self.directories.iter().find_map(|(prefix, directory)| {
@@ -59,8 +77,9 @@ impl FileSource {
     }
 }
 
-/// The sidecar's volumes, as envoy/render.py mounts them.
-const DEFAULT_DIRECTORIES: &[(&str, &str)] = &[
+/// The sidecar's volumes, as envoy/render.py mounts them (both read them
+/// from constants.json; a test holds this copy to it).
+pub const DEFAULT_DIRECTORIES: &[(&str, &str)] = &[
     (
         "/serviceaccount",
         "/var/run/secrets/kubernetes.io/serviceaccount",
@@ -182,7 +201,7 @@ impl Config {
         let mut top = Object::new(json, "")?;
         let file_source = read_file_source(top.object("file_source")?)?;
         let refresh_interval_ms = interval(&mut top, "refresh_interval_ms", 1000)?;
-        let startup_wait_ms = interval(&mut top, "startup_wait_ms", 5000)?;
+        let startup_wait_ms = interval(&mut top, "startup_wait_ms", DEFAULT_STARTUP_WAIT_MS)?;
         let token = read_token(top.object("token")?)?;
         let identity_headers = match top.list("identity_headers")? {
             Some(items) => read_identity_headers(items)?,
@@ -286,22 +305,34 @@ impl Config {
         Ok(())
     }
 
-    /// Every file the filter reads: the token first, then the policy file if
-    /// there is one, then each distinct identity file in configuration order.
-    pub fn files(&self) -> Vec<&str> {
-        let mut files = vec![self.token.path.as_str()];
+    /// Every file the filter reads, with what it holds: the token first, then
+    /// the policy file if there is one, then each distinct identity file in
+    /// configuration order.
+    pub fn files(&self) -> Vec<(FileRole, &str)> {
+        let mut files = vec![(FileRole::Token, self.token.path.as_str())];
         if let PolicySource::File(path) = &self.policy {
-            files.push(path);
+            files.push((FileRole::Policy, path));
         }
         for header in &self.identity_headers {
             if let HeaderSource::File { path, .. } = &header.source {
-                if !files.contains(&path.as_str()) {
-                    files.push(path);
+                if !files.iter().any(|(_, known)| known == path) {
+                    files.push((FileRole::Identity, path));
                 }
             }
         }
         files
     }
+}
+
+/// What a file the filter reads holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRole {
+    /// The service-account token: required.
+    Token,
+    /// The policy file: required when the policy comes from a file.
+    Policy,
+    /// A Downward API file read by identity headers: optional.
+    Identity,
 }
 
 fn interval(object: &mut Object, key: &'static str, default: u64) -> Result<u64, FieldError> {
@@ -533,9 +564,9 @@ mod tests {
             assert_eq!(
                 config.files(),
                 [
-                    "/serviceaccount/token",
-                    "/podinfo/labels",
-                    "/podinfo/annotations"
+                    (FileRole::Token, "/serviceaccount/token"),
+                    (FileRole::Identity, "/podinfo/labels"),
+                    (FileRole::Identity, "/podinfo/annotations")
                 ]
             );
             assert!(!config.allow_impersonation);
@@ -576,7 +607,7 @@ mod tests {
         let config =
             Config::parse(br#"{"file_source": {"directories": {"/serviceaccount": "/run/sa"}}}"#)
                 .unwrap();
-        assert_eq!(config.files(), ["/serviceaccount/token"]);
+        assert_eq!(config.files(), [(FileRole::Token, "/serviceaccount/token")]);
         assert_eq!(config.identity_headers.len(), DEFAULT_ENV_HEADERS.len());
         // Named in the configuration, a file must still be mapped.
         let error = Config::parse(
@@ -597,8 +628,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.identity_headers[0].header, "x-app");
+        let paths: Vec<&str> = config.files().into_iter().map(|(_, path)| path).collect();
         assert_eq!(
-            config.files(),
+            paths,
             ["/serviceaccount/token", "/podinfo/labels", "/podinfo/cpu"]
         );
     }

@@ -3,19 +3,29 @@
 //! Kubernetes Status. [`serve`] runs it against a [`RequestHost`], the few
 //! calls each host (proxy-wasm, a native module, a test's mock) provides.
 
-use crate::ambassador::Prepared;
 use crate::config::{AccessRecord, ClientAuthorization, Config};
 use crate::headers::HeaderList;
+use crate::host::RequestHost;
 use crate::identity::Identity;
-use crate::metrics::{Counter, RequestSeries, Telemetry};
+use crate::metrics::{Counter, Counts, Refusal, RequestSeries};
 use crate::policy::{host_accepted, Effect, Policy, RuleRef};
 use crate::prelude::*;
 use crate::request_info::{classify, RequestInfo};
 use crate::status::{push_json_string, Details, Quoted, Status};
 use crate::token::Freshness;
+use alloc::sync::Arc;
 
+/// Everything a request needs, built when a source changes and shared by
+/// every request until the next change.
 #[derive(Debug, Clone)]
-pub enum Outcome<'r> {
+pub struct Prepared {
+    pub identity: Arc<Identity>,
+    pub policy: Arc<Policy>,
+}
+
+/// What the request path decided.
+#[derive(Debug, Clone)]
+pub enum Decision<'r> {
     Forward(Rewrite<'r>),
     Reply(Status),
 }
@@ -95,46 +105,10 @@ pub struct Edits<'a> {
     pub additions: Vec<(&'a [u8], &'a [u8])>,
 }
 
-/// Why podward answered a request itself: a bounded set, for metrics and the
-/// access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    HostNotAccepted,
-    Unclassifiable,
-    PolicyDenied,
-    TokenExpired,
-    /// No token (or no policy) yet when the wait for it ran out.
-    NoToken,
-    /// The host would not hand over or take back the request's headers.
-    HostError,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 6] = [
-        Refusal::HostNotAccepted,
-        Refusal::Unclassifiable,
-        Refusal::PolicyDenied,
-        Refusal::TokenExpired,
-        Refusal::NoToken,
-        Refusal::HostError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::HostNotAccepted => "host_not_accepted",
-            Refusal::Unclassifiable => "unclassifiable",
-            Refusal::PolicyDenied => "policy_denied",
-            Refusal::TokenExpired => "token_expired",
-            Refusal::NoToken => "no_token",
-            Refusal::HostError => "host_error",
-        }
-    }
-}
-
 /// What podward made of a request, for metrics and the access log.
 #[derive(Debug)]
 pub struct Handled<'r> {
-    pub outcome: Outcome<'r>,
+    pub decision: Decision<'r>,
     pub refusal: Option<Refusal>,
     pub request: Option<RequestInfo<'r>>,
     pub rule: Option<&'r RuleRef>,
@@ -144,10 +118,10 @@ impl<'r> Handled<'r> {
     /// One JSON object for the access log: what the API server will see the
     /// request as, and podward's decision. Never any header value.
     pub fn access_record(&self) -> String {
-        let decision = match (&self.outcome, self.refusal) {
-            (Outcome::Forward(_), _) => "forward",
-            (Outcome::Reply(_), Some(refusal)) => refusal.as_str(),
-            (Outcome::Reply(_), None) => "reply",
+        let decision = match (&self.decision, self.refusal) {
+            (Decision::Forward(_), _) => "forward",
+            (Decision::Reply(_), Some(refusal)) => refusal.as_str(),
+            (Decision::Reply(_), None) => "reply",
         };
         let rule = self.rule.map(RuleRef::as_str).unwrap_or_default();
         let mut fields = vec![("decision", decision), ("rule", rule)];
@@ -179,7 +153,7 @@ impl<'r> Handled<'r> {
         rule: Option<&'r RuleRef>,
     ) -> Self {
         Handled {
-            outcome: Outcome::Reply(status),
+            decision: Decision::Reply(status),
             refusal: Some(refusal),
             request,
             rule,
@@ -187,26 +161,18 @@ impl<'r> Handled<'r> {
     }
 }
 
-/// What the request path needs from the host for the request at hand.
-pub trait RequestHost {
-    /// Changes the request's headers as `rewrite` says.
-    fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String>;
-    /// Answers the request with `status`; the request goes no further.
-    fn reply(&mut self, status: &Status);
-    /// podward's reading of the request, for the access log.
-    fn record(&mut self, access_record: &str);
-}
-
 /// How a request left the request path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
-    pub forwarded: bool,
+    /// The answer podward gives itself; `None`: the request goes upstream
+    /// with its headers edited.
+    pub reply: Option<Status>,
     /// The request's metric series, if it was classified.
     pub series: Option<usize>,
 }
 
 /// One request, start to finish, given the app's headers: decide, then
-/// forward or reply.
+/// edit the headers for forwarding, or say what to reply.
 pub fn serve(
     host: &mut impl RequestHost,
     headers: &HeaderList,
@@ -214,40 +180,51 @@ pub fn serve(
     prepared: &Prepared,
     now_s: u64,
     series: &mut RequestSeries,
-    telemetry: &dyn Telemetry,
+    counts: &mut Counts,
 ) -> Served {
-    let refuse = |host: &mut dyn RequestHost, refusal: Refusal, status: &Status| {
-        telemetry.count(Counter::LocalReplies { reason: refusal });
-        host.reply(status);
-    };
     let handled = handle(config, &prepared.policy, &prepared.identity, now_s, headers);
     let series = handled
         .request
         .as_ref()
         .map(|request| series.series_for(request));
     if handled.refusal.is_some() || config.access_record == AccessRecord::All {
-        host.record(&handled.access_record());
+        host.set_access_record(&handled.access_record());
     }
-    let forwarded = match handled.outcome {
-        Outcome::Forward(rewrite) => match host.forward(&rewrite, headers) {
-            Ok(()) => true,
-            Err(error) => {
-                // Never forward without the credentials just decided on.
-                let message = format!("podward could not set the request headers: {error}");
-                refuse(host, Refusal::HostError, &Status::unavailable(message, 1));
-                false
+    let (refusal, status) = match handled.decision {
+        Decision::Forward(rewrite) => {
+            if edit(host, &rewrite, headers) {
+                return Served {
+                    reply: None,
+                    series,
+                };
             }
-        },
-        Outcome::Reply(status) => {
+            // Never forward without the credentials just decided on.
+            let message = "podward could not set the request headers: the host refused a change";
+            (Refusal::HostError, Status::unavailable(message.into(), 1))
+        }
+        Decision::Reply(status) => {
             if let (Some(Refusal::PolicyDenied), Some(rule)) = (handled.refusal, handled.rule) {
-                telemetry.count(Counter::PolicyDenied { rule });
+                counts.count(Counter::PolicyDenied { rule });
             }
-            let refusal = handled.refusal.unwrap_or(Refusal::HostError);
-            refuse(host, refusal, &status);
-            false
+            (handled.refusal.unwrap_or(Refusal::HostError), status)
         }
     };
-    Served { forwarded, series }
+    counts.count(Counter::LocalReplies { reason: refusal });
+    Served {
+        reply: Some(status),
+        series,
+    }
+}
+
+/// Makes the rewrite's edits through the host, one call each (cheaper for
+/// Envoy than replacing the map); false if the host refused one.
+fn edit(host: &mut impl RequestHost, rewrite: &Rewrite, original: &HeaderList) -> bool {
+    let edits = rewrite.edits(original);
+    edits.removals.iter().all(|name| host.remove_header(name))
+        && edits
+            .additions
+            .iter()
+            .all(|(name, value)| host.add_header(name, value))
 }
 
 /// The path podward answers itself with its readiness, for a probe: the
@@ -360,7 +337,7 @@ pub fn handle<'r>(
         user_agent,
     };
     Handled {
-        outcome: Outcome::Forward(rewrite),
+        decision: Decision::Forward(rewrite),
         refusal: None,
         request: Some(request),
         rule: Some(decision.rule),
@@ -461,7 +438,7 @@ mod tests {
         let identity = identity(&config, "pod-token");
         let original = request.clone();
         let handled = handle(&config, inline_policy(&config), &identity, 0, &original);
-        forward(handled.outcome, request)
+        forward(handled.decision, request)
     }
 
     /// The request as a host holds it after making the rewrite's edits.
@@ -473,10 +450,10 @@ mod tests {
         HeaderList::from_pairs(kept.chain(edits.additions.iter().copied()))
     }
 
-    fn forward(outcome: Outcome, request: &mut HeaderList) -> Option<Status> {
-        match outcome {
-            Outcome::Reply(status) => Some(status),
-            Outcome::Forward(rewrite) => {
+    fn forward(decision: Decision, request: &mut HeaderList) -> Option<Status> {
+        match decision {
+            Decision::Reply(status) => Some(status),
+            Decision::Forward(rewrite) => {
                 let original = request.clone();
                 *request = applied(&rewrite, &original);
                 None
@@ -577,7 +554,7 @@ mod tests {
             &[(":authority", "localhost"), ("x-pod-team", "forged")],
         );
         let handled = handle(&config, inline_policy(&config), &identity, 0, &request);
-        let Outcome::Forward(rewrite) = handled.outcome else {
+        let Decision::Forward(rewrite) = handled.decision else {
             panic!("forwarded")
         };
         let forwarded = applied(&rewrite, &request);
@@ -659,7 +636,7 @@ mod tests {
             ],
         );
         let handled = handle(&config, inline_policy(&config), &identity, 0, &request);
-        let Outcome::Forward(rewrite) = handled.outcome else {
+        let Decision::Forward(rewrite) = handled.decision else {
             panic!("forwarded")
         };
         let edits = rewrite.edits(&request);
@@ -818,7 +795,7 @@ mod tests {
             let original = request.clone();
             let handled = handle(&config, inline_policy(&config), &identity, now, &original);
             let refusal = handled.refusal;
-            let reply = forward(handled.outcome, &mut request);
+            let reply = forward(handled.decision, &mut request);
             assert_eq!(reply.is_none(), forwarded, "now {now}");
             assert_eq!(
                 request.get("authorization").is_some(),
@@ -841,37 +818,33 @@ mod tests {
     /// A host that records every call the request path makes.
     #[derive(Default)]
     struct MockHost {
-        forwarded: Option<HeaderList>,
-        replies: Vec<Status>,
+        /// The request as the host holds it, once the path has edited it.
+        headers: HeaderList,
+        edited: bool,
         records: Vec<String>,
-        refuse_forwarding: bool,
+        refuse_edits: bool,
     }
 
     impl RequestHost for MockHost {
-        fn forward(&mut self, rewrite: &Rewrite, original: &HeaderList) -> Result<(), String> {
-            if self.refuse_forwarding {
-                return Err("host status 2".into());
-            }
-            self.forwarded = Some(applied(rewrite, original));
-            Ok(())
+        type Waker = ();
+        fn request_headers(&mut self) -> Option<HeaderList> {
+            Some(self.headers.clone())
         }
-        fn reply(&mut self, status: &Status) {
-            self.replies.push(status.clone());
+        fn remove_header(&mut self, name: &[u8]) -> bool {
+            self.edited = true;
+            let kept = self.headers.iter().filter(|(n, _)| *n != name);
+            self.headers = HeaderList::from_pairs(kept);
+            !self.refuse_edits
         }
-        fn record(&mut self, access_record: &str) {
-            self.records.push(access_record.to_string());
+        fn add_header(&mut self, name: &[u8], value: &[u8]) -> bool {
+            self.edited = true;
+            self.headers.push(name, value);
+            !self.refuse_edits
         }
-    }
-
-    #[derive(Default)]
-    struct Counted(std::cell::RefCell<Vec<String>>);
-
-    impl Telemetry for Counted {
-        fn log(&self, _: crate::metrics::Level, _: &str) {}
-        fn count(&self, counter: Counter<'_>) {
-            self.0.borrow_mut().push(counter.tagged_name());
+        fn set_access_record(&mut self, record: &str) {
+            self.records.push(record.to_string());
         }
-        fn gauge(&self, _: crate::metrics::Gauge, _: u64) {}
+        fn waker(&mut self) {}
     }
 
     fn serve_one(host: &mut MockHost, method: &str, path: &str) -> (Served, Vec<String>) {
@@ -886,11 +859,13 @@ mod tests {
     ) -> (Served, Vec<String>) {
         let config = Config::parse(config.as_bytes()).unwrap();
         let prepared = Prepared {
-            identity: alloc::sync::Arc::new(identity(&config, "pod-token")),
-            policy: alloc::sync::Arc::new(inline_policy(&config).clone()),
+            identity: Arc::new(identity(&config, "pod-token")),
+            policy: Arc::new(inline_policy(&config).clone()),
         };
         let headers = request(method, path, &[(":authority", "localhost")]);
-        let telemetry = Counted::default();
+        host.headers = headers.clone();
+        host.edited = false;
+        let mut counts = Counts::default();
         let mut series = RequestSeries::default();
         let served = serve(
             host,
@@ -899,29 +874,33 @@ mod tests {
             &prepared,
             0,
             &mut series,
-            &telemetry,
+            &mut counts,
         );
-        (served, telemetry.0.into_inner())
+        let mut counted = Vec::new();
+        counts.drain(&mut |sample| counted.push(sample.tagged_name()));
+        (served, counted)
     }
 
     #[test]
     fn serve_forwards_or_replies_and_counts_what_it_did() {
         let mut host = MockHost::default();
         let (served, counted) = serve_one(&mut host, "GET", "/api/v1/namespaces/a/pods");
-        assert!(served.forwarded && served.series.is_some());
-        assert!(host.replies.is_empty() && counted.is_empty());
-        let forwarded = host.forwarded.take().unwrap();
-        assert_eq!(forwarded.get_str("authorization"), Some("Bearer pod-token"));
+        assert!(served.reply.is_none() && served.series.is_some());
+        assert!(counted.is_empty());
+        assert_eq!(
+            host.headers.get_str("authorization"),
+            Some("Bearer pod-token")
+        );
         assert!(
             host.records.is_empty(),
             "forwarded requests are recorded on request only"
         );
 
         let (served, counted) = serve_one(&mut host, "POST", "/api/v1/namespaces/a/pods/p/exec");
-        assert!(!served.forwarded && served.series.is_some());
-        assert!(host.forwarded.is_none());
+        assert!(served.series.is_some());
+        assert!(!host.edited, "a refused request is not edited");
         assert!(host.records[0].starts_with(r#"{"decision":"policy_denied""#));
-        assert_eq!(host.replies.pop().unwrap().code, 403);
+        assert_eq!(served.reply.unwrap().code, 403);
         assert_eq!(
             counted,
             [
@@ -942,12 +921,11 @@ mod tests {
     #[test]
     fn a_host_that_will_not_take_the_headers_gets_a_503_not_a_bare_request() {
         let mut host = MockHost {
-            refuse_forwarding: true,
+            refuse_edits: true,
             ..MockHost::default()
         };
         let (served, counted) = serve_one(&mut host, "GET", "/api");
-        assert!(!served.forwarded);
-        let status = host.replies.pop().unwrap();
+        let status = served.reply.unwrap();
         assert_eq!(status.code, 503);
         assert!(status.message.contains("could not set the request headers"));
         assert_eq!(

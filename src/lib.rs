@@ -1,15 +1,19 @@
 //! podward: an Envoy filter that lends a pod's service-account identity to
 //! its app, as `kubectl proxy` does, with a policy in front.
 //!
-//! Every module but `wasm` and `native` is plain Rust with no host calls,
-//! tested natively and as wasm; `wasm` is the thin proxy-wasm adapter and
-//! `native` the thin Envoy dynamic-module adapter (`--features native`).
+//! This crate is the core: plain Rust with no host calls, tested natively and
+//! as wasm. [`engine`] owns every decision, from a request's headers to the
+//! end of its stream and the sidecar's reading of the pod's files; it reaches
+//! its host only through the small traits in [`host`]. The hosts are thin
+//! adapters in their own crates: `hosts/wasm` (podward.wasm, proxy-wasm) and
+//! `hosts/native` (libpodward.so, an Envoy dynamic module).
 //!
 //! The core needs only `alloc`: the wasm build links no `std`, whose panic,
 //! I/O and thread-local runtime would make the module larger, and V8's memory
 //! for a VM grows with the module it compiles.
 
 #![no_std]
+#![forbid(unsafe_code)]
 // A panic kills the VM and every request after it fails: none outside tests.
 #![cfg_attr(
     not(test),
@@ -17,7 +21,7 @@
 )]
 
 extern crate alloc;
-#[cfg(any(test, not(target_family = "wasm")))]
+#[cfg(test)]
 extern crate std;
 
 /// What `std`'s prelude would bring, from `alloc`.
@@ -32,9 +36,11 @@ mod prelude {
 pub mod ambassador;
 pub mod config;
 pub mod downward;
+pub mod engine;
 pub mod fields;
 pub mod filter;
 pub mod headers;
+pub mod host;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
@@ -43,12 +49,52 @@ pub mod request_info;
 pub mod status;
 pub mod token;
 
-// The proxy-wasm adapter. Left out of unit-test builds: its exports would
-// make the wasm test binary a reactor that a WASI runner cannot start.
-#[cfg(all(target_family = "wasm", not(test)))]
-mod wasm;
+/// The constants Rust and Python share live in constants.json; Python and
+/// build.sh read it, and these tests hold Rust's copies to it.
+#[cfg(test)]
+mod shared_constants {
+    use crate::prelude::*;
+    use serde_json::{json, Value};
 
-// The Envoy dynamic-module adapter, built only into libpodward.so: its
-// imports exist only inside Envoy.
-#[cfg(all(feature = "native", not(target_family = "wasm"), not(test)))]
-mod native;
+    fn shared() -> Value {
+        serde_json::from_str(include_str!("../constants.json")).unwrap()
+    }
+
+    #[test]
+    fn the_startup_wait_is_the_shared_one() {
+        let config = crate::config::Config::parse(b"").unwrap();
+        assert_eq!(shared()["startup_wait_ms"], json!(config.startup_wait_ms));
+        assert_eq!(
+            config.startup_wait_ms,
+            crate::config::DEFAULT_STARTUP_WAIT_MS
+        );
+    }
+
+    #[test]
+    fn the_file_directories_are_the_shared_ones() {
+        let directories: serde_json::Map<_, _> = crate::config::DEFAULT_DIRECTORIES
+            .iter()
+            .map(|(prefix, directory)| (prefix.to_string(), json!(directory)))
+            .collect();
+        assert_eq!(shared()["directories"], Value::Object(directories));
+    }
+
+    #[test]
+    fn the_file_cluster_is_the_shared_one() {
+        let config = crate::config::Config::parse(b"").unwrap();
+        assert_eq!(shared()["files_cluster"], json!(config.file_source.cluster));
+    }
+
+    #[test]
+    fn the_metric_tag_keys_are_the_shared_ones() {
+        assert_eq!(shared()["metric_tag_keys"], json!(crate::metrics::TAG_KEYS));
+    }
+
+    #[test]
+    fn the_readiness_path_is_the_shared_one() {
+        assert_eq!(
+            shared()["readiness_path"],
+            json!(crate::filter::READINESS_PATH)
+        );
+    }
+}

@@ -1,28 +1,53 @@
-//! What podward counts and logs ([`Telemetry`], implemented by each host),
-//! metric names and tags, and keeping the number of series bounded.
+//! What podward counts: metric names and tags, the counts gathered between
+//! two flushes, and keeping the number of series bounded.
 //!
-//! proxy-wasm metrics are flat names. Tags are written into the name the way
-//! Istio writes them, `key=.=value;.;`, and the Envoy configs carry one
+//! The core counts; a host only hands the counts to Envoy when it flushes
+//! them (on its tick), so a request costs no metric host call. proxy-wasm
+//! metrics are flat names: tags are written into the name the way Istio
+//! writes them, `key=.=value;.;`, and the Envoy configs carry one
 //! `stats_tags` regex per key that lifts them back out, so Prometheus sees
-//! `podward_requests_total{verb="list",resource="pods",...}`.
+//! `podward_requests_total{verb="list",resource="pods",...}`. The native
+//! module defines the same metrics with labels.
 
-use crate::filter::Refusal;
+use crate::config::{Config, FileRole, PolicySource};
 use crate::policy::RuleRef;
 use crate::prelude::*;
 use crate::request_info::RequestInfo;
 
-/// The host's log and metrics, as the core uses them.
-pub trait Telemetry {
-    fn log(&self, level: Level, message: &str);
-    fn count(&self, counter: Counter<'_>);
-    fn gauge(&self, gauge: Gauge, value: u64);
+/// Why podward answered a request itself: a bounded set, for metrics and the
+/// access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    HostNotAccepted,
+    Unclassifiable,
+    PolicyDenied,
+    TokenExpired,
+    /// No token (or no policy) yet when the wait for it ran out.
+    NoToken,
+    /// The host would not hand over or take back the request's headers.
+    HostError,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::HostNotAccepted,
+        Refusal::Unclassifiable,
+        Refusal::PolicyDenied,
+        Refusal::TokenExpired,
+        Refusal::NoToken,
+        Refusal::HostError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::HostNotAccepted => "host_not_accepted",
+            Refusal::Unclassifiable => "unclassifiable",
+            Refusal::PolicyDenied => "policy_denied",
+            Refusal::TokenExpired => "token_expired",
+            Refusal::NoToken => "no_token",
+            Refusal::HostError => "host_error",
+        }
+    }
 }
 
 /// Every counter but the per-request series (see [`RequestSeries`]).
@@ -67,26 +92,147 @@ impl Counter<'_> {
         }
     }
 
-    /// The tag's value, as [`COUNTERS`] names its key.
-    pub fn tag_value(&self) -> Option<&str> {
-        match self {
-            Counter::FileRefreshes { file } | Counter::FileRefreshFailures { file } => Some(file),
-            Counter::LocalReplies { reason } => Some(reason.as_str()),
-            Counter::PolicyDenied { rule } => Some(rule.as_str()),
-            _ => None,
-        }
-    }
-
-    /// The metric's name with its tag folded in (see [`tagged`]).
-    pub fn tagged_name(&self) -> String {
+    /// The tag, as [`COUNTERS`] names its key.
+    pub fn tag(&self) -> Option<(&'static str, &str)> {
         let key = COUNTERS
             .iter()
             .find(|(name, _)| *name == self.name())
-            .and_then(|(_, key)| *key);
-        match (key, self.tag_value()) {
-            (Some(key), Some(value)) => tagged(self.name(), &[(key, value)]),
-            _ => self.name().into(),
+            .and_then(|(_, key)| *key)?;
+        let value = match self {
+            Counter::FileRefreshes { file } | Counter::FileRefreshFailures { file } => file,
+            Counter::LocalReplies { reason } => reason.as_str(),
+            Counter::PolicyDenied { rule } => rule.as_str(),
+            _ => return None,
+        };
+        Some((key, value))
+    }
+}
+
+/// A counter series: its name, and its tag as (key, value).
+type Series = (&'static str, Option<(&'static str, String)>);
+
+/// Counts gathered since the host last flushed them.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Each series and its amount; 0 declares a series before it counts.
+    counters: Vec<(Series, u64)>,
+    expiry: Option<u64>,
+}
+
+impl Counts {
+    pub fn count(&mut self, counter: Counter<'_>) {
+        self.add(counter, 1);
+    }
+
+    fn add(&mut self, counter: Counter<'_>, amount: u64) {
+        let name = counter.name();
+        let tag = counter.tag();
+        let known = self
+            .counters
+            .iter_mut()
+            .find(|((n, t), _)| *n == name && t.as_ref().map(|(k, v)| (*k, v.as_str())) == tag);
+        match known {
+            Some((_, total)) => *total += amount,
+            None => {
+                let tag = tag.map(|(key, value)| (key, value.to_string()));
+                self.counters.push(((name, tag), amount));
+            }
         }
+    }
+
+    pub fn set(&mut self, gauge: Gauge, value: u64) {
+        match gauge {
+            Gauge::TokenExpirySeconds => self.expiry = Some(value),
+        }
+    }
+
+    /// Counts every series the configuration already tells at zero, so that
+    /// each is exported before anything happens.
+    pub fn declare(&mut self, config: &Config) {
+        let mut known = vec![
+            Counter::TokenRefreshes,
+            Counter::TokenRefreshFailures,
+            Counter::TokenStale,
+        ];
+        let files = config.files();
+        for (role, file) in &files {
+            match role {
+                FileRole::Token => {}
+                FileRole::Policy => {
+                    known.extend([Counter::PolicyReloads, Counter::PolicyReloadFailures])
+                }
+                FileRole::Identity => known.extend([
+                    Counter::FileRefreshes { file },
+                    Counter::FileRefreshFailures { file },
+                ]),
+            }
+        }
+        if let PolicySource::Inline(policy) = &config.policy {
+            known.extend(
+                policy
+                    .rule_refs()
+                    .map(|rule| Counter::PolicyDenied { rule }),
+            );
+        }
+        known.extend(Refusal::ALL.map(|reason| Counter::LocalReplies { reason }));
+        for counter in known {
+            self.add(counter, 0);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.expiry.is_none()
+    }
+
+    /// Hands every count gathered to `sink` and starts again from none.
+    pub fn drain(&mut self, sink: &mut impl FnMut(Sample<'_>)) {
+        for ((name, tag), amount) in core::mem::take(&mut self.counters) {
+            let tags: Vec<(&str, &str)> = tag.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            sink(Sample {
+                name,
+                tags: &tags,
+                value: Value::Add(amount),
+            });
+        }
+        if let Some(value) = self.expiry.take() {
+            sink(Sample {
+                name: TOKEN_EXPIRES_IN,
+                tags: &[],
+                value: Value::Set(value),
+            });
+        }
+    }
+}
+
+/// One metric's change since the last flush, as a host hands it to Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample<'a> {
+    pub name: &'static str,
+    /// (key, value), in the order the metric's labels are defined.
+    pub tags: &'a [(&'static str, &'a str)],
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    /// A counter goes up by this much (0: it is only declared).
+    Add(u64),
+    /// A gauge is set to this.
+    Set(u64),
+}
+
+impl Sample<'_> {
+    /// The metric's name with its tags folded in (see [`tagged`]).
+    pub fn tagged_name(&self) -> String {
+        tagged(self.name, self.tags)
+    }
+
+    /// The tag values as labels carry them (see [`sanitized`]).
+    pub fn label_values(&self) -> Vec<String> {
+        self.tags
+            .iter()
+            .map(|(_, value)| sanitized(value))
+            .collect()
     }
 }
 
@@ -174,21 +320,21 @@ pub fn code_class(code: u64) -> usize {
     }
 }
 
-/// The request series seen so far, each with a metric id per code class,
-/// defined on first use.
+/// The request series seen so far, each with its requests per code class
+/// since the last flush.
 #[derive(Debug, Default)]
 pub struct RequestSeries {
     /// (key, series index), sorted by key for binary search.
     index: Vec<(String, usize)>,
-    series: Vec<Series>,
+    series: Vec<RequestCounts>,
     /// Reused for lookups so that a known series costs no allocation.
     key: String,
 }
 
 #[derive(Debug)]
-struct Series {
+struct RequestCounts {
     tags: [String; 3],
-    ids: [Option<u32>; CODE_CLASSES.len()],
+    pending: [u64; CODE_CLASSES.len()],
 }
 
 impl RequestSeries {
@@ -242,9 +388,9 @@ impl RequestSeries {
 
     fn push(&mut self, key: String, tags: [String; 3]) -> usize {
         let index = self.series.len();
-        self.series.push(Series {
+        self.series.push(RequestCounts {
             tags,
-            ids: [None; CODE_CLASSES.len()],
+            pending: [0; CODE_CLASSES.len()],
         });
         if let Err(at) = self.index.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
             self.index.insert(at, (key, index));
@@ -252,39 +398,41 @@ impl RequestSeries {
         index
     }
 
-    /// The (verb, group, resource) tags of a series.
-    pub fn tags(&self, series: usize) -> Option<&[String; 3]> {
-        self.series.get(series).map(|entry| &entry.tags)
+    /// Counts a finished request of `series` with its response code.
+    pub fn count(&mut self, series: usize, code: u64) {
+        if let Some(entry) = self.series.get_mut(series) {
+            entry.pending[code_class(code)] += 1;
+        }
     }
 
-    /// The metric id of a series in one code class, defining it with
-    /// `define(name)` the first time.
-    pub fn metric_id(
-        &mut self,
-        series: usize,
-        code: u64,
-        define: impl FnOnce(&str) -> Option<u32>,
-    ) -> Option<u32> {
-        let class = code_class(code);
-        let entry = self.series.get_mut(series)?;
-        if let Some(id) = entry.ids.get(class).copied().flatten() {
-            return Some(id);
+    /// Hands the requests counted since the last drain to `sink`, one
+    /// sample per series and code class.
+    pub fn drain(&mut self, sink: &mut impl FnMut(Sample<'_>)) {
+        for entry in &mut self.series {
+            for (class, pending) in entry.pending.iter_mut().enumerate() {
+                if *pending == 0 {
+                    continue;
+                }
+                let [verb, group, resource] = &entry.tags;
+                let tags = [
+                    ("verb", verb.as_str()),
+                    ("group", group.as_str()),
+                    ("resource", resource.as_str()),
+                    ("code", CODE_CLASSES[class]),
+                ];
+                sink(Sample {
+                    name: REQUESTS,
+                    tags: &tags,
+                    value: Value::Add(core::mem::take(pending)),
+                });
+            }
         }
-        let [verb, group, resource] = &entry.tags;
-        let name = tagged(
-            REQUESTS,
-            &[
-                ("verb", verb),
-                ("group", group),
-                ("resource", resource),
-                ("code", CODE_CLASSES.get(class)?),
-            ],
-        );
-        let id = define(&name)?;
-        if let Some(slot) = entry.ids.get_mut(class) {
-            *slot = Some(id);
-        }
-        Some(id)
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.series
+            .iter()
+            .any(|entry| entry.pending.iter().any(|n| *n > 0))
     }
 
     pub fn len(&self) -> usize {
@@ -360,24 +508,28 @@ mod tests {
         assert_eq!(series_of(&mut series, "GET", "/version"), healthz);
         assert_eq!(series.len(), 4);
 
-        let mut defined = Vec::new();
-        let mut define = |name: &str| {
-            defined.push(name.to_string());
-            Some(defined.len() as u32)
-        };
-        assert_eq!(series.metric_id(exec, 403, &mut define), Some(1));
+        series.count(exec, 403);
+        series.count(exec, 404);
+        series.count(healthz, 200);
         assert_eq!(
-            series.metric_id(exec, 404, |_| panic!("already defined")),
-            Some(1)
-        );
-        assert_eq!(series.metric_id(healthz, 200, &mut define), Some(2));
-        assert_eq!(
-            defined,
+            drained(&mut series),
             [
-                "verb=.=create;.;group=.=core;.;resource=.=pods/exec;.;code=.=4xx;.;podward_requests_total",
-                "verb=.=get;.;group=.=-;.;resource=.=-;.;code=.=2xx;.;podward_requests_total",
+                ("verb=.=create;.;group=.=core;.;resource=.=pods/exec;.;code=.=4xx;.;podward_requests_total".to_string(), Value::Add(2)),
+                ("verb=.=get;.;group=.=-;.;resource=.=-;.;code=.=2xx;.;podward_requests_total".to_string(), Value::Add(1)),
             ]
         );
+        assert!(!series.has_pending());
+        assert_eq!(
+            drained(&mut series),
+            [],
+            "a drain hands each count over once"
+        );
+    }
+
+    fn drained(series: &mut RequestSeries) -> Vec<(String, Value)> {
+        let mut samples = Vec::new();
+        series.drain(&mut |sample| samples.push((sample.tagged_name(), sample.value)));
+        samples
     }
 
     #[test]
@@ -397,13 +549,52 @@ mod tests {
             "no alias per made-up key"
         );
         let other = series_of(&mut series, "GET", "/apis/made.up/v1/another");
-        let name = series.metric_id(other, 404, |name| {
-            assert!(
-                name.contains("group=.=other;.;resource=.=other;.;"),
-                "{name}"
-            );
-            Some(7)
+        series.count(other, 404);
+        let samples = drained(&mut series);
+        assert_eq!(samples.len(), 1);
+        assert!(
+            samples[0].0.contains("group=.=other;.;resource=.=other;.;"),
+            "{samples:?}"
+        );
+    }
+
+    #[test]
+    fn counts_gather_until_drained_and_declared_series_start_at_zero() {
+        let config = Config::parse(br#"{"policy": {"preset": "read-only"}}"#).unwrap();
+        let mut counts = Counts::default();
+        counts.declare(&config);
+        counts.count(Counter::LocalReplies {
+            reason: Refusal::NoToken,
         });
-        assert_eq!(name, Some(7));
+        counts.count(Counter::LocalReplies {
+            reason: Refusal::NoToken,
+        });
+        counts.set(Gauge::TokenExpirySeconds, 60);
+        let mut samples = Vec::new();
+        counts.drain(&mut |sample| {
+            samples.push((sample.tagged_name(), sample.label_values(), sample.value))
+        });
+        let find = |name: &str| samples.iter().find(|(n, _, _)| n == name).cloned();
+        assert_eq!(
+            find("reason=.=no_token;.;podward_local_replies_total"),
+            Some((
+                "reason=.=no_token;.;podward_local_replies_total".into(),
+                vec!["no_token".to_string()],
+                Value::Add(2)
+            ))
+        );
+        assert_eq!(
+            find("podward_token_refreshes_total").map(|s| s.2),
+            Some(Value::Add(0))
+        );
+        assert_eq!(
+            find("rule=.=read-only/default;.;podward_policy_denied_total").map(|s| s.2),
+            Some(Value::Add(0))
+        );
+        assert_eq!(
+            find("podward_token_expiry_seconds").map(|s| s.2),
+            Some(Value::Set(60))
+        );
+        assert!(counts.is_empty());
     }
 }

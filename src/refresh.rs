@@ -33,7 +33,7 @@ pub struct Refresher {
 
 /// What a finished read changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Refreshed {
     Unchanged,
     Changed,
     /// The last good content stays in use; the message is safe to log.
@@ -103,9 +103,9 @@ impl Refresher {
         index: usize,
         read: Result<Vec<u8>, String>,
         accept: impl FnOnce(&[u8]) -> Result<(), String>,
-    ) -> Outcome {
+    ) -> Refreshed {
         let Some(slot) = self.files.get_mut(index) else {
-            return Outcome::Unchanged;
+            return Refreshed::Unchanged;
         };
         slot.in_flight_since = None;
         slot.attempted = true;
@@ -119,10 +119,10 @@ impl Refresher {
             Ok(new) => {
                 slot.last_failure = None;
                 match new {
-                    None => Outcome::Unchanged,
+                    None => Refreshed::Unchanged,
                     Some(content) => {
                         slot.content = Some(content);
-                        Outcome::Changed
+                        Refreshed::Changed
                     }
                 }
             }
@@ -130,7 +130,7 @@ impl Refresher {
                 let message = format!("{}: {reason}", slot.path);
                 let repeated = slot.last_failure.as_ref() == Some(&message);
                 slot.last_failure = Some(message.clone());
-                Outcome::Failed { message, repeated }
+                Refreshed::Failed { message, repeated }
             }
         }
     }
@@ -191,12 +191,12 @@ mod tests {
         assert_eq!(refresher.due(50), []);
         assert_eq!(
             refresher.complete(0, Ok(b"t1".to_vec()), any),
-            Outcome::Changed
+            Refreshed::Changed
         );
         assert!(!refresher.settled(), "labels not tried yet");
         assert_eq!(
             refresher.complete(1, Err("HTTP 404".into()), any),
-            Outcome::Failed {
+            Refreshed::Failed {
                 message: format!("{LABELS}: HTTP 404"),
                 repeated: false
             }
@@ -210,11 +210,11 @@ mod tests {
         assert_eq!(refresher.due(1099), []);
         assert_eq!(
             refresher.complete(0, Ok(b"t1".to_vec()), any),
-            Outcome::Unchanged
+            Refreshed::Unchanged
         );
         assert_eq!(
             refresher.complete(1, Ok(b"a=\"b\"".to_vec()), any),
-            Outcome::Changed
+            Refreshed::Changed
         );
         assert_eq!(paths(refresher.due(1100)), [TOKEN, LABELS]);
     }
@@ -244,7 +244,7 @@ mod tests {
         for bad in [Err("HTTP 503".to_string()), Ok(Vec::new())] {
             refresher.due(u64::MAX);
             let outcome = refresher.complete(0, bad, non_empty);
-            assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+            assert!(matches!(outcome, Refreshed::Failed { .. }), "{outcome:?}");
             assert_eq!(refresher.content(TOKEN), Some(&b"good"[..]));
         }
         assert_eq!(refresher.failure(0), Some("/serviceaccount/token: empty"));
@@ -258,7 +258,7 @@ mod tests {
         let mut refresher = Refresher::new(&[(TOKEN, true)], 1000, 5000);
         refresher.complete(0, Ok(b"t".to_vec()), any);
         let outcome = refresher.complete(0, Ok(b"t".to_vec()), |_| panic!("offered twice"));
-        assert_eq!(outcome, Outcome::Unchanged);
+        assert_eq!(outcome, Refreshed::Unchanged);
     }
 
     #[test]
@@ -275,7 +275,7 @@ mod tests {
         let mut fail = |now, reason: &str| {
             refresher.due(now);
             match refresher.complete(0, Err(reason.into()), any) {
-                Outcome::Failed { repeated, .. } => repeated,
+                Refreshed::Failed { repeated, .. } => repeated,
                 other => panic!("{other:?}"),
             }
         };

@@ -65,6 +65,19 @@ impl Status {
         }
     }
 
+    /// The reply as a host sends it: code, headers and body.
+    pub fn local_reply(&self) -> LocalReply {
+        let mut headers = vec![(&b"content-type"[..], b"application/json".to_vec())];
+        if let Some(seconds) = self.details.retry_after_seconds {
+            headers.push((b"retry-after", seconds.to_string().into_bytes()));
+        }
+        LocalReply {
+            code: self.code,
+            headers,
+            body: self.to_json(),
+        }
+    }
+
     /// Field order and omissions as the API server writes them.
     pub fn to_json(&self) -> String {
         let mut details = String::new();
@@ -95,6 +108,15 @@ impl Status {
             self.code
         )
     }
+}
+
+/// A reply podward sends itself, ready for the host: a Status as JSON, with
+/// the `retry-after` header a 503 carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub code: u32,
+    pub headers: Vec<(&'static [u8], Vec<u8>)>,
+    pub body: String,
 }
 
 /// `text` as a JSON string literal, quotes and escapes included.
@@ -207,5 +229,21 @@ mod tests {
             serde_json::from_str(&Status::bad_request("bad path".into()).to_json()).unwrap();
         assert_eq!(body.get("details"), None);
         assert_eq!(body["code"], 400);
+    }
+
+    #[test]
+    fn a_local_reply_is_json_with_the_retry_hint_as_a_header() {
+        let reply = Status::unavailable("no token".into(), 1).local_reply();
+        assert_eq!(reply.code, 503);
+        assert_eq!(
+            reply.headers,
+            [
+                (&b"content-type"[..], b"application/json".to_vec()),
+                (&b"retry-after"[..], b"1".to_vec())
+            ]
+        );
+        let reply = Status::bad_request("bad path".into()).local_reply();
+        assert_eq!(reply.headers.len(), 1);
+        assert!(reply.body.contains("bad path"));
     }
 }

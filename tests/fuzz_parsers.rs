@@ -28,7 +28,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use podward::config::{Config, FileFormat, HeaderSource};
+use podward::config::{Config, FileFormat, FileRole, HeaderSource};
 use podward::downward::{parse_map, PodMap};
 use podward::headers::{encode_map, encode_value};
 use podward::policy::{Effect, Policy, PolicyConfig, Rule, PRESETS};
@@ -1834,7 +1834,10 @@ fn config_errors_name_a_field_of_the_document() {
                     prop_assert!(!names[..i].contains(name), "{} listed twice", name);
                 }
                 prop_assert!(!config.accept_hosts.is_empty());
-                prop_assert_eq!(config.files()[0], config.token.path.as_str());
+                prop_assert_eq!(
+                    config.files()[0],
+                    (FileRole::Token, config.token.path.as_str())
+                );
                 tally.hit("accepted");
             }
             Err(error) => {
