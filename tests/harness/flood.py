@@ -229,7 +229,9 @@ async def _metrics_flood(host: str, port: int, seconds: float, attacks: dict) ->
     tasks = [_held(host, port, deadline, *METRICS_ATTACKS[name], results[name])
              for name, count in attacks.items() for _ in range(count)]
     await asyncio.gather(*tasks)
-    return {name: {"connections": attacks[name], **dataclasses.asdict(result)} for name, result in results.items()}
+    # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs.
+    return {name: {"connections": attacks[name], **vars(result), "answered": dict(result.answered)}
+            for name, result in results.items()}
 
 
 def metrics_flood(host: str, port: int, seconds: float, attacks: dict) -> dict:
