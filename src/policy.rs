@@ -9,6 +9,12 @@
 //! Allow rules mean exactly what RBAC means. Deny rules are conservative: they
 //! also stop every request that could read or change what they name, so that a
 //! deny cannot be listed around (see [`deny_matches`]).
+//!
+//! A request the API server authorizes as two verbs (a GET of pods/exec,
+//! attach or portforward: `get` and `create`, see
+//! [`RequestInfo::also_create`]) is decided once per verb, each time by the
+//! first rule that matches: it is allowed only if both decisions allow, and
+//! otherwise denied by the first that denies, `get`'s then `create`'s.
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::prelude::*;
@@ -224,7 +230,20 @@ impl Policy {
     }
 
     /// The first rule that matches decides; `self_namespace` is what `$self` means.
+    /// A session's GET is decided as `get`, then as `create` (see the module).
     pub fn decide(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        let decision = self.first_match(request, self_namespace);
+        if decision.effect == Effect::Deny || !request.also_create() {
+            return decision;
+        }
+        let as_create = RequestInfo {
+            verb: "create",
+            ..request.clone()
+        };
+        self.first_match(&as_create, self_namespace)
+    }
+
+    fn first_match(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
         for (rule_ref, rule) in &self.rules {
             if matches(rule, request, self_namespace) {
                 return Decision {
@@ -915,6 +934,67 @@ mod tests {
                 *effect,
                 "{method} {path}: {why}"
             );
+        }
+    }
+
+    #[test]
+    fn a_sessions_get_is_decided_as_get_and_as_create() {
+        use Effect::{Allow, Deny};
+        const WEBSOCKET: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
+        const SPDY: (&str, &str) = ("POST", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
+        const PORT_FORWARD: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/portforward");
+        // `default_action`, then rules of (name, action, verbs, resource).
+        let policy_of = |default: &str, rules: &[(&str, &str, &str, &str)]| {
+            let rules: Vec<String> = rules
+                .iter()
+                .map(|(name, action, verbs, resource)| {
+                    format!(
+                        r#"{{"name": "{name}", "action": "{action}", "verbs": [{verbs}],
+                             "apiGroups": [""], "resources": ["{resource}"]}}"#
+                    )
+                })
+                .collect();
+            let json = format!(
+                r#"{{"default_action": "{default}", "rules": [{}]}}"#,
+                rules.join(",")
+            );
+            policy(&json)
+        };
+        #[rustfmt::skip]
+        let cases = [
+            // A deny of either verb stops the WebSocket GET; the SPDY POST is a create alone.
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/c"),
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), SPDY, Deny, "rules/c"),
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), PORT_FORWARD, Allow, "rules/default"),
+            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/g"),
+            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), SPDY, Allow, "rules/default"),
+            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
+            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/*")]), PORT_FORWARD, Deny, "rules/a"),
+            // An allow must allow both verbs.
+            (policy_of("deny", &[("g", "allow", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), SPDY, Allow, "rules/c"),
+            (policy_of("deny", &[("gc", "allow", r#""get", "create""#, "pods/exec")]), WEBSOCKET, Allow, "rules/gc"),
+            (policy_of("deny", &[("a", "allow", r#""*""#, "pods/*")]), PORT_FORWARD, Allow, "rules/a"),
+            // Each verb is decided by its own first match: get's is the allow, create's the deny after it.
+            (policy_of("allow", &[("g", "allow", r#""get""#, "pods/exec"), ("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec"), ("g", "allow", r#""get""#, "pods/*")]), WEBSOCKET, Allow, "rules/c"),
+        ];
+        for (policy, (method, path), effect, rule) in cases {
+            assert_eq!(
+                decide(&policy, method, path),
+                (effect, rule.to_string()),
+                "{method} {path} under {policy:?}"
+            );
+        }
+        // The presets' denies name every verb; own-namespace allows both in its namespace.
+        for (preset, effect) in [
+            ("kubectl-proxy", Deny),
+            ("read-only", Deny),
+            ("own-namespace", Allow),
+        ] {
+            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
+            assert_eq!(decide(&p, WEBSOCKET.0, WEBSOCKET.1).0, effect, "{preset}");
         }
     }
 
