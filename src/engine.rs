@@ -125,7 +125,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         start: Start,
         log: &dyn Log,
     ) -> Option<Engine<S, K>> {
-        let config = parse(config, log)?;
+        let config = parse(config, &env, log)?;
         let mut counts = Counts::default();
         counts.declare(&config);
         // Exported from the start too: 0 until a token is read, as Envoy
@@ -147,7 +147,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
     /// refused, and the old one stays. Files are read again under it; the
     /// requests already held stay held, with their deadlines.
     pub fn reconfigure(&mut self, config: &[u8], log: &dyn Log) -> bool {
-        let Some(config) = parse(config, log) else {
+        let Some(config) = parse(config, &self.env, log) else {
             return false;
         };
         self.counts.declare(&config);
@@ -423,8 +423,8 @@ pub fn failed() -> LocalReply {
     Status::unavailable(message.into(), 1).local_reply()
 }
 
-fn parse(config: &[u8], log: &dyn Log) -> Option<Arc<Config>> {
-    match Config::parse(config) {
+fn parse(config: &[u8], env: &[(String, String)], log: &dyn Log) -> Option<Arc<Config>> {
+    match Config::parse_in(config, env) {
         Ok(config) => Some(Arc::new(config)),
         Err(error) => {
             log.log(Level::Error, &format!("invalid podward config: {error}"));
