@@ -21,6 +21,7 @@ import pytest
 from conftest import request, served_again
 from harness.crowd import Crowd
 from harness.envoy import render
+from harness.figures import record_figures
 from harness.pod import LocalPod
 
 CROWD = 2000
@@ -40,7 +41,13 @@ MIXES = {
     "mixed": ["forwarded", "denied", "foreign-host"],
 }
 VM_CRASH = ("Maximum call stack size exceeded", "proxy_on_log failed", "wasm_fail_stream", "panicked at")
-VMS_CREATED = "wasm.envoy.wasm.runtime.v8.created"
+
+
+def vm_lifecycle(envoy) -> dict:
+    """Envoy's counts of V8 VMs made, and of FAIL_RELOAD's reloads (and their backoffs) of podward's VM."""
+    return {name: value for name, value in envoy.stats().items()
+            if name == "wasm.envoy.wasm.runtime.v8.created" or name.startswith("wasm.podward.vm_reload")}
+
 POOL_FULL = f"{render.MAX_API_CONNECTIONS} at once"
 
 
@@ -100,7 +107,7 @@ def test_a_crowd_held_at_start_is_answered_without_restarting_the_vm(start_envoy
     pod.write_service_account(None)  # the sidecar starts before the kubelet has written the token
     apiserver.clear_requests()
     envoy = start_envoy(pod)
-    vms_created = envoy.stats().get(VMS_CREATED)
+    vms = vm_lifecycle(envoy)
     kinds = [MIXES[mix][n % len(MIXES[mix])] for n in range(CROWD)]
     started = time.monotonic()
     crowd = Crowd(envoy.settings.listen_port, [KINDS[kind] for kind in kinds])
@@ -121,24 +128,18 @@ def test_a_crowd_held_at_start_is_answered_without_restarting_the_vm(start_envoy
     wrong = [(kind, answer.status, answer.body[:200]) for kind, answer in zip(kinds, answers)
              if not rightly_answered(kind, answer)]
     assert wrong == [], collections.Counter(wrong).most_common(5)
-    log = envoy.log()
-    assert [line for line in log.splitlines() if any(sign in line for sign in VM_CRASH)] == []
-    assert envoy.stats().get(VMS_CREATED) == vms_created, "the wasm VM was rebuilt"
-    assert envoy.process.poll() is None
     # The legitimate client, released with the crowd, is served; only the API pool may turn it away.
     assert legitimate_answers or mix == "given-up"
     assert all(a.status == 200 or (mix != "denied" and pool_full_response(a)) for a in legitimate_answers), \
         collections.Counter((a.status, a.body[:150]) for a in legitimate_answers)
 
-    # Those the pool turned away were not forwarded; asked again, as client-go asks, they are served.
-    retried = [KINDS["forwarded"] for kind, answer in zip(kinds, answers) if kind == "forwarded" and answer.status != 200]
-    retries = 0
-    while retried:
-        retries += 1
-        assert retries <= 10, f"{len(retried)} requests still refused at the pool"
-        again = Crowd(envoy.settings.listen_port, retried).answers(timeout=20)
-        assert all(answer.status == 200 or pool_full(answer) for answer in again)
-        retried = [KINDS["forwarded"] for answer in again if answer.status != 200]
+    # Those the pool turned away were not forwarded; asked again, as client-go asks, they are served. A hundred
+    # at a time, which the pool holds: an app retrying thousands at once would be turned away again.
+    refused = sum(1 for kind, answer in zip(kinds, answers) if kind == "forwarded" and answer.status != 200)
+    for first in range(0, refused, 100):
+        again = Crowd(envoy.settings.listen_port, [KINDS["forwarded"]] * min(100, refused - first)).answers(timeout=20)
+        unexpected = [(a.status, a.body[:200]) for a in again if a.status != 200]
+        assert unexpected == [], collections.Counter(unexpected).most_common(3)
     if mix == "given-up":
         apiserver.accept(pod.issue_token())
         served_again(envoy)
@@ -157,10 +158,17 @@ def test_a_crowd_held_at_start_is_answered_without_restarting_the_vm(start_envoy
     assert counted(text, "podward_local_replies_total", reason="no_token") == expected["given-up"]
     assert counted(text, "podward_requests_total", verb="create", resource="pods/exec", code="4xx") == \
         expected["denied"]
-    print(f"crowd {mix} ({podward_build}): {CROWD} held in {held_s:.2f}s, answered {answered_s:.2f}s after they "
-          f"were sent; {collections.Counter(str(a.status) for a in answers)}; "
-          f"legitimate client {collections.Counter(a.status for a in legitimate_answers)}; "
-          f"pool refusals asked again in {retries} round(s)")
+    # No VM was reloaded (Envoy reloads a failed one at a later request: the retries and the legitimate
+    # client's have come since).
+    log = envoy.log()
+    assert [line for line in log.splitlines() if any(sign in line for sign in VM_CRASH)] == []
+    assert vm_lifecycle(envoy) == vms, "the wasm VM was reloaded"
+    assert envoy.process.poll() is None
+    record_figures("crowd", podward_build, mix, {
+        "held": CROWD, "held_in_s": round(held_s, 2), "answered_in_s": round(answered_s, 2),
+        "answers": dict(collections.Counter(str(a.status) for a in answers)),
+        "legitimate_client": dict(collections.Counter(str(a.status) for a in legitimate_answers)),
+        "refused_at_the_pool_and_asked_again": refused})
 
 
 def pool_full_response(response) -> bool:
