@@ -11,7 +11,8 @@ Committed (envoy/, checked for drift by tests/test_manifests.py):
     module, from render.write_dist), a namespace that enforces the restricted Pod Security Standard (``team-a``;
     ``team-b`` for the native build), a name prefix, the token's expiry, and the ``read-only`` policy in the
     policy ConfigMap;
-  * ``istio/wasmplugin.yaml``: podward in an Istio sidecar (see README.md).
+  * ``istio/wasmplugin.yaml``: podward in an Istio sidecar (see README.md);
+  * ``rbac/podward-app.yaml``: a ClusterRole of what an app behind podward may be granted in its namespace.
 
 Built (dist/kustomize): the same tree with the generated ConfigMaps in the overlays and the components, ready
 for ``kubectl kustomize dist/kustomize/overlays/example``.
@@ -32,7 +33,7 @@ import yaml
 import render
 
 APP = render.example_pod()["metadata"]["name"]
-CONFIGMAP_NAME = "podward"  # render.write_dist's, mounted by render.example_pod()
+CONFIGMAP_NAME = render.CONFIGMAP  # render.write_dist's, mounted by render.example_pod()
 CONFIGMAP_FILE = "podward-configmap.yaml"
 BASE_DIR = "kustomize/base"
 # Each build's example overlay: the base in a namespace of its own, with that build's ConfigMap.
@@ -107,9 +108,64 @@ def rbac() -> list:
     return [service_account, role, binding]
 
 
+# --- What an app behind podward may be granted ----------------------------------------------------------------
+
+APP_ROLE = "podward-app"
+APP_ROLE_FILE = "rbac/podward-app.yaml"
+READ = ["get", "list", "watch"]
+WRITE = ["create", "update", "patch", "delete", "deletecollection"]
+
+
+def app_role() -> dict:
+    """A ClusterRole to bind in a namespace (a RoleBinding, as `edit` is bound) to the service account whose
+    identity podward lends: the objects an app commonly reads and writes, and none of what would take it past
+    podward's policy or hand it a token. podward cannot see request bodies, so RBAC must withhold: pods and
+    pod templates (a pod without the injection label runs with the service account's own token), exec,
+    attach, port-forward and debug containers, Secrets (a service-account-token Secret is a long-lived token),
+    TokenRequest, impersonation, RBAC itself, certificate signing requests and the node proxy. Writes to
+    ConfigMaps are granted: podward's presets refuse those to the sidecar's own (README, "Security model")."""
+    rules = [
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "pods/status", "services", "endpoints",
+                                          "configmaps", "events", "persistentvolumeclaims", "serviceaccounts",
+                                          "replicationcontrollers", "limitranges", "resourcequotas"],
+         "verbs": READ},
+        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"],
+         "verbs": READ},
+        {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": READ},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": READ},
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": READ},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": READ},
+        # Writes that start no pod and carry no credential.
+        {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": WRITE},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": READ + WRITE},
+        # Scaling starts pods from the template a workload has, which the team wrote.
+        {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale", "replicasets/scale"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+         "verbs": ["create"]},
+    ]
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": APP_ROLE, "labels": {"app.kubernetes.io/name": "podward"}}, "rules": rules}
+
+
 def base_kustomization() -> dict:
     """The app with its sidecar; the overlay brings the podward ConfigMap, and so picks the build."""
-    return {**KUSTOMIZATION, "resources": [render.POLICY_CONFIGMAP_FILE, "rbac.yaml", "deployment.yaml"]}
+    return {**KUSTOMIZATION, "resources": [render.POLICY_CONFIGMAP_FILE, "rbac.yaml", "deployment.yaml"],
+            "configurations": [NAMES_FILE]}
+
+
+NAMES_FILE = "podward-names.yaml"
+
+
+def configmap_names() -> dict:
+    """kustomize's name references: the sidecar's PODWARD_CONFIGMAP and PODWARD_POLICY_CONFIGMAP values name
+    ConfigMaps, so that a name prefix or suffix, or a generator's hash, reaches them as it reaches the
+    volumes, and podward protects the ConfigMaps the pod really mounts."""
+    return {"nameReference": [{"kind": "ConfigMap", "version": "v1", "fieldSpecs": [
+        {"path": "spec/template/spec/initContainers/env/value", "kind": kind}
+        for kind in WORKLOAD_KINDS.split("|")]}]}
 
 
 def token_source_path(workload: dict) -> str:
@@ -236,7 +292,8 @@ def injection_mutations() -> list:
     appended to item by item."""
     params = {key: Cel(f"string(params.data[{json.dumps(key)}])") for key in INJECTION_PARAMS}
     sidecar = render.sidecar_container(app_container=Cel("object.spec.containers[0].name"),
-                                       image=params["image"], concurrency=params["concurrency"])
+                                       image=params["image"], concurrency=params["concurrency"],
+                                       configmap=params["configMap"], policy_configmap=params["policyConfigMap"])
     volumes = render.sidecar_volumes(
         configmap=params["configMap"], policy_configmap=params["policyConfigMap"],
         token_expiration_seconds=Cel('int(params.data["tokenExpirationSeconds"])'))
@@ -362,7 +419,7 @@ def component_app_container_patch() -> list:
     return [{"op": "test", "path": f"{template}/initContainers/0/name", "value": render.SIDECAR}] + [
         {"op": "copy", "from": f"{template}/containers/0/name",
          "path": f"{template}/initContainers/0/env/{index}/valueFrom/resourceFieldRef/containerName"}
-        for index, variable in enumerate(env) if "resourceFieldRef" in variable["valueFrom"]]
+        for index, variable in enumerate(env) if "resourceFieldRef" in variable.get("valueFrom", {})]
 
 
 def component_kustomization(build: str) -> dict:
@@ -372,6 +429,7 @@ def component_kustomization(build: str) -> dict:
         "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
         "resources": [render.BUILDS[build][1], render.POLICY_CONFIGMAP_FILE],
         "patches": [{"path": "sidecar.yaml", "target": target}, {"path": "app-container.yaml", "target": target}],
+        "configurations": [NAMES_FILE],
     }
 
 
@@ -434,6 +492,8 @@ def committed_files(module: bytes) -> dict:
         f"{BASE_DIR}/kustomization.yaml": yaml_documents([base_kustomization()]),
         f"{BASE_DIR}/deployment.yaml": yaml_documents([deployment()]),
         f"{BASE_DIR}/rbac.yaml": yaml_documents(rbac()),
+        f"{BASE_DIR}/{NAMES_FILE}": yaml_documents([configmap_names()]),
+        APP_ROLE_FILE: yaml_documents([app_role()]),
         **{f"{directory}/{name}": text for build, directory in OVERLAY_DIRS.items() for name, text in (
             ("kustomization.yaml", yaml_documents([overlay_kustomization(build)])),
             ("namespace.yaml", yaml_documents([namespace(build)])),
@@ -445,6 +505,7 @@ def committed_files(module: bytes) -> dict:
         **{f"{directory}/{name}": text for directory in COMPONENTS.values() for name, text in (
             ("sidecar.yaml", yaml_documents([component_patch()])),
             ("app-container.yaml", yaml_documents([component_app_container_patch()])),
+            (NAMES_FILE, yaml_documents([configmap_names()])),
             (render.POLICY_CONFIGMAP_FILE, yaml_documents([render.policy_configmap()])))},
         **{f"{directory}/kustomization.yaml": yaml_documents([component_kustomization(build)])
            for build, directory in COMPONENTS.items()},

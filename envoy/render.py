@@ -43,7 +43,11 @@ PODWARD_DIR = "/etc/podward"
 # The policy's own ConfigMap, one key mounted here in the sidecar only; podward re-reads it through its file
 # source every refresh, so `kubectl apply` of a new policy takes effect without a restart.
 POLICY_DIR = SHARED["directories"]["/policy"]
-POLICY_CONFIGMAP = "podward-policy"
+# The sidecar's ConfigMaps (envoy.yaml and the module; the policy), and the environment variables that name
+# them to podward, set from the values the volumes mount: every preset protects what the pod really mounts.
+CONFIGMAP_ENV, POLICY_CONFIGMAP_ENV = "PODWARD_CONFIGMAP", "PODWARD_POLICY_CONFIGMAP"
+CONFIGMAP = SHARED["sidecar_configmap_env"][CONFIGMAP_ENV]
+POLICY_CONFIGMAP = SHARED["sidecar_configmap_env"][POLICY_CONFIGMAP_ENV]
 POLICY_KEY = "policy.json"
 # The same file as podward names it: a path on its file source (Settings.file_directories).
 POLICY_FILE = f"/policy/{POLICY_KEY}"
@@ -114,7 +118,7 @@ RESOURCE_ENV = {
     "MEMORY_REQUEST": ("requests.memory", "1"),
     "MEMORY_LIMIT": ("limits.memory", "1"),
 }
-ENV_KEYS = [*POD_FIELD_ENV, *RESOURCE_ENV]
+ENV_KEYS = [*POD_FIELD_ENV, *RESOURCE_ENV, CONFIGMAP_ENV, POLICY_CONFIGMAP_ENV]
 
 # Tag keys podward folds into its metric names (src/metrics.rs TAG_KEYS); each
 # gets a regex that lifts `key=.=value;.;` out of the name into a tag.
@@ -912,15 +916,18 @@ def restricted(run_as_user) -> dict:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrency=CONCURRENCY) -> dict:
+def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrency=CONCURRENCY,
+                      configmap=CONFIGMAP, policy_configmap=POLICY_CONFIGMAP) -> dict:
     """Envoy and podward as a native sidecar, as every shipped manifest adds it (the example pod, the kustomize
-    component, the MutatingAdmissionPolicy). The arguments may be CEL expressions (manifests.Cel) there."""
+    component, the MutatingAdmissionPolicy). The arguments may be CEL expressions (manifests.Cel) there.
+    `configmap` and `policy_configmap` are the names sidecar_volumes mounts."""
     env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in POD_FIELD_ENV.items()]
     env += [
         {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": app_container, "resource": resource,
                                                           "divisor": divisor}}}
         for name, (resource, divisor) in RESOURCE_ENV.items()
     ]
+    env += [{"name": CONFIGMAP_ENV, "value": configmap}, {"name": POLICY_CONFIGMAP_ENV, "value": policy_configmap}]
     return {
         "name": SIDECAR,
         "image": image,
@@ -955,7 +962,7 @@ def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrenc
     }
 
 
-def sidecar_volumes(configmap="podward", policy_configmap=POLICY_CONFIGMAP,
+def sidecar_volumes(configmap=CONFIGMAP, policy_configmap=POLICY_CONFIGMAP,
                     token_expiration_seconds=TOKEN_EXPIRATION_SECONDS) -> list:
     """The volumes the sidecar mounts; only the socket's is the app's too (app_socket_mount)."""
     return [
@@ -1074,7 +1081,7 @@ def shipped_settings(build: str = "wasm") -> Settings:
     return Settings(build=build, plugin_config=SHIPPED_PLUGIN_CONFIG, drain=True)
 
 
-def module_configmap(settings: Settings, module: bytes, name: str = "podward") -> dict:
+def module_configmap(settings: Settings, module: bytes, name: str = CONFIGMAP) -> dict:
     """The ConfigMap a pod mounts at PODWARD_DIR: the bootstrap and the module it loads."""
     module_name = pathlib.PurePath(settings.native_path if settings.native else settings.wasm_path).name
     return configmap(name, data={"envoy.yaml": to_yaml(bootstrap(settings))}, binary={module_name: module})

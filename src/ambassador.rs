@@ -92,7 +92,8 @@ impl Ambassador {
                 Ok(())
             }
             FileRole::Policy => {
-                new_policy = Some(Policy::parse(content).map_err(|e| e.to_string())?);
+                let policy = Policy::parse_for(content, &self.config.sidecar_configmaps);
+                new_policy = Some(policy.map_err(|e| e.to_string())?);
                 Ok(())
             }
             FileRole::Identity => Ok(()),

@@ -13,6 +13,17 @@ use serde_json::Value;
 /// configured (envoy/render.py sizes Envoy's timeouts by it; constants.json).
 pub const DEFAULT_STARTUP_WAIT_MS: u64 = 5000;
 
+/// The environment variables naming the ConfigMaps the sidecar mounts (its
+/// envoy.yaml and module; its policy), and the shipped manifests' names for
+/// them where a variable is unset (constants.json). Every manifest sets them
+/// from the values its volumes mount, so a policy's `$sidecar` names what the
+/// pod really mounts; a container's environment never changes, and the app
+/// cannot reach it.
+pub const SIDECAR_CONFIGMAP_ENV: [(&str, &str); 2] = [
+    ("PODWARD_CONFIGMAP", "podward"),
+    ("PODWARD_POLICY_CONFIGMAP", "podward-policy"),
+];
+
 /// The validated configuration the filter runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +39,8 @@ pub struct Config {
     pub allow_impersonation: bool,
     pub namespace_env: String,
     pub policy: PolicySource,
+    /// What `$sidecar` means in the policy (see [`SIDECAR_CONFIGMAP_ENV`]).
+    pub sidecar_configmaps: Vec<String>,
 }
 
 /// Where the policy comes from.
@@ -189,15 +202,32 @@ fn default_identity_headers(file_source: &FileSource) -> Vec<IdentityHeader> {
 const INTERVAL_RANGE_MS: core::ops::RangeInclusive<u64> = 10..=3_600_000;
 
 impl Config {
-    /// An empty configuration means every default.
+    /// An empty configuration means every default; `$sidecar` names the
+    /// shipped manifests' ConfigMaps.
     pub fn parse(json: &[u8]) -> Result<Config, FieldError> {
-        if json.iter().all(u8::is_ascii_whitespace) {
-            return Config::read(&Value::Object(serde_json::Map::new()));
-        }
-        Config::read(&parse_json(json)?)
+        Config::parse_in(json, &[])
     }
 
-    fn read(json: &Value) -> Result<Config, FieldError> {
+    /// The configuration of a sidecar whose environment is `env` (the Downward
+    /// API variables, and those of [`SIDECAR_CONFIGMAP_ENV`]).
+    pub fn parse_in(json: &[u8], env: &[(String, String)]) -> Result<Config, FieldError> {
+        let sidecar_configmaps = SIDECAR_CONFIGMAP_ENV
+            .iter()
+            .map(|(variable, default)| {
+                let set = env.iter().find(|(name, _)| name == variable);
+                match set {
+                    Some((_, name)) if !name.is_empty() => name.clone(),
+                    _ => default.to_string(),
+                }
+            })
+            .collect();
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Config::read(&Value::Object(serde_json::Map::new()), sidecar_configmaps);
+        }
+        Config::read(&parse_json(json)?, sidecar_configmaps)
+    }
+
+    fn read(json: &Value, sidecar_configmaps: Vec<String>) -> Result<Config, FieldError> {
         let mut top = Object::new(json, "")?;
         let file_source = read_file_source(top.object("file_source")?)?;
         let refresh_interval_ms = interval(&mut top, "refresh_interval_ms", 1000)?;
@@ -236,13 +266,17 @@ impl Config {
                 check_file_path("policy_file", &path)?;
                 PolicySource::File(path)
             }
-            (Some(policy), None) => {
-                PolicySource::Inline(Policy::build(&PolicyConfig::read(policy)?)?)
-            }
-            (None, None) => PolicySource::Inline(Policy::build(&PolicyConfig {
-                preset: Some(DEFAULT_PRESET.into()),
-                ..PolicyConfig::default()
-            })?),
+            (Some(policy), None) => PolicySource::Inline(Policy::build_for(
+                &PolicyConfig::read(policy)?,
+                &sidecar_configmaps,
+            )?),
+            (None, None) => PolicySource::Inline(Policy::build_for(
+                &PolicyConfig {
+                    preset: Some(DEFAULT_PRESET.into()),
+                    ..PolicyConfig::default()
+                },
+                &sidecar_configmaps,
+            )?),
         };
         top.finish()?;
         let config = Config {
@@ -257,6 +291,7 @@ impl Config {
             allow_impersonation,
             namespace_env,
             policy,
+            sidecar_configmaps,
         };
         config.check_files_are_mapped(json)?;
         Ok(config)
@@ -572,7 +607,31 @@ mod tests {
             assert!(!config.allow_impersonation);
             assert_eq!(config.accept_hosts, ["localhost", "127.0.0.1", "[::1]"]);
             assert_eq!(config.access_record, AccessRecord::Refusals);
+            assert_eq!(config.sidecar_configmaps, ["podward", "podward-policy"]);
         }
+    }
+
+    #[test]
+    fn the_sidecar_configmaps_are_those_the_environment_names() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = Config::parse_in(
+            b"",
+            &env(&[
+                ("PODWARD_POLICY_CONFIGMAP", "team-a-podward-policy"),
+                ("PODWARD_CONFIGMAP", ""),
+            ]),
+        )
+        .unwrap();
+        // An empty variable is as good as unset: the shipped name.
+        assert_eq!(
+            config.sidecar_configmaps,
+            ["podward", "team-a-podward-policy"]
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //!   (a VM or module starts, or is given a new one);
 //! - [`Engine::on_request_headers`]: serve, hold, or reply with a Status, and
 //!   which files to start reading;
-//! - [`Engine::on_read_done`] and [`Engine::on_tick`]: which held requests to
-//!   wake, and which files to read;
+//! - [`Engine::on_read_done`]: a file's content (the first token releases
+//!   the requests held for it);
+//! - [`Engine::on_tick`]: which held requests to wake, a batch at a time, and
+//!   which files to read; [`Engine::tick_interval_ms`] says when to tick next;
 //! - [`Engine::on_wake`]: what a woken request gets: served, or the Status it
 //!   was refused with when it was given up;
 //! - [`Engine::on_stream_end`]: the request is counted and forgotten.
@@ -77,11 +79,23 @@ pub enum Start {
     OnFirstRequest,
 }
 
+/// At most this many held requests are woken per tick. A proxy-wasm host
+/// carries out a callback's replies and resumptions after the callback
+/// returns, and Envoy runs each one's stream end (`proxy_on_log`) from inside
+/// the one before: one nested VM call per request woken, so a crowd woken at
+/// once overflowed V8's stack (at ~290 in Envoy 1.40) and the VM was rebuilt.
+pub const WAKE_BATCH: usize = 32;
+/// How soon the next tick comes while requests wait for their batch.
+pub const BATCH_TICK_MS: u64 = 1;
+
 /// A request the engine still has something to do for.
 #[derive(Debug)]
 enum Held<K> {
     /// Waiting for the first prepared identity, until `give_up_at`.
     Waiting { give_up_at: u64, waker: K },
+    /// Decided, and to be woken in a coming tick's batch: served, or answered
+    /// with the Status it was given up with.
+    Due { waker: K, refusal: Option<Status> },
     /// Woken to be served.
     Released { waker: K },
     /// Woken to be answered with this: it waited too long.
@@ -111,7 +125,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         start: Start,
         log: &dyn Log,
     ) -> Option<Engine<S, K>> {
-        let config = parse(config, log)?;
+        let config = parse(config, &env, log)?;
         let mut counts = Counts::default();
         counts.declare(&config);
         // Exported from the start too: 0 until a token is read, as Envoy
@@ -133,7 +147,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
     /// refused, and the old one stays. Files are read again under it; the
     /// requests already held stay held, with their deadlines.
     pub fn reconfigure(&mut self, config: &[u8], log: &dyn Log) -> bool {
-        let Some(config) = parse(config, log) else {
+        let Some(config) = parse(config, &self.env, log) else {
             return false;
         };
         self.counts.declare(&config);
@@ -147,9 +161,15 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         &self.config
     }
 
-    /// How often the host should call [`Engine::on_tick`].
+    /// When the host should call [`Engine::on_tick`] next: soon while held
+    /// requests wait for their batch. Asked again after every tick and read.
     pub fn tick_interval_ms(&self) -> u64 {
-        self.pod.tick_interval_ms()
+        let due = |(_, held): &(S, Held<K>)| matches!(held, Held::Due { .. });
+        if self.requests.iter().any(due) {
+            BATCH_TICK_MS
+        } else {
+            self.pod.tick_interval_ms()
+        }
     }
 
     /// A request's headers arrived.
@@ -208,7 +228,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         let waker = match held {
             Held::Released { waker } => waker,
             Held::Refused(status) => return Step::Reply(status.local_reply()),
-            Held::Waiting { .. } | Held::Served { .. } => {
+            Held::Waiting { .. } | Held::Due { .. } | Held::Served { .. } => {
                 self.requests.push((stream, held));
                 return Step::Wait;
             }
@@ -228,38 +248,38 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
     }
 
     /// A read the engine asked for finished: the file's content, or why there
-    /// is none. Returns the held requests to wake.
+    /// is none. The requests it releases are woken from the next ticks.
     pub fn on_read_done(
         &mut self,
         read: &FileRead,
         result: Result<Vec<u8>, String>,
         now_ms: u64,
         log: &dyn Log,
-    ) -> Vec<K> {
+    ) {
         if read.generation != self.generation {
-            return Vec::new();
+            return;
         }
         self.pod
             .read_done(read.file, result, now_ms / 1000, log, &mut self.counts);
         if self.pod.prepared().is_none() {
-            return Vec::new();
+            return;
         }
-        let mut wake = Vec::new();
         for (_, held) in &mut self.requests {
             if let Held::Waiting { waker, .. } = *held {
-                *held = Held::Released { waker };
-                wake.push(waker);
+                *held = Held::Due {
+                    waker,
+                    refusal: None,
+                };
             }
         }
-        wake
     }
 
-    /// Periodic work: requests that waited too long are given up, the token's
-    /// age is reported, and the files due are read.
+    /// Periodic work: requests that waited too long are given up, the next
+    /// batch of decided requests is woken, the token's age is reported, and
+    /// the files due are read.
     pub fn on_tick(&mut self, now_ms: u64, log: &dyn Log) -> Tick<K> {
         self.pod
             .report_freshness(now_ms / 1000, log, &mut self.counts);
-        let mut wake = Vec::new();
         let mut refusal = None;
         for (_, held) in &mut self.requests {
             let Held::Waiting { give_up_at, waker } = *held else {
@@ -271,12 +291,15 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             // One Status for all: why podward cannot serve yet.
             let status =
                 refusal.get_or_insert_with(|| Status::unavailable(self.pod.not_ready_reason(), 1));
-            *held = Held::Refused(status.clone());
+            *held = Held::Due {
+                waker,
+                refusal: Some(status.clone()),
+            };
             self.counts.count(Counter::LocalReplies {
                 reason: Refusal::NoToken,
             });
-            wake.push(waker);
         }
+        let wake = self.next_batch();
         let read = if self.reading {
             self.due(now_ms)
         } else {
@@ -340,6 +363,26 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         }
     }
 
+    /// Up to [`WAKE_BATCH`] decided requests, now woken.
+    fn next_batch(&mut self) -> Vec<K> {
+        let mut wake = Vec::new();
+        for (_, held) in &mut self.requests {
+            if wake.len() == WAKE_BATCH {
+                break;
+            }
+            let Held::Due { waker, refusal } = held else {
+                continue;
+            };
+            let waker = *waker;
+            *held = match refusal.take() {
+                Some(status) => Held::Refused(status),
+                None => Held::Released { waker },
+            };
+            wake.push(waker);
+        }
+        wake
+    }
+
     fn unreadable_headers(&mut self) -> Step {
         self.counts.count(Counter::LocalReplies {
             reason: Refusal::HostError,
@@ -380,8 +423,8 @@ pub fn failed() -> LocalReply {
     Status::unavailable(message.into(), 1).local_reply()
 }
 
-fn parse(config: &[u8], log: &dyn Log) -> Option<Arc<Config>> {
-    match Config::parse(config) {
+fn parse(config: &[u8], env: &[(String, String)], log: &dyn Log) -> Option<Arc<Config>> {
+    match Config::parse_in(config, env) {
         Ok(config) => Some(Arc::new(config)),
         Err(error) => {
             log.log(Level::Error, &format!("invalid podward config: {error}"));

@@ -127,8 +127,16 @@ impl Script {
         }
     }
 
-    /// Every read in flight finishes with what the files hold now.
+    /// Every read in flight finishes with what the files hold now, and the
+    /// host ticks as the engine asks until every request it released is woken.
     fn finish_reads(&mut self) {
+        self.complete_reads();
+        self.settle();
+    }
+
+    /// Every read in flight finishes with what the files hold now; nothing
+    /// is woken yet.
+    fn complete_reads(&mut self) {
         for read in core::mem::take(&mut self.in_flight) {
             let result = self
                 .files
@@ -136,11 +144,21 @@ impl Script {
                 .find(|(path, _)| *path == read.path)
                 .map(|(_, content)| content.clone())
                 .ok_or_else(|| "HTTP 404".to_string());
-            let wake = self
-                .engine
+            self.engine
                 .on_read_done(&read, result, self.now_ms, &self.log);
-            self.wake(wake);
         }
+    }
+
+    /// Ticks at the short period for as long as the engine asks for it;
+    /// returns how many requests each tick woke.
+    fn settle(&mut self) -> Vec<usize> {
+        let mut batches = Vec::new();
+        while self.engine.tick_interval_ms() == BATCH_TICK_MS {
+            let before = self.woken.len();
+            self.tick(self.now_ms + BATCH_TICK_MS);
+            batches.push(self.woken.len() - before);
+        }
+        batches
     }
 
     fn tick(&mut self, now_ms: u64) {
@@ -322,33 +340,91 @@ fn a_request_is_woken_once_whichever_comes_first() {
     let mut script = Script::new(r#"{"startup_wait_ms": 500}"#);
     script.arrive(1, "GET", PODS);
     script.write_pod_files();
-    // Released, but the host has not run its wake yet (the native build
-    // wakes on the request's worker, later): the deadline passes meanwhile.
-    let read = script.in_flight.clone();
-    let mut released = Vec::new();
-    for read in &read {
-        released.extend(
-            script.engine.on_read_done(
-                read,
-                Ok(script
-                    .files
-                    .iter()
-                    .find(|(p, _)| *p == read.path)
-                    .map(|(_, c)| c.clone())
-                    .unwrap_or_default()),
-                0,
-                &script.log,
-            ),
-        );
-    }
-    script.in_flight.clear();
-    assert_eq!(released, [1]);
+    // Released by the token, but its batch comes at the next tick, after
+    // the deadline has passed.
+    script.complete_reads();
+    assert!(script.woken.is_empty());
+    assert_eq!(script.engine.tick_interval_ms(), BATCH_TICK_MS);
     script.tick(600);
-    assert!(script.woken.is_empty(), "not given up once released");
-    script.wake(released);
+    assert_eq!(
+        script.woken(1),
+        [&Step::Forward],
+        "not given up once released"
+    );
+    // A wake the host reports again (the native build's scheduler) finds
+    // nothing to do.
     script.wake(vec![1]);
     assert_eq!(script.woken(1), [&Step::Forward, &Step::Wait]);
     assert_eq!(script.counted(NO_TOKEN), 0);
+    assert_ne!(script.engine.tick_interval_ms(), BATCH_TICK_MS);
+}
+
+/// A crowd of `size` requests, alternately allowed and denied, held for the
+/// first token.
+fn held_crowd(config: &str, size: u32) -> Script {
+    let mut script = Script::new(config);
+    for id in 1..=size {
+        let path = if id % 2 == 0 { EXEC } else { PODS };
+        let method = if id % 2 == 0 { "POST" } else { "GET" };
+        assert_eq!(script.arrive(id, method, path), Step::Wait);
+    }
+    script
+}
+
+#[test]
+fn a_crowd_released_by_the_token_is_woken_a_batch_per_tick() {
+    let mut script = held_crowd("", 2000);
+    script.write_pod_files();
+    script.complete_reads();
+    let batches = script.settle();
+    assert_eq!(batches.len(), 2000 / WAKE_BATCH + 1);
+    assert!(
+        batches.iter().all(|woken| *woken <= WAKE_BATCH),
+        "{batches:?}"
+    );
+    for id in 1..=2000 {
+        let steps = script.woken(id);
+        match id % 2 {
+            0 => assert_eq!(status_of(steps[0]).0, 403, "request {id}"),
+            _ => assert_eq!(steps, [&Step::Forward], "request {id}"),
+        }
+        script.end(id, if id % 2 == 0 { 403 } else { 200 });
+    }
+    assert_eq!(
+        script.counted("reason=.=policy_denied;.;podward_local_replies_total"),
+        1000
+    );
+    assert_eq!(
+        script.counted(
+            "verb=.=list;.;group=.=core;.;resource=.=pods;.;code=.=2xx;.;podward_requests_total"
+        ),
+        1000
+    );
+    assert_eq!(
+        script.engine.tick_interval_ms(),
+        100,
+        "back to the usual period"
+    );
+}
+
+#[test]
+fn a_crowd_given_up_is_answered_a_batch_per_tick() {
+    let mut script = held_crowd(r#"{"startup_wait_ms": 500}"#, 2000);
+    script.complete_reads();
+    script.tick(500);
+    assert_eq!(script.woken.len(), WAKE_BATCH);
+    let batches = script.settle();
+    assert!(
+        batches.iter().all(|woken| *woken <= WAKE_BATCH),
+        "{batches:?}"
+    );
+    assert_eq!(script.woken.len(), 2000);
+    assert!(script
+        .woken
+        .iter()
+        .all(|(_, step)| status_of(step).0 == 503));
+    // Counted when given up, not when woken.
+    assert_eq!(script.counted(NO_TOKEN), 2000);
 }
 
 #[test]

@@ -126,8 +126,12 @@ impl<'r> Handled<'r> {
         let rule = self.rule.map(RuleRef::as_str).unwrap_or_default();
         let mut fields = vec![("decision", decision), ("rule", rule)];
         if let Some(request) = &self.request {
+            fields.push(("verb", request.reported_verb()));
+            if request.also_create() {
+                // As the API server authorizes it; its audit log says `get`.
+                fields.push(("verbs", "get,create"));
+            }
             fields.extend([
-                ("verb", request.verb),
                 ("group", request.api_group),
                 ("resource", request.resource),
                 ("subresource", request.subresource),
@@ -374,9 +378,13 @@ fn forbidden(request: &RequestInfo, rule: &RuleRef, self_namespace: &str) -> Sta
     } else {
         format!("in the namespace {}", Quoted(request.namespace))
     };
+    let verb = if request.also_create() {
+        "get and create"
+    } else {
+        request.verb
+    };
     let message = format!(
-        "{subject}: {who} to {} resource {} in API group {} {scope}",
-        request.verb,
+        "{subject}: {who} to {verb} resource {} in API group {} {scope}",
         Quoted(&request.resource_with_subresource().to_string()),
         Quoted(request.api_group),
     );
@@ -725,6 +733,14 @@ mod tests {
             (status.details.name.as_str(), status.details.kind.as_str()),
             ("web", "pods")
         );
+        let status = status_of(run("", &mut request("GET", path, &local)));
+        assert!(
+            status
+                .message
+                .contains("to get and create resource \"pods/exec\""),
+            "a WebSocket exec is both: {}",
+            status.message
+        );
         let read_only = r#"{"policy": {"preset": "read-only"}}"#;
         let path = "/apis/apps/v1/namespaces/default/deployments";
         let status = status_of(run(read_only, &mut request("POST", path, &local)));
@@ -767,6 +783,11 @@ mod tests {
                 "POST",
                 "/api/v1/namespaces/x/pods/p/exec",
                 r#"{"decision":"policy_denied","rule":"kubectl-proxy/no-exec-or-attach","verb":"create","group":"","resource":"pods","subresource":"exec","namespace":"x","name":"p"}"#,
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/x/pods/p/portforward?ports=80",
+                r#"{"decision":"forward","rule":"kubectl-proxy/default","verb":"create","verbs":"get,create","group":"","resource":"pods","subresource":"portforward","namespace":"x","name":"p"}"#,
             ),
             (
                 "GET",

@@ -86,6 +86,18 @@ mod shared_constants {
     }
 
     #[test]
+    fn the_sidecar_configmaps_are_the_shared_ones() {
+        let shared = shared();
+        let names: Vec<(&str, &str)> = shared["sidecar_configmap_env"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(variable, name)| (variable.as_str(), name.as_str().unwrap()))
+            .collect();
+        assert_eq!(names, crate::config::SIDECAR_CONFIGMAP_ENV);
+    }
+
+    #[test]
     fn the_metric_tag_keys_are_the_shared_ones() {
         assert_eq!(shared()["metric_tag_keys"], json!(crate::metrics::TAG_KEYS));
     }

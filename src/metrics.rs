@@ -346,7 +346,7 @@ impl RequestSeries {
             request.api_group
         };
         self.key.clear();
-        self.key.push_str(request.verb);
+        self.key.push_str(request.reported_verb());
         self.key.push(' ');
         self.key.push_str(group);
         self.key.push(' ');
@@ -504,6 +504,11 @@ mod tests {
             pods
         );
         let exec = series_of(&mut series, "POST", "/api/v1/namespaces/a/pods/x/exec");
+        // A WebSocket exec's GET counts as the create it is authorized as.
+        assert_eq!(
+            series_of(&mut series, "GET", "/api/v1/namespaces/b/pods/y/exec"),
+            exec
+        );
         let healthz = series_of(&mut series, "GET", "/healthz");
         assert_eq!(series_of(&mut series, "GET", "/version"), healthz);
         assert_eq!(series.len(), 4);

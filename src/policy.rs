@@ -4,12 +4,21 @@
 //! Rules match a [`RequestInfo`] the way RBAC does (`*` wildcards, `pods/exec`
 //! subresource notation, `*/scale`, trailing-`*` non-resource URLs). podward adds
 //! `namespaces`, where `$self` is the pod's own namespace and `""` is a request
-//! without a namespace (cluster-scoped, or across all namespaces).
+//! without a namespace (cluster-scoped, or across all namespaces), and `$sidecar`
+//! in `resourceNames`: the ConfigMaps the sidecar mounts (its envoy.yaml and
+//! module, its policy), which every preset protects from the app.
 //!
 //! Allow rules mean exactly what RBAC means. Deny rules are conservative: they
 //! also stop every request that could read or change what they name, so that a
 //! deny cannot be listed around (see [`deny_matches`]).
+//!
+//! A request the API server authorizes as two verbs (a GET of pods/exec,
+//! attach or portforward: `get` and `create`, see
+//! [`RequestInfo::also_create`]) is decided once per verb, each time by the
+//! first rule that matches: it is allowed only if both decisions allow, and
+//! otherwise denied by the first that denies, `get`'s then `create`'s.
 
+use crate::config::SIDECAR_CONFIGMAP_ENV;
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::prelude::*;
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
@@ -87,8 +96,20 @@ impl Rule {
     }
 }
 
-/// Named policies, as the JSON a user would write. Parsed and checked when the
-/// plugin is configured, by the same code as a user's rules.
+/// The rules every preset starts with, before the team's own rules too, so
+/// that the app can neither rewrite the sidecar (its envoy.yaml and module, its
+/// policy: `$sidecar`, in the pod's own namespace) nor mint a token
+/// (TokenRequest, in any namespace). A policy without a preset may allow either.
+pub const PRESET_SELF_PROTECTION: &str = r#"{"rules": [
+    {"name": "no-sidecar-configmap-writes", "action": "deny",
+     "verbs": ["create", "update", "patch", "delete", "deletecollection"], "apiGroups": [""],
+     "resources": ["configmaps"], "resourceNames": ["$sidecar"], "namespaces": ["$self"]},
+    {"name": "no-token-requests", "action": "deny", "verbs": ["*"],
+     "apiGroups": [""], "resources": ["serviceaccounts/token"]}]}"#;
+
+/// Named policies, as the JSON a user would write, each after
+/// [`PRESET_SELF_PROTECTION`]. Parsed and checked when the plugin is
+/// configured, by the same code as a user's rules.
 pub const PRESETS: &[(&str, &str)] = &[
     // kubectl proxy's default --reject-paths (^/api/.*/pods/.*/exec,
     // ^/api/.*/pods/.*/attach), and the other ways to run a command in a pod
@@ -178,13 +199,41 @@ const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "de
 
 impl Policy {
     /// A policy file: the same JSON as the configuration's `policy` field.
+    /// `$sidecar` names the shipped manifests' ConfigMaps.
     pub fn parse(json: &[u8]) -> Result<Policy, FieldError> {
-        let value = parse_json(json)?;
-        Policy::build(&PolicyConfig::read(Object::new(&value, "policy")?)?)
+        Policy::parse_for(json, &default_sidecar_configmaps())
     }
 
+    /// A policy file, `$sidecar` naming `sidecar_configmaps`.
+    pub fn parse_for(json: &[u8], sidecar_configmaps: &[String]) -> Result<Policy, FieldError> {
+        let value = parse_json(json)?;
+        let config = PolicyConfig::read(Object::new(&value, "policy")?)?;
+        Policy::build_for(&config, sidecar_configmaps)
+    }
+
+    /// `$sidecar` names the shipped manifests' ConfigMaps.
     pub fn build(config: &PolicyConfig) -> Result<Policy, FieldError> {
+        Policy::build_for(config, &default_sidecar_configmaps())
+    }
+
+    /// `$sidecar` names `sidecar_configmaps`: fixed for the pod's life, so
+    /// resolved once, here.
+    pub fn build_for(
+        config: &PolicyConfig,
+        sidecar_configmaps: &[String],
+    ) -> Result<Policy, FieldError> {
         let mut rules = Vec::new();
+        let preset = match &config.preset {
+            Some(name) => Some((name, preset(name)?)),
+            None => None,
+        };
+        if let Some((name, _)) = &preset {
+            // Before the team's own rules: a broad allow of theirs must not
+            // open the sidecar to the app.
+            for rule in read(PRESET_SELF_PROTECTION)?.rules {
+                rules.push((RuleRef::new(name, &rule.name), rule));
+            }
+        }
         for (index, rule) in config.rules.iter().enumerate() {
             check_rule(rule).map_err(|(field, problem)| {
                 field_error(format!("policy.rules[{index}].{field}"), problem)
@@ -192,8 +241,7 @@ impl Policy {
             rules.push((RuleRef::new("rules", &rule.name), rule.clone()));
         }
         let mut default_effect = config.default_action.unwrap_or(Effect::Deny);
-        if let Some(preset_name) = &config.preset {
-            let preset = preset(preset_name)?;
+        if let Some((preset_name, preset)) = preset {
             for rule in preset.rules {
                 rules.push((RuleRef::new(preset_name, &rule.name), rule));
             }
@@ -215,6 +263,13 @@ impl Policy {
                 ));
             }
         }
+        for (_, rule) in &mut rules {
+            let names = &mut rule.resource_names;
+            if let Some(at) = names.iter().position(|name| name == SIDECAR) {
+                names.swap_remove(at);
+                names.extend_from_slice(sidecar_configmaps);
+            }
+        }
         let default_rule = RuleRef::new(config.preset.as_deref().unwrap_or("rules"), "default");
         Ok(Policy {
             rules,
@@ -224,7 +279,20 @@ impl Policy {
     }
 
     /// The first rule that matches decides; `self_namespace` is what `$self` means.
+    /// A session's GET is decided as `get`, then as `create` (see the module).
     pub fn decide(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        let decision = self.first_match(request, self_namespace);
+        if decision.effect == Effect::Deny || !request.also_create() {
+            return decision;
+        }
+        let as_create = RequestInfo {
+            verb: "create",
+            ..request.clone()
+        };
+        self.first_match(&as_create, self_namespace)
+    }
+
+    fn first_match(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
         for (rule_ref, rule) in &self.rules {
             if matches(rule, request, self_namespace) {
                 return Decision {
@@ -249,6 +317,15 @@ impl Policy {
 }
 
 const SELF_NAMESPACE: &str = "$self";
+/// In `resourceNames`: the sidecar's own ConfigMaps.
+const SIDECAR: &str = "$sidecar";
+
+fn default_sidecar_configmaps() -> Vec<String> {
+    SIDECAR_CONFIGMAP_ENV
+        .iter()
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
 
 fn preset(name: &str) -> Result<PolicyConfig, FieldError> {
     let Some((_, json)) = PRESETS.iter().find(|(preset, _)| *preset == name) else {
@@ -262,6 +339,11 @@ fn preset(name: &str) -> Result<PolicyConfig, FieldError> {
             ),
         ));
     };
+    read(json)
+}
+
+/// A policy's JSON, shipped with podward.
+fn read(json: &str) -> Result<PolicyConfig, FieldError> {
     PolicyConfig::read(Object::new(&parse_json(json.as_bytes())?, "policy")?)
 }
 
@@ -319,7 +401,13 @@ fn check_rule(rule: &Rule) -> Result<(), (&'static str, String)> {
     check_each("apiGroups", &rule.api_groups, api_group_problem)?;
     check_each("resources", &rule.resources, resource_problem)?;
     check_each("resourceNames", &rule.resource_names, |name| {
-        name.is_empty().then_some("an empty name matches nothing")
+        if name.is_empty() {
+            Some("an empty name matches nothing")
+        } else if name.starts_with('$') && name != SIDECAR {
+            Some("unknown variable; the only one is \"$sidecar\"")
+        } else {
+            None
+        }
     })?;
     check_each("namespaces", &rule.namespaces, namespace_problem)?;
     let only_creates = rule.verbs.iter().all(|verb| verb == "create");
@@ -747,6 +835,102 @@ mod tests {
     }
 
     #[test]
+    fn every_preset_protects_the_sidecar_and_mints_no_token() {
+        use Effect::{Allow, Deny};
+        let own = "/api/v1/namespaces/team-a/configmaps";
+        let writes = [
+            ("PUT", format!("{own}/podward-policy")),
+            (
+                "PATCH",
+                format!("{own}/podward-policy?fieldManager=kubectl"),
+            ),
+            ("DELETE", format!("{own}/podward-policy")),
+            ("PATCH", format!("{own}/podward")),
+            ("DELETE", format!("{own}/podward")),
+            ("DELETE", own.to_string()),
+            ("DELETE", format!("{own}?labelSelector=app%3Dweb")),
+            // A field selector does not name a deletecollection (requestinfo.go): it reaches them all.
+            (
+                "DELETE",
+                format!("{own}?fieldSelector=metadata.name%3Dapp-settings"),
+            ),
+            ("DELETE", "/api/v1/configmaps".to_string()),
+        ];
+        let token_requests = [
+            "/api/v1/namespaces/team-a/serviceaccounts/default/token",
+            "/api/v1/namespaces/kube-system/serviceaccounts/admin/token",
+        ];
+        for (preset, _) in PRESETS {
+            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
+            let sidecar_rule = format!("{preset}/no-sidecar-configmap-writes");
+            for (method, path) in &writes {
+                assert_eq!(
+                    decide(&p, method, path),
+                    (Deny, sidecar_rule.clone()),
+                    "{preset}: {method} {path}"
+                );
+            }
+            for path in token_requests {
+                let decided = decide(&p, "POST", path);
+                let expected = (Deny, format!("{preset}/no-token-requests"));
+                assert_eq!(decided, expected, "{preset}: {path}");
+            }
+            // What does not touch the sidecar's ConfigMaps is decided as before.
+            let untouched = [
+                ("GET", format!("{own}/podward-policy")),
+                ("GET", own.to_string()),
+                ("PATCH", format!("{own}/app-settings")),
+                (
+                    "PATCH",
+                    "/api/v1/namespaces/team-b/configmaps/podward-policy".into(),
+                ),
+            ];
+            for (method, path) in &untouched {
+                let (_, rule) = decide(&p, method, path);
+                assert_ne!(rule, sidecar_rule, "{preset}: {method} {path}");
+            }
+            assert_eq!(decide(&p, "GET", &format!("{own}/podward")).0, Allow);
+        }
+    }
+
+    #[test]
+    fn sidecar_names_the_configmaps_the_pod_mounts() {
+        use Effect::{Allow, Deny};
+        let config = config(r#"{"preset": "kubectl-proxy"}"#);
+        let names = ["team-podward".to_string(), "team-policy".to_string()];
+        let p = Policy::build_for(&config, &names).unwrap();
+        let own = "/api/v1/namespaces/team-a/configmaps";
+        for (name, effect) in [
+            ("team-policy", Deny),
+            ("team-podward", Deny),
+            ("podward-policy", Allow),
+        ] {
+            assert_eq!(
+                decide(&p, "PATCH", &format!("{own}/{name}")).0,
+                effect,
+                "{name}"
+            );
+        }
+        // The preset's protection comes before a team's own rules, so that a
+        // broad allow of theirs does not open the sidecar; without a preset, a
+        // team may let the app manage them.
+        let manage = r#"{"name": "manage-policy", "action": "allow", "verbs": ["update", "patch"],
+                         "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["$sidecar"]}"#;
+        let with_preset = format!(r#"{{"preset": "own-namespace", "rules": [{manage}]}}"#);
+        let p = Policy::build_for(&self::config(&with_preset), &names).unwrap();
+        assert_eq!(
+            decide(&p, "PATCH", &format!("{own}/team-policy")),
+            (Deny, "own-namespace/no-sidecar-configmap-writes".into())
+        );
+        let without = format!(r#"{{"default_action": "deny", "rules": [{manage}]}}"#);
+        let p = Policy::build_for(&self::config(&without), &names).unwrap();
+        assert_eq!(
+            decide(&p, "PATCH", &format!("{own}/team-policy")),
+            (Allow, "rules/manage-policy".into())
+        );
+    }
+
+    #[test]
     fn own_rules_come_before_the_preset() {
         let p = policy(
             r#"{"preset": "read-only", "rules": [
@@ -919,6 +1103,67 @@ mod tests {
     }
 
     #[test]
+    fn a_sessions_get_is_decided_as_get_and_as_create() {
+        use Effect::{Allow, Deny};
+        const WEBSOCKET: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
+        const SPDY: (&str, &str) = ("POST", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
+        const PORT_FORWARD: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/portforward");
+        // `default_action`, then rules of (name, action, verbs, resource).
+        let policy_of = |default: &str, rules: &[(&str, &str, &str, &str)]| {
+            let rules: Vec<String> = rules
+                .iter()
+                .map(|(name, action, verbs, resource)| {
+                    format!(
+                        r#"{{"name": "{name}", "action": "{action}", "verbs": [{verbs}],
+                             "apiGroups": [""], "resources": ["{resource}"]}}"#
+                    )
+                })
+                .collect();
+            let json = format!(
+                r#"{{"default_action": "{default}", "rules": [{}]}}"#,
+                rules.join(",")
+            );
+            policy(&json)
+        };
+        #[rustfmt::skip]
+        let cases = [
+            // A deny of either verb stops the WebSocket GET; the SPDY POST is a create alone.
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/c"),
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), SPDY, Deny, "rules/c"),
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), PORT_FORWARD, Allow, "rules/default"),
+            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/g"),
+            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), SPDY, Allow, "rules/default"),
+            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
+            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/*")]), PORT_FORWARD, Deny, "rules/a"),
+            // An allow must allow both verbs.
+            (policy_of("deny", &[("g", "allow", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), SPDY, Allow, "rules/c"),
+            (policy_of("deny", &[("gc", "allow", r#""get", "create""#, "pods/exec")]), WEBSOCKET, Allow, "rules/gc"),
+            (policy_of("deny", &[("a", "allow", r#""*""#, "pods/*")]), PORT_FORWARD, Allow, "rules/a"),
+            // Each verb is decided by its own first match: get's is the allow, create's the deny after it.
+            (policy_of("allow", &[("g", "allow", r#""get""#, "pods/exec"), ("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec"), ("g", "allow", r#""get""#, "pods/*")]), WEBSOCKET, Allow, "rules/c"),
+        ];
+        for (policy, (method, path), effect, rule) in cases {
+            assert_eq!(
+                decide(&policy, method, path),
+                (effect, rule.to_string()),
+                "{method} {path} under {policy:?}"
+            );
+        }
+        // The presets' denies name every verb; own-namespace allows both in its namespace.
+        for (preset, effect) in [
+            ("kubectl-proxy", Deny),
+            ("read-only", Deny),
+            ("own-namespace", Allow),
+        ] {
+            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
+            assert_eq!(decide(&p, WEBSOCKET.0, WEBSOCKET.1).0, effect, "{preset}");
+        }
+    }
+
+    #[test]
     fn allow_rules_keep_rbac_meaning() {
         let p = policy(
             r#"{"default_action": "deny", "rules": [
@@ -1025,6 +1270,10 @@ mod tests {
             ),
             (
                 r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["create"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["x"]}]}"#,
+                "policy.rules[0].resourceNames",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["update"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["$self"]}]}"#,
                 "policy.rules[0].resourceNames",
             ),
             (

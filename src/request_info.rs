@@ -22,6 +22,10 @@
 //!   `strings.EqualFold` in one place and `strings.ToLower` in another (and
 //!   differently across versions), which disagree on whether `falſe` is false.
 //!
+//! kube-apiserver authorizes a GET of `pods/exec`, `pods/attach` or
+//! `pods/portforward` (how a WebSocket upgrade starts) as `create` as well as
+//! `get`, as it authorizes their SPDY POST ([`RequestInfo::also_create`]).
+//!
 //! One deliberate difference keeps the classification on the broad side: Go
 //! takes the name from a field selector only if every list option decodes,
 //! including the label selector. podward does not parse label selectors, so a
@@ -74,7 +78,33 @@ pub struct RequestInfo<'a> {
     pub name: Cow<'a, str>,
 }
 
+/// Pod subresources that open a session into a container.
+const SESSION_SUBRESOURCES: &[&str] = &["exec", "attach", "portforward"];
+
 impl RequestInfo<'_> {
+    /// Whether the API server authorizes this request as `create` as well as
+    /// `get`: a GET of pods/exec, attach or portforward opens the same session
+    /// as their POST (kube-apiserver 1.35+, `AuthorizePodWebsocketUpgradeCreatePermission`,
+    /// on by default). Seen on 1.36: a GET needs both verbs with or without an
+    /// `Upgrade` header, so podward reads no header for it.
+    pub fn also_create(&self) -> bool {
+        self.verb == "get"
+            && self.is_resource_request
+            && self.api_group.is_empty()
+            && self.resource == "pods"
+            && SESSION_SUBRESOURCES.contains(&self.subresource)
+    }
+
+    /// The verb podward reports in metrics, the access record and a refusal:
+    /// `create` for a session's GET, as for its POST, so that both look alike.
+    pub fn reported_verb(&self) -> &'static str {
+        if self.also_create() {
+            "create"
+        } else {
+            self.verb
+        }
+    }
+
     /// The resource as RBAC rules name it: `pods`, or `pods/exec` with a subresource.
     pub fn resource_with_subresource(&self) -> ResourceWithSubresource<'_> {
         ResourceWithSubresource {
@@ -804,6 +834,33 @@ mod tests {
         assert!(matches!(plain.name, Cow::Borrowed("x")));
         let decoded = classify("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dx").unwrap();
         assert!(matches!(decoded.name, Cow::Owned(ref name) if name == "x"));
+    }
+
+    #[test]
+    fn a_sessions_get_is_also_a_create() {
+        #[rustfmt::skip]
+        let cases = [
+            ("GET", "/api/v1/namespaces/d/pods/x/exec?command=sh&stdin=true", true),
+            ("GET", "/api/v1/namespaces/d/pods/x/attach?stdout=true", true),
+            ("GET", "/api/v1/namespaces/d/pods/x/portforward?ports=80", true),
+            ("HEAD", "/api/v1/namespaces/d/pods/x/exec", true),
+            ("GET", "/api/v1/namespaces/d/pods/x/exec/", true),
+            // Their POST is a create already; other subresources and groups are not sessions.
+            ("POST", "/api/v1/namespaces/d/pods/x/exec", false),
+            ("GET", "/api/v1/namespaces/d/pods/x/log?follow=true", false),
+            ("GET", "/api/v1/namespaces/d/pods/x/proxy/", false),
+            ("GET", "/api/v1/namespaces/d/pods/x", false),
+            ("GET", "/api/v1/namespaces/d/services/x/exec", false),
+            ("GET", "/apis/example.com/v1/namespaces/d/pods/x/exec", false),
+            ("GET", "/api/v1/watch/namespaces/d/pods/x/exec", false),
+            ("GET", "/api/v1/nodes/n1/proxy/exec/d/x/main", false),
+        ];
+        for (method, target, also_create) in cases {
+            let info = classify(method, target).unwrap();
+            assert_eq!(info.also_create(), also_create, "{method} {target}");
+            let reported = if also_create { "create" } else { info.verb };
+            assert_eq!(info.reported_verb(), reported, "{method} {target}");
+        }
     }
 
     #[test]

@@ -227,7 +227,7 @@ def test_the_parameters_choose_the_image_and_configmaps(kube, team_namespace, in
     """The platform team's settings, changed in place; pods created afterwards follow them."""
     params = f"/api/v1/namespaces/{manifests.INJECTION_NAMESPACE}/configmaps/{manifests.INJECTION}"
     changed = {"image": "registry.example/envoy:v1.40.0", "configMap": "podward-native",
-               "tokenExpirationSeconds": "1800"}
+               "policyConfigMap": "team-policy", "tokenExpirationSeconds": "1800"}
     kube.admin_ok("PATCH", params, {"data": changed}, {"Content-Type": "application/merge-patch+json"})
     try:
         deadline = time.monotonic() + 30
@@ -237,6 +237,10 @@ def test_the_parameters_choose_the_image_and_configmaps(kube, team_namespace, in
             time.sleep(0.2)
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes["podward"]["configMap"]["name"] == "podward-native"
+        assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == "team-policy"
+        # podward is told the names the pod mounts, so that its presets protect those.
+        env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][0]["env"]}
+        assert (env[render.CONFIGMAP_ENV], env[render.POLICY_CONFIGMAP_ENV]) == ("podward-native", "team-policy")
         [token] = [s["serviceAccountToken"] for s in volumes["service-account"]["projected"]["sources"]
                    if "serviceAccountToken" in s]
         assert token["expirationSeconds"] == 1800

@@ -105,8 +105,8 @@ impl<A: EnvoyHost> Shared<A> {
         }
     }
 
-    /// One round of the reader: the engine's tick, then each file it asks
-    /// for, read outside the lock; the requests it wakes are committed.
+    /// One round of the reader: the engine's tick, whose wakes are committed,
+    /// then each file it asks for, read outside the lock.
     pub fn read_round(&self) {
         let now = self.host.now_ms();
         let (reads, source) = {
@@ -120,9 +120,7 @@ impl<A: EnvoyHost> Shared<A> {
                 Some(local) => self.host.read_file(&local),
                 None => Err("no directory is configured for it".into()),
             };
-            let mut engine = lock(&self.engine);
-            let wake = engine.on_read_done(&read, result, now, &self.host);
-            self.wake(&engine, &wake);
+            lock(&self.engine).on_read_done(&read, result, now, &self.host);
         }
         if lock(&self.engine).has_metrics() {
             self.host.schedule_flush();
@@ -154,7 +152,8 @@ impl<A: EnvoyHost> Shared<A> {
         });
     }
 
-    fn tick_interval(&self) -> Duration {
+    /// How long the reader waits before its next round, as the engine asks.
+    pub fn tick_interval(&self) -> Duration {
         Duration::from_millis(lock(&self.engine).tick_interval_ms())
     }
 }
@@ -224,9 +223,10 @@ impl<A: EnvoyHost> Plugin<A> {
 
 impl<A: EnvoyHost> Shared<A> {
     fn read_until_stopped(&self) {
-        let interval = self.tick_interval();
         loop {
             self.read_round();
+            // Asked each round: short while held requests wait for a batch.
+            let interval = self.tick_interval();
             let stopping = lock(&self.stopping);
             let (stopping, _) = self
                 .wake

@@ -3,7 +3,9 @@
 //! ABI that records every host call, and both builds must answer every
 //! request alike (the same forwarded headers, the same replies) and count
 //! alike. The fakes call back into the glue where Envoy does: a local reply
-//! ends the stream from inside the call that sends it.
+//! ends the stream from inside the call that sends it (the dynamic module's),
+//! or from inside the after-call actions of the VM callback that sent it,
+//! nested as Envoy nests them (the proxy-wasm VM's; see [`FakeProxyWasm`]).
 //!
 //! The drift cases the two builds once had each have a script here: a
 //! request given up for want of a token must get that Status even when the
@@ -14,13 +16,14 @@
 //! build aliased the stream and lost the count).
 
 use podward::config::Config;
+use podward::engine::BATCH_TICK_MS;
 use podward::headers::HeaderList;
 use podward::host::{Level, Log};
 use podward::status::LocalReply;
 use podward_native::{EnvoyHost, Headers, Shared, Stream};
 use podward_wasm::{Action, ProxyWasm, Vm};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,6 +100,8 @@ trait Build {
     fn hang_up(&mut self, id: u64);
     /// A forwarded request's response arrives and its stream ends.
     fn finish(&mut self, id: u64);
+    /// How soon the host ticks next, as the engine asked.
+    fn tick_period_ms(&self) -> u64;
     fn outcome(&self, id: u64) -> Outcome;
     fn metrics(&mut self) -> Metrics;
 }
@@ -104,6 +109,23 @@ trait Build {
 // ---------------------------------------------------------------------------
 // The proxy-wasm build: a fake VM host.
 
+/// How deep VM calls may nest, callback within callback: the callback that
+/// wakes a batch, then one `proxy_on_log` per request of the batch. Envoy's
+/// V8 overflowed its stack at ~290.
+const MAX_NESTED_VM_CALLS: usize = podward::engine::WAKE_BATCH + 1;
+
+/// What proxy-wasm's host does after a VM callback returns, for what the
+/// callback asked (Envoy's `addAfterVmCallAction`).
+enum AfterCall {
+    Reply(u32, Outcome),
+    Resume(u32),
+}
+
+/// A fake of Envoy's proxy-wasm host. As in proxy-wasm-cpp-host, a local
+/// reply or a resumption is carried out after the VM callback that asked for
+/// it returns (`DeferAfterCallActions`); a reply ends the stream, which calls
+/// `proxy_on_log`, and that callback's own end runs the remaining actions,
+/// from inside it: one more nested VM call per action.
 #[derive(Default)]
 struct FakeProxyWasm {
     vm: RefCell<Weak<Vm<FakeProxyWasm>>>,
@@ -122,6 +144,46 @@ struct FakeProxyWasm {
     metric_names: RefCell<Vec<(String, bool)>>,
     metric_values: RefCell<BTreeMap<u32, u64>>,
     logs: RefCell<Vec<String>>,
+    tick_period_ms: Cell<u64>,
+    after_call: RefCell<VecDeque<AfterCall>>,
+    nested_vm_calls: Cell<usize>,
+}
+
+impl FakeProxyWasm {
+    /// Calls into the VM, then carries out what the call asked for.
+    fn call<R>(&self, callback: impl FnOnce(&Vm<FakeProxyWasm>) -> R) -> R {
+        let vm = self.vm.borrow().upgrade().expect("the VM");
+        let depth = self.nested_vm_calls.get() + 1;
+        assert!(
+            depth <= MAX_NESTED_VM_CALLS,
+            "VM calls nested {depth} deep: the VM's stack would overflow"
+        );
+        self.nested_vm_calls.set(depth);
+        let result = callback(&vm);
+        self.after_call_actions();
+        self.nested_vm_calls.set(depth - 1);
+        result
+    }
+
+    fn after_call_actions(&self) {
+        loop {
+            let action = self.after_call.borrow_mut().pop_front();
+            match action {
+                Some(AfterCall::Reply(context, outcome)) => {
+                    self.outcomes.borrow_mut().insert(context, outcome);
+                    // The stream ends: its log callback, and the actions left.
+                    self.effective.set(context);
+                    self.call(|vm| vm.on_log(context));
+                }
+                Some(AfterCall::Resume(context)) => {
+                    let headers = self.contexts.borrow()[&context].clone();
+                    let forwarded = Outcome::Forwarded(pairs(&headers));
+                    self.outcomes.borrow_mut().insert(context, forwarded);
+                }
+                None => return,
+            }
+        }
+    }
 }
 
 impl Log for FakeProxyWasm {
@@ -134,7 +196,9 @@ impl ProxyWasm for FakeProxyWasm {
     fn now_ms(&self) -> u64 {
         self.now_ms.get()
     }
-    fn set_tick_period_ms(&self, _: u64) {}
+    fn set_tick_period_ms(&self, period_ms: u64) {
+        self.tick_period_ms.set(period_ms);
+    }
     fn set_effective_context(&self, context: u32) -> bool {
         self.effective.set(context);
         context == 1 || self.contexts.borrow().contains_key(&context)
@@ -170,17 +234,15 @@ impl ProxyWasm for FakeProxyWasm {
     }
     fn send_local_response(&self, reply: &LocalReply) -> bool {
         let context = self.effective.get();
-        self.outcomes.borrow_mut().insert(context, replied(reply));
-        // Envoy logs the stream at once, from inside the call.
-        let vm = self.vm.borrow().upgrade().expect("the VM");
-        vm.on_log(context);
+        let action = AfterCall::Reply(context, replied(reply));
+        self.after_call.borrow_mut().push_back(action);
         true
     }
     fn resume_request(&self) {
         let context = self.effective.get();
-        let headers = self.contexts.borrow()[&context].clone();
-        let forwarded = Outcome::Forwarded(pairs(&headers));
-        self.outcomes.borrow_mut().insert(context, forwarded);
+        self.after_call
+            .borrow_mut()
+            .push_back(AfterCall::Resume(context));
     }
     fn http_call(&self, _: &str, headers: &[(&[u8], &[u8])], _: u64) -> Result<u32, u32> {
         assert_eq!(self.effective.get(), 1, "fetches belong to the root");
@@ -246,14 +308,15 @@ impl WasmBuild {
             let size = answer.1.len();
             *self.fake().answer.borrow_mut() = answer;
             self.fake().effective.set(ROOT);
-            self.vm.on_http_call_response(ROOT, token, size);
+            self.fake()
+                .call(|vm| vm.on_http_call_response(ROOT, token, size));
         }
     }
 
     fn end(&self, context: u32) {
         self.fake().effective.set(context);
-        self.vm.on_log(context);
-        self.vm.on_delete(context);
+        self.fake().call(|vm| vm.on_log(context));
+        self.fake().call(|vm| vm.on_delete(context));
         self.fake().contexts.borrow_mut().remove(&context);
     }
 }
@@ -261,7 +324,7 @@ impl WasmBuild {
 impl Build for WasmBuild {
     fn configure(&mut self, config: &str) -> bool {
         *self.fake().config.borrow_mut() = config.as_bytes().to_vec();
-        self.vm.on_configure(ROOT, config.len())
+        self.fake().call(|vm| vm.on_configure(ROOT, config.len()))
     }
     fn write(&mut self, path: &str, content: &[u8]) {
         let mut files = self.fake().files.borrow_mut();
@@ -276,7 +339,7 @@ impl Build for WasmBuild {
         let headers = request_headers(method, path);
         self.fake().contexts.borrow_mut().insert(context, headers);
         self.fake().effective.set(context);
-        if self.vm.on_request_headers(context) == Action::Continue {
+        if self.fake().call(|vm| vm.on_request_headers(context)) == Action::Continue {
             let headers = self.fake().contexts.borrow()[&context].clone();
             let forwarded = Outcome::Forwarded(pairs(&headers));
             self.fake().outcomes.borrow_mut().insert(context, forwarded);
@@ -289,7 +352,7 @@ impl Build for WasmBuild {
     fn tick(&mut self, now_ms: u64) {
         self.fake().now_ms.set(now_ms);
         self.fake().effective.set(ROOT);
-        self.vm.on_tick(ROOT);
+        self.fake().call(|vm| vm.on_tick(ROOT));
         self.deliver();
         let answered: Vec<u32> = self
             .fake()
@@ -309,6 +372,9 @@ impl Build for WasmBuild {
     }
     fn finish(&mut self, id: u64) {
         self.end(context(id));
+    }
+    fn tick_period_ms(&self) -> u64 {
+        self.fake().tick_period_ms.get()
     }
     fn outcome(&self, id: u64) -> Outcome {
         let outcomes = self.fake().outcomes.borrow();
@@ -567,6 +633,10 @@ impl Build for NativeBuild {
     fn finish(&mut self, id: u64) {
         complete_and_destroy(id);
     }
+    fn tick_period_ms(&self) -> u64 {
+        let shared = self.shared.as_ref().expect("configured");
+        u64::try_from(shared.tick_interval().as_millis()).unwrap()
+    }
     fn outcome(&self, id: u64) -> Outcome {
         let outcomes = self.fake().outcomes.lock().unwrap();
         outcomes.get(&id).cloned().unwrap_or(Outcome::Held)
@@ -599,6 +669,9 @@ enum Event {
     Remove(&'static str),
     Request(u64, &'static str, &'static str),
     Tick(u64),
+    /// Ticks as often as the engine asks, for as long as it asks for its
+    /// short period: until every request it decided on is woken.
+    Settle,
     HangUp(u64),
     Finish(u64),
 }
@@ -621,6 +694,7 @@ fn both(config: &str, script: &[Event]) -> (BTreeMap<u64, Outcome>, Metrics) {
     for build in &mut builds {
         assert!(build.configure(config));
         let mut ids = Vec::new();
+        let mut now = 0;
         for event in script {
             match *event {
                 Write(path, content) => build.write(path, content),
@@ -629,7 +703,16 @@ fn both(config: &str, script: &[Event]) -> (BTreeMap<u64, Outcome>, Metrics) {
                     ids.push(id);
                     build.request(id, method, path);
                 }
-                Tick(now_ms) => build.tick(now_ms),
+                Tick(now_ms) => {
+                    now = now_ms;
+                    build.tick(now_ms);
+                }
+                Settle => {
+                    while build.tick_period_ms() == BATCH_TICK_MS {
+                        now += BATCH_TICK_MS;
+                        build.tick(now);
+                    }
+                }
                 HangUp(id) => build.hang_up(id),
                 Finish(id) => build.finish(id),
             }
@@ -706,6 +789,7 @@ fn the_first_token_releases_the_waiting_requests_alike() {
             Write(TOKEN, b"token-1"),
             Write(LABELS, b"app=\"web\""),
             Tick(100),
+            Settle,
             Finish(1),
             Request(3, "GET", PODS),
             Finish(3),
@@ -811,6 +895,7 @@ fn refresh_failures_and_a_policy_swap_mid_burst_are_handled_alike() {
             Write(TOKEN, b"token-1"),
             Write(POLICY, br#"{"preset": "read-only"}"#),
             Tick(100),
+            Settle,
             Request(2, "GET", PODS),
             Finish(2),
             Write(TOKEN, b"two words"),
@@ -859,4 +944,45 @@ fn probes_and_refusals_are_answered_alike() {
     assert_eq!(bearer(&outcomes[&9]), Some("Bearer token-1"));
     assert_eq!(code(&outcomes[&2]), 200);
     assert_eq!(code(&outcomes[&3]), 400);
+}
+
+/// A crowd held for the first token: alternately allowed and denied.
+fn crowd(size: u64) -> Vec<Event> {
+    (1..=size)
+        .map(|id| match id % 2 {
+            0 => Request(id, "POST", EXEC),
+            _ => Request(id, "GET", PODS),
+        })
+        .collect()
+}
+
+#[test]
+fn a_crowd_released_at_once_is_answered_alike_without_nesting_the_vm_past_a_batch() {
+    // Each wasm VM callback once woke every held request: 2,000 VM calls
+    // nested, and Envoy's V8 overflowed its stack at ~290.
+    let mut script = vec![Tick(0)];
+    script.extend(crowd(2000));
+    script.extend([Write(TOKEN, b"token-1"), Tick(100), Settle]);
+    let (outcomes, metrics) = both("", &script);
+    for (id, outcome) in &outcomes {
+        match id % 2 {
+            0 => assert_eq!(code(outcome), 403, "request {id}"),
+            _ => assert_eq!(bearer(outcome), Some("Bearer token-1"), "request {id}"),
+        }
+    }
+    let denied = [("reason", "policy_denied")];
+    assert_eq!(
+        counted(&metrics, "podward_local_replies_total", &denied),
+        1000
+    );
+}
+
+#[test]
+fn a_crowd_given_up_is_answered_alike_without_nesting_the_vm_past_a_batch() {
+    let mut script = vec![Tick(0)];
+    script.extend(crowd(2000));
+    script.extend([Tick(100), Tick(500), Settle]);
+    let (outcomes, metrics) = both(r#"{"startup_wait_ms": 500}"#, &script);
+    assert!(outcomes.values().all(|outcome| code(outcome) == 503));
+    assert_eq!(no_token(&metrics), 2000);
 }

@@ -46,6 +46,8 @@ struct Root {
     fetches: Vec<(u32, FileRead)>,
     /// Metric ids by tagged name, defined on first use: a few dozen at most.
     metric_ids: Vec<(String, u32)>,
+    /// The tick period last set: the engine's, changed only when it changes.
+    tick_period_ms: u64,
 }
 
 /// The request of the effective context, as the engine sees it.
@@ -102,6 +104,7 @@ impl<A: ProxyWasm> Vm<A> {
                 engine: None,
                 fetches: Vec::new(),
                 metric_ids: Vec::new(),
+                tick_period_ms: 0,
             });
         } else {
             state.streams.push((context, parent));
@@ -122,8 +125,8 @@ impl<A: ProxyWasm> Vm<A> {
         let Some(engine) = Engine::configure(&config, env, Start::OnFirstRequest, &self.abi) else {
             return false;
         };
-        self.abi.set_tick_period_ms(engine.tick_interval_ms());
         self.with_root(root, |root| root.engine = Some(engine));
+        self.schedule_ticks(root);
         // The series the configuration tells are exported at zero at once.
         self.flush_metrics(root);
         true
@@ -136,6 +139,7 @@ impl<A: ProxyWasm> Vm<A> {
         };
         self.wake(root, tick.wake);
         self.start_reads(root, tick.read);
+        self.schedule_ticks(root);
         self.flush_metrics(root);
     }
 
@@ -203,8 +207,8 @@ impl<A: ProxyWasm> Vm<A> {
         true
     }
 
-    /// Wakes each held request: the engine says whether it is served or
-    /// answered. The state is not borrowed while the host acts.
+    /// Wakes each held request of a batch: the engine says whether it is
+    /// served or answered. The state is not borrowed while the host acts.
     fn wake(&self, root: u32, contexts: Vec<u32>) {
         for context in contexts {
             // The client may have gone away while it waited.
@@ -259,10 +263,23 @@ impl<A: ProxyWasm> Vm<A> {
 
     fn read_done(&self, root: u32, read: &FileRead, result: Result<Vec<u8>, String>) {
         let now = self.abi.now_ms();
-        let wake = self.with_engine(root, |engine| {
+        self.with_engine(root, |engine| {
             engine.on_read_done(read, result, now, &self.abi)
         });
-        self.wake(root, wake.unwrap_or_default());
+        self.schedule_ticks(root);
+    }
+
+    /// Sets the tick period the engine asks for, if it changed: short while
+    /// held requests wait for their batch.
+    fn schedule_ticks(&self, root: u32) {
+        let changed = self.with_root(root, |root| {
+            let period = root.engine.as_ref()?.tick_interval_ms();
+            let last = core::mem::replace(&mut root.tick_period_ms, period);
+            (last != period).then_some(period)
+        });
+        if let Some(period) = changed.flatten() {
+            self.abi.set_tick_period_ms(period);
+        }
     }
 
     /// Carries out the engine's answer for the effective context's request.
