@@ -112,6 +112,8 @@ pub struct Handled<'r> {
     pub refusal: Option<Refusal>,
     pub request: Option<RequestInfo<'r>>,
     pub rule: Option<&'r RuleRef>,
+    /// The dry-run deny rule that would have refused the request.
+    pub dry_run: Option<&'r RuleRef>,
 }
 
 impl<'r> Handled<'r> {
@@ -123,27 +125,7 @@ impl<'r> Handled<'r> {
             (Decision::Reply(_), Some(refusal)) => refusal.as_str(),
             (Decision::Reply(_), None) => "reply",
         };
-        let rule = self.rule.map(RuleRef::as_str).unwrap_or_default();
-        let mut fields = vec![("decision", decision), ("rule", rule)];
-        if let Some(request) = &self.request {
-            fields.extend([
-                ("verb", request.verb),
-                ("group", request.api_group),
-                ("resource", request.resource),
-                ("subresource", request.subresource),
-                ("namespace", request.namespace),
-                ("name", &request.name),
-            ]);
-        }
-        let mut record = String::with_capacity(256);
-        for (key, value) in fields {
-            record.push(if record.is_empty() { '{' } else { ',' });
-            push_json_string(&mut record, key);
-            record.push(':');
-            push_json_string(&mut record, value);
-        }
-        record.push('}');
-        record
+        access_record(decision, self.rule, self.request.as_ref(), self.dry_run)
     }
 
     pub fn refused(
@@ -157,7 +139,70 @@ impl<'r> Handled<'r> {
             refusal: Some(refusal),
             request,
             rule,
+            dry_run: None,
         }
+    }
+}
+
+/// The access record's JSON: `decision` (`forward`, or the refusal), the rule
+/// that decided, the request as the API server will read it, and the dry-run
+/// rule that would have denied it.
+pub fn access_record(
+    decision: &str,
+    rule: Option<&RuleRef>,
+    request: Option<&RequestInfo>,
+    dry_run: Option<&RuleRef>,
+) -> String {
+    let rule = rule.map(RuleRef::as_str).unwrap_or_default();
+    let mut fields = vec![("decision", decision), ("rule", rule)];
+    if let Some(request) = request {
+        fields.extend([
+            ("verb", request.verb),
+            ("group", request.api_group),
+            ("resource", request.resource),
+            ("subresource", request.subresource),
+            ("namespace", request.namespace),
+            ("name", &request.name),
+        ]);
+    }
+    if let Some(dry_run) = dry_run {
+        fields.extend([("dry_run", "deny"), ("dry_run_rule", dry_run.as_str())]);
+    }
+    let mut record = String::with_capacity(256);
+    for (key, value) in fields {
+        record.push(if record.is_empty() { '{' } else { ',' });
+        push_json_string(&mut record, key);
+        record.push(':');
+        push_json_string(&mut record, value);
+    }
+    record.push('}');
+    record
+}
+
+/// What [`judge`] made of a request.
+#[derive(Debug)]
+pub enum Judged<'r> {
+    Allowed(Allowed<'r>),
+    Refused(Handled<'r>),
+}
+
+/// A request podward's policy lets through: what it is, and the decision.
+#[derive(Debug)]
+pub struct Allowed<'r> {
+    pub request: RequestInfo<'r>,
+    pub decision: crate::policy::Decision<'r>,
+}
+
+impl Allowed<'_> {
+    /// The access record of the request forwarded.
+    pub fn access_record(&self) -> String {
+        let decision = &self.decision;
+        access_record(
+            "forward",
+            Some(decision.rule),
+            Some(&self.request),
+            decision.dry_run,
+        )
     }
 }
 
@@ -187,8 +232,14 @@ pub fn serve(
         .request
         .as_ref()
         .map(|request| series.series_for(request));
-    if handled.refusal.is_some() || config.access_record == AccessRecord::All {
+    if handled.refusal.is_some()
+        || config.access_record == AccessRecord::All
+        || handled.dry_run.is_some()
+    {
         host.set_access_record(&handled.access_record());
+    }
+    if let Some(rule) = handled.dry_run {
+        counts.count(Counter::PolicyDryRunDenied { rule });
     }
     let (refusal, status) = match handled.decision {
         Decision::Forward(rewrite) => {
@@ -257,38 +308,10 @@ pub fn handle<'r>(
     now_s: u64,
     headers: &'r HeaderList,
 ) -> Handled<'r> {
-    let host = headers.get(":authority").unwrap_or_default();
-    if !host_accepted(&config.accept_hosts, host) {
-        let message = format!(
-            "host {} is not accepted by podward (accept_hosts: {})",
-            Quoted(&String::from_utf8_lossy(host)),
-            config.accept_hosts.join(", ")
-        );
-        let status = Status::forbidden(message, Details::default());
-        return Handled::refused(Refusal::HostNotAccepted, status, None, None);
-    }
-
-    let method = headers.get_str(":method").unwrap_or_default();
-    // A path that is not UTF-8 has bytes `classify` refuses anyway.
-    let path = headers.get_str(":path").unwrap_or("\u{0}");
-    let request = match classify(method, path) {
-        Ok(request) => request,
-        Err(why) => {
-            let status = Status::bad_request(format!("podward refused the request path: {why}"));
-            return Handled::refused(Refusal::Unclassifiable, status, None, None);
-        }
+    let Allowed { request, decision } = match judge(config, policy, &identity.namespace, headers) {
+        Judged::Allowed(allowed) => allowed,
+        Judged::Refused(refused) => return refused,
     };
-
-    let decision = policy.decide(&request, &identity.namespace);
-    if decision.effect == Effect::Deny {
-        let status = forbidden(&request, decision.rule, &identity.namespace);
-        return Handled::refused(
-            Refusal::PolicyDenied,
-            status,
-            Some(request),
-            Some(decision.rule),
-        );
-    }
 
     if let Freshness::Expired { expired_for_s } = identity
         .token
@@ -300,12 +323,15 @@ pub fn handle<'r>(
             config.token.expiry_skew_seconds
         );
         let status = Status::unavailable(message, 1);
-        return Handled::refused(
-            Refusal::TokenExpired,
-            status,
-            Some(request),
-            Some(decision.rule),
-        );
+        return Handled {
+            dry_run: decision.dry_run,
+            ..Handled::refused(
+                Refusal::TokenExpired,
+                status,
+                Some(request),
+                Some(decision.rule),
+            )
+        };
     }
 
     let keep_client_credentials = config.token.client_authorization
@@ -341,7 +367,63 @@ pub fn handle<'r>(
         refusal: None,
         request: Some(request),
         rule: Some(decision.rule),
+        dry_run: decision.dry_run,
     }
+}
+
+/// The part of the request path that needs no credentials: the `Host`
+/// check, the classification and the policy. The refusal, or what the policy
+/// allowed; `self_namespace` is what `$self` means. `podward-policy explain`
+/// runs this same function.
+pub fn judge<'r>(
+    config: &'r Config,
+    policy: &'r Policy,
+    self_namespace: &str,
+    headers: &'r HeaderList,
+) -> Judged<'r> {
+    let host = headers.get(":authority").unwrap_or_default();
+    if !host_accepted(&config.accept_hosts, host) {
+        let message = format!(
+            "host {} is not accepted by podward (accept_hosts: {})",
+            Quoted(&String::from_utf8_lossy(host)),
+            config.accept_hosts.join(", ")
+        );
+        let status = Status::forbidden(message, Details::default());
+        return Judged::Refused(Handled::refused(
+            Refusal::HostNotAccepted,
+            status,
+            None,
+            None,
+        ));
+    }
+
+    let method = headers.get_str(":method").unwrap_or_default();
+    // A path that is not UTF-8 has bytes `classify` refuses anyway.
+    let path = headers.get_str(":path").unwrap_or("\u{0}");
+    let request = match classify(method, path) {
+        Ok(request) => request,
+        Err(why) => {
+            let status = Status::bad_request(format!("podward refused the request path: {why}"));
+            return Judged::Refused(Handled::refused(
+                Refusal::Unclassifiable,
+                status,
+                None,
+                None,
+            ));
+        }
+    };
+
+    let decision = policy.decide(&request, self_namespace);
+    if decision.effect == Effect::Deny {
+        let status = forbidden(&request, decision.rule, self_namespace);
+        return Judged::Refused(Handled::refused(
+            Refusal::PolicyDenied,
+            status,
+            Some(request),
+            Some(decision.rule),
+        ));
+    }
+    Judged::Allowed(Allowed { request, decision })
 }
 
 /// Worded like the API server's own 403 (`pods "web" is forbidden: …`), so
@@ -916,6 +998,91 @@ mod tests {
         serve_with(&mut host, r#"{"access_record": "all"}"#, "GET", "/api");
         assert_eq!(host.records.len(), 1);
         assert!(host.records[0].starts_with(r#"{"decision":"forward""#));
+    }
+
+    #[test]
+    fn a_dry_run_denial_is_forwarded_recorded_and_counted() {
+        let config = r#"{"policy": {"preset": "kubectl-proxy", "rules": [
+            {"name": "no-secrets", "action": "deny", "dryRun": true, "verbs": ["*"],
+             "apiGroups": [""], "resources": ["secrets"]}]}}"#;
+        let mut host = MockHost::default();
+        let (served, counted) =
+            serve_with(&mut host, config, "GET", "/api/v1/namespaces/a/secrets");
+        assert!(served.reply.is_none(), "a dry-run deny forwards");
+        assert_eq!(
+            host.headers.get_str("authorization"),
+            Some("Bearer pod-token")
+        );
+        assert_eq!(
+            host.records,
+            [
+                r#"{"decision":"forward","rule":"kubectl-proxy/default","verb":"list","group":"","resource":"secrets","subresource":"","namespace":"a","name":"","dry_run":"deny","dry_run_rule":"rules/no-secrets"}"#
+            ],
+            "recorded although access_record is \"refusals\""
+        );
+        assert_eq!(
+            counted,
+            ["rule=.=rules/no-secrets;.;podward_policy_dry_run_denied_total"]
+        );
+
+        // Denied anyway: the enforced rule decides, and no dry-run is recorded or counted.
+        host.records.clear();
+        let (served, counted) = serve_with(
+            &mut host,
+            config,
+            "POST",
+            "/api/v1/namespaces/a/pods/p/exec",
+        );
+        assert_eq!(served.reply.unwrap().code, 403);
+        assert!(!host.records[0].contains("dry_run"), "{:?}", host.records);
+        assert!(
+            !counted.iter().any(|c| c.contains("dry_run")),
+            "{counted:?}"
+        );
+
+        // Not matched: nothing recorded.
+        host.records.clear();
+        let (_, counted) = serve_with(&mut host, config, "GET", "/api/v1/namespaces/a/pods");
+        assert!(host.records.is_empty() && counted.is_empty());
+    }
+
+    #[test]
+    fn a_whole_policy_in_dry_run_is_recorded_while_the_default_preset_is_enforced() {
+        let config = r#"{"policy": {"dryRun": true, "default_action": "deny", "rules": [
+            {"name": "read-pods", "action": "allow", "verbs": ["get", "list"],
+             "apiGroups": [""], "resources": ["pods"], "namespaces": ["$self"]},
+            {"name": "exec", "action": "allow", "verbs": ["create"],
+             "apiGroups": [""], "resources": ["pods/exec"]}]}}"#;
+        let mut host = MockHost::default();
+        let (served, _) = serve_with(&mut host, config, "GET", "/api/v1/namespaces/team-a/pods");
+        assert!(served.reply.is_none() && host.records.is_empty());
+        let (served, counted) = serve_with(
+            &mut host,
+            config,
+            "DELETE",
+            "/api/v1/namespaces/team-a/pods/p",
+        );
+        assert!(served.reply.is_none());
+        assert!(
+            host.records[0].ends_with(r#""dry_run":"deny","dry_run_rule":"rules/default"}"#),
+            "{:?}",
+            host.records
+        );
+        assert_eq!(
+            counted,
+            ["rule=.=rules/default;.;podward_policy_dry_run_denied_total"]
+        );
+        // What the candidate allows beyond the default preset stays denied: a
+        // dry-run never loosens it.
+        let (served, _) = serve_with(
+            &mut host,
+            config,
+            "POST",
+            "/api/v1/namespaces/team-a/pods/p/exec",
+        );
+        let status = served.reply.unwrap();
+        assert_eq!(status.code, 403);
+        assert!(status.message.contains("kubectl-proxy/no-exec-or-attach"));
     }
 
     #[test]

@@ -9,11 +9,19 @@
 //! Allow rules mean exactly what RBAC means. Deny rules are conservative: they
 //! also stop every request that could read or change what they name, so that a
 //! deny cannot be listed around (see [`deny_matches`]).
+//!
+//! Dry-run: a deny rule marked `dryRun` decides nothing; when it is the first
+//! rule to match a request the enforced decision allows, the decision names it
+//! ([`Decision::dry_run`]), so that podward can record that the request would
+//! have been denied. A whole policy marked `dryRun` is the candidate, while the
+//! [`DEFAULT_PRESET`] is enforced in its place: trying out a policy never loosens
+//! the shipped default, and enforcing it is one edit (deleting `dryRun`).
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::prelude::*;
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
 use crate::status::Quoted;
+use alloc::boxed::Box;
 use core::fmt;
 use serde_json::Value;
 
@@ -29,6 +37,8 @@ const EFFECTS: &[(&str, Effect)] = &[("allow", Effect::Allow), ("deny", Effect::
 pub struct Rule {
     pub name: String,
     pub action: Effect,
+    /// A deny rule that is only recorded, never enforced.
+    pub dry_run: bool,
     pub verbs: Vec<String>,
     pub api_groups: Vec<String>,
     pub resources: Vec<String>,
@@ -43,12 +53,15 @@ pub struct PolicyConfig {
     pub preset: Option<String>,
     pub rules: Vec<Rule>,
     pub default_action: Option<Effect>,
+    /// The whole policy is tried out, with [`DEFAULT_PRESET`] enforced meanwhile.
+    pub dry_run: bool,
 }
 
 impl PolicyConfig {
     pub fn read(mut object: Object) -> Result<PolicyConfig, FieldError> {
         let preset = object.string("preset")?;
         let default_action = object.choice("default_action", EFFECTS)?;
+        let dry_run = object.boolean("dryRun")?.unwrap_or(false);
         let rules = object
             .list("rules")?
             .unwrap_or_default()
@@ -60,6 +73,7 @@ impl PolicyConfig {
             preset,
             rules,
             default_action,
+            dry_run,
         })
     }
 }
@@ -71,10 +85,12 @@ impl Rule {
         let action = object
             .choice("action", EFFECTS)?
             .ok_or_else(|| field_error(object.path_of("action"), "is required: allow or deny"))?;
+        let dry_run = object.boolean("dryRun")?.unwrap_or(false);
         let mut list = |key| object.strings(key).map(Option::unwrap_or_default);
         let rule = Rule {
             name,
             action,
+            dry_run,
             verbs: list("verbs")?,
             api_groups: list("apiGroups")?,
             resources: list("resources")?,
@@ -163,8 +179,12 @@ impl fmt::Display for RuleRef {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'p> {
+    /// What is enforced, and the rule (or default) that decided it.
     pub effect: Effect,
     pub rule: &'p RuleRef,
+    /// When the request is allowed but a dry-run deny would have stopped it:
+    /// that rule.
+    pub dry_run: Option<&'p RuleRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +192,8 @@ pub struct Policy {
     rules: Vec<(RuleRef, Rule)>,
     default_effect: Effect,
     default_rule: RuleRef,
+    /// A policy in dry-run as a whole: what is enforced in its place.
+    baseline: Option<Box<Policy>>,
 }
 
 const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "delete", "options"];
@@ -216,35 +238,114 @@ impl Policy {
             }
         }
         let default_rule = RuleRef::new(config.preset.as_deref().unwrap_or("rules"), "default");
+        let baseline = match config.dry_run {
+            false => None,
+            true => Some(Box::new(Policy::build(&PolicyConfig {
+                preset: Some(DEFAULT_PRESET.into()),
+                ..PolicyConfig::default()
+            })?)),
+        };
         Ok(Policy {
             rules,
             default_effect,
             default_rule,
+            baseline,
         })
     }
 
-    /// The first rule that matches decides; `self_namespace` is what `$self` means.
+    /// The first rule that matches and is not dry-run decides; `self_namespace`
+    /// is what `$self` means. A dry-run deny met on the way is named when the
+    /// request is allowed.
     pub fn decide(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        if let Some(baseline) = &self.baseline {
+            let enforced = baseline.decide(request, self_namespace);
+            let candidate = self.candidate(request, self_namespace);
+            let would_deny = enforced.effect == Effect::Allow && candidate.effect == Effect::Deny;
+            return Decision {
+                dry_run: would_deny.then_some(candidate.rule),
+                ..enforced
+            };
+        }
+        let mut dry_run = None;
         for (rule_ref, rule) in &self.rules {
             if matches(rule, request, self_namespace) {
+                if rule.dry_run {
+                    dry_run = dry_run.or(Some(rule_ref));
+                    continue;
+                }
                 return Decision {
                     effect: rule.action,
                     rule: rule_ref,
+                    dry_run: dry_run.filter(|_| rule.action == Effect::Allow),
                 };
             }
         }
         Decision {
             effect: self.default_effect,
             rule: &self.default_rule,
+            dry_run: dry_run.filter(|_| self.default_effect == Effect::Allow),
         }
     }
 
-    /// Every rule that can decide, the default included.
+    /// What the policy would decide were nothing in it dry-run: the first
+    /// matching rule, dry-run or not, decides (the policy's own rules when the
+    /// whole policy is dry-run). `dry_run` is always `None`.
+    pub fn candidate(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        let (effect, rule) = self
+            .rules
+            .iter()
+            .find(|(_, rule)| matches(rule, request, self_namespace))
+            .map_or(
+                (self.default_effect, &self.default_rule),
+                |(rule_ref, rule)| (rule.action, rule_ref),
+            );
+        Decision {
+            effect,
+            rule,
+            dry_run: None,
+        }
+    }
+
+    /// Whether anything in the policy is dry-run.
+    pub fn has_dry_run(&self) -> bool {
+        self.baseline.is_some() || self.rules.iter().any(|(_, rule)| rule.dry_run)
+    }
+
+    /// Every rule that can decide what is enforced, the default included.
     pub fn rule_refs(&self) -> impl Iterator<Item = &RuleRef> {
+        let enforced = self.baseline.as_deref().unwrap_or(self);
+        enforced
+            .rules
+            .iter()
+            .filter(|(_, rule)| !rule.dry_run)
+            .map(|(rule_ref, _)| rule_ref)
+            .chain(core::iter::once(&enforced.default_rule))
+    }
+
+    /// Every rule a [`Decision::dry_run`] can name.
+    pub fn dry_run_refs(&self) -> impl Iterator<Item = &RuleRef> {
+        let whole = self.baseline.is_some();
+        let default = (whole && self.default_effect == Effect::Deny).then_some(&self.default_rule);
         self.rules
             .iter()
+            .filter(move |(_, rule)| rule.action == Effect::Deny && (whole || rule.dry_run))
             .map(|(rule_ref, _)| rule_ref)
-            .chain(core::iter::once(&self.default_rule))
+            .chain(default)
+    }
+
+    /// The rules in order, each with the name decisions give it, then the
+    /// default: for tools that read a policy (`podward-policy lint`).
+    pub fn rules(&self) -> &[(RuleRef, Rule)] {
+        &self.rules
+    }
+
+    pub fn default_decision(&self) -> (Effect, &RuleRef) {
+        (self.default_effect, &self.default_rule)
+    }
+
+    /// What a whole policy in dry-run enforces meanwhile.
+    pub fn baseline(&self) -> Option<&Policy> {
+        self.baseline.as_deref()
     }
 }
 
@@ -271,6 +372,14 @@ fn check_rule(rule: &Rule) -> Result<(), (&'static str, String)> {
     }
     if rule.verbs.is_empty() {
         return Err(("verbs", "must name at least one verb, or \"*\"".into()));
+    }
+    if rule.dry_run && rule.action == Effect::Allow {
+        return Err((
+            "dryRun",
+            "only a deny rule can be dry-run (an allow rule decides as soon as it matches); \
+             to try out a policy that allows more, mark the whole policy \"dryRun\""
+                .into(),
+        ));
     }
     let is_resource_rule = !rule.resources.is_empty();
     let is_non_resource_rule = !rule.non_resource_urls.is_empty();
@@ -399,7 +508,9 @@ fn namespace_problem(namespace: &str) -> Option<&'static str> {
     }
 }
 
-fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
+/// Whether `rule` matches, by its action's meaning (see [`allow_matches`] and
+/// [`deny_matches`]).
+pub fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
     match rule.action {
         Effect::Allow => allow_matches(rule, request, self_namespace),
         Effect::Deny => deny_matches(rule, request, self_namespace),
@@ -407,7 +518,7 @@ fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
 }
 
 /// RBAC's own matching.
-fn allow_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
+pub fn allow_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
     rule.verbs.iter().any(|v| v == "*" || v == request.verb)
         && scope_matches(rule, request)
         && (rule.resource_names.is_empty()
@@ -446,7 +557,7 @@ pub fn deny_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) ->
 }
 
 /// Verbs that read or change the same objects the same way.
-fn verb_family(verb: &str) -> &str {
+pub fn verb_family(verb: &str) -> &str {
     match verb {
         "list" | "watch" => "get",
         "patch" => "update",
@@ -985,6 +1096,219 @@ mod tests {
         );
     }
 
+    /// (enforced effect, enforced rule, dry-run rule, candidate rule)
+    fn dry_run_decision(
+        policy: &Policy,
+        method: &str,
+        path: &str,
+    ) -> (Effect, String, Option<String>, String) {
+        let request = classify(method, path).unwrap();
+        let decision = policy.decide(&request, "team-a");
+        let candidate = policy.candidate(&request, "team-a");
+        assert_eq!(candidate.dry_run, None);
+        (
+            decision.effect,
+            decision.rule.to_string(),
+            decision.dry_run.map(ToString::to_string),
+            candidate.rule.to_string(),
+        )
+    }
+
+    #[test]
+    fn dry_run_rules_are_named_when_the_enforced_decision_allows() {
+        use Effect::{Allow, Deny};
+        let p = policy(
+            r#"{"default_action": "allow", "rules": [
+                {"name": "try-no-secrets", "action": "deny", "dryRun": true, "verbs": ["*"],
+                 "apiGroups": [""], "resources": ["secrets"]},
+                {"name": "try-no-secret-reads", "action": "deny", "dryRun": true, "verbs": ["get"],
+                 "apiGroups": [""], "resources": ["secrets", "configmaps"]},
+                {"name": "no-kube-system", "action": "deny", "verbs": ["*"], "apiGroups": ["*"],
+                 "resources": ["*"], "namespaces": ["kube-system"]},
+                {"name": "own-configmaps", "action": "allow", "verbs": ["*"], "apiGroups": [""],
+                 "resources": ["configmaps"], "namespaces": ["$self"]},
+                {"name": "try-no-configmap-writes", "action": "deny", "dryRun": true,
+                 "verbs": ["update"], "apiGroups": [""], "resources": ["configmaps"]}]}"#,
+        );
+        let ns = "/api/v1/namespaces";
+        let some = |rule: &str| Some(format!("rules/{rule}"));
+        type Case<'a> = (&'a str, &'a str, Effect, &'a str, Option<String>, &'a str);
+        let cases: &[Case] = &[
+            // The first matching dry-run rule is named; the enforced rule decides.
+            (
+                "GET",
+                &format!("{ns}/a/secrets/s"),
+                Allow,
+                "rules/default",
+                some("try-no-secrets"),
+                "rules/try-no-secrets",
+            ),
+            (
+                "GET",
+                &format!("{ns}/a/configmaps"),
+                Allow,
+                "rules/default",
+                some("try-no-secret-reads"),
+                "rules/try-no-secret-reads",
+            ),
+            (
+                "GET",
+                &format!("{ns}/team-a/configmaps"),
+                Allow,
+                "rules/own-configmaps",
+                some("try-no-secret-reads"),
+                "rules/try-no-secret-reads",
+            ),
+            // Denied anyway: nothing would change, nothing is named.
+            (
+                "GET",
+                &format!("{ns}/kube-system/secrets"),
+                Deny,
+                "rules/no-kube-system",
+                None,
+                "rules/try-no-secrets",
+            ),
+            // A dry-run rule after the enforced decision is never reached.
+            (
+                "PUT",
+                &format!("{ns}/team-a/configmaps/c"),
+                Allow,
+                "rules/own-configmaps",
+                None,
+                "rules/own-configmaps",
+            ),
+            (
+                "PUT",
+                &format!("{ns}/b/configmaps/c"),
+                Allow,
+                "rules/default",
+                some("try-no-configmap-writes"),
+                "rules/try-no-configmap-writes",
+            ),
+            // Nothing dry-run matches.
+            (
+                "GET",
+                &format!("{ns}/a/pods"),
+                Allow,
+                "rules/default",
+                None,
+                "rules/default",
+            ),
+        ];
+        for (method, path, effect, rule, dry_run, candidate) in cases {
+            assert_eq!(
+                dry_run_decision(&p, method, path),
+                (
+                    *effect,
+                    rule.to_string(),
+                    dry_run.clone(),
+                    candidate.to_string()
+                ),
+                "{method} {path}"
+            );
+        }
+        assert!(p.has_dry_run());
+        let refs = |refs: &mut dyn Iterator<Item = &RuleRef>| -> Vec<String> {
+            refs.map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            refs(&mut p.rule_refs()),
+            [
+                "rules/no-kube-system",
+                "rules/own-configmaps",
+                "rules/default"
+            ]
+        );
+        assert_eq!(
+            refs(&mut p.dry_run_refs()),
+            [
+                "rules/try-no-secrets",
+                "rules/try-no-secret-reads",
+                "rules/try-no-configmap-writes"
+            ]
+        );
+        assert!(!policy(r#"{"preset": "read-only"}"#).has_dry_run());
+    }
+
+    #[test]
+    fn a_whole_policy_in_dry_run_enforces_the_default_preset() {
+        use Effect::{Allow, Deny};
+        let p = policy(
+            r#"{"dryRun": true, "preset": "read-only", "rules": [
+                {"name": "own-configmaps", "action": "allow", "verbs": ["create"], "apiGroups": [""],
+                 "resources": ["configmaps"], "namespaces": ["$self"]},
+                {"name": "exec", "action": "allow", "verbs": ["create"], "apiGroups": [""],
+                 "resources": ["pods/exec"]}]}"#,
+        );
+        let some = |rule: &str| Some(rule.to_string());
+        let cases = [
+            // Allowed by both.
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods",
+                Allow,
+                "kubectl-proxy/default",
+                None,
+                "read-only/read-resources",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/team-a/configmaps",
+                Allow,
+                "kubectl-proxy/default",
+                None,
+                "rules/own-configmaps",
+            ),
+            // What the candidate would deny is forwarded, and named.
+            (
+                "DELETE",
+                "/api/v1/namespaces/a/pods/p",
+                Allow,
+                "kubectl-proxy/default",
+                some("read-only/default"),
+                "read-only/default",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods/p/portforward",
+                Allow,
+                "kubectl-proxy/default",
+                some("read-only/no-interactive-or-proxy"),
+                "read-only/no-interactive-or-proxy",
+            ),
+            // What the candidate would allow beyond the default stays denied.
+            (
+                "POST",
+                "/api/v1/namespaces/a/pods/p/exec",
+                Deny,
+                "kubectl-proxy/no-exec-or-attach",
+                None,
+                "rules/exec",
+            ),
+        ];
+        for (method, path, effect, rule, dry_run, candidate) in cases {
+            assert_eq!(
+                dry_run_decision(&p, method, path),
+                (effect, rule.to_string(), dry_run, candidate.to_string()),
+                "{method} {path}"
+            );
+        }
+        let refs: Vec<String> = p.rule_refs().map(ToString::to_string).collect();
+        assert_eq!(
+            refs[0], "kubectl-proxy/no-exec-or-attach",
+            "the enforced rules"
+        );
+        let dry: Vec<String> = p.dry_run_refs().map(ToString::to_string).collect();
+        assert_eq!(
+            dry,
+            ["read-only/no-interactive-or-proxy", "read-only/default"]
+        );
+        assert_eq!(
+            p.baseline().map(|b| b.default_decision().0),
+            Some(Effect::Allow)
+        );
+    }
+
     #[test]
     fn bad_policies_name_the_field() {
         let cases = [
@@ -1047,6 +1371,12 @@ mod tests {
                 r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/a*b"]}]}"#,
                 "policy.rules[0].nonResourceURLs",
             ),
+            (
+                r#"{"rules": [
+                {"name": "a", "action": "deny", "dryRun": true, "verbs": ["get"], "nonResourceURLs": ["/x"]},
+                {"name": "b", "action": "allow", "dryRun": true, "verbs": ["get"], "nonResourceURLs": ["/y"]}]}"#,
+                "policy.rules[1].dryRun",
+            ),
         ];
         for (json, field) in cases {
             assert_eq!(
@@ -1055,6 +1385,22 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn dry_run_must_be_true_or_false() {
+        for (json, field) in [
+            (r#"{"dryRun": "yes"}"#, "policy.dryRun"),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "dryRun": 1, "verbs": ["get"], "nonResourceURLs": ["/x"]}]}"#,
+                "policy.rules[0].dryRun",
+            ),
+        ] {
+            let value: Value = serde_json::from_str(json).unwrap();
+            let error = PolicyConfig::read(Object::new(&value, "policy").unwrap()).unwrap_err();
+            assert_eq!(error.field, field, "{json}");
+        }
+        assert!(Policy::parse(br#"{"dryRun": false}"#).is_ok());
     }
 
     #[test]
