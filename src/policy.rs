@@ -196,7 +196,9 @@ pub struct Policy {
     baseline: Option<Box<Policy>>,
 }
 
-const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "delete", "options"];
+/// Every verb a non-resource rule can name.
+pub const NON_RESOURCE_VERBS: &[&str] =
+    &["get", "head", "post", "put", "patch", "delete", "options"];
 
 impl Policy {
     /// A policy file: the same JSON as the configuration's `policy` field.
@@ -568,7 +570,7 @@ pub fn verb_family(verb: &str) -> &str {
 
 /// The verb-independent part of a match: the URL of a non-resource request,
 /// or the group and resource of a resource request.
-fn scope_matches(rule: &Rule, request: &RequestInfo) -> bool {
+pub fn scope_matches(rule: &Rule, request: &RequestInfo) -> bool {
     if !request.is_resource_request {
         return rule
             .non_resource_urls
@@ -639,6 +641,7 @@ pub fn host_accepted(accepted: &[String], host: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy_tables::TABLES;
     use crate::request_info::classify;
 
     fn config(json: &str) -> PolicyConfig {
@@ -648,12 +651,6 @@ mod tests {
 
     fn policy(json: &str) -> Policy {
         Policy::build(&config(json)).unwrap()
-    }
-
-    fn decide(policy: &Policy, method: &str, path: &str) -> (Effect, String) {
-        let request = classify(method, path).unwrap();
-        let decision = policy.decide(&request, "team-a");
-        (decision.effect, decision.rule.to_string())
     }
 
     #[test]
@@ -668,549 +665,40 @@ mod tests {
     }
 
     #[test]
-    fn presets_decide_like_their_documentation() {
-        use Effect::{Allow, Deny};
-        let cases: &[(&str, &str, &str, Effect, &str)] = &[
-            (
-                "kubectl-proxy",
-                "GET",
-                "/api/v1/namespaces/default/pods",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "kubectl-proxy",
-                "DELETE",
-                "/api/v1/namespaces/x/pods/p",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "kubectl-proxy",
-                "POST",
-                "/api/v1/namespaces/x/pods/p/exec",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-            ),
-            (
-                "kubectl-proxy",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/exec?command=sh",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-            ),
-            (
-                "kubectl-proxy",
-                "POST",
-                "/api/v1/namespaces/x/pods/p/attach",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-            ),
-            (
-                "kubectl-proxy",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/log",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "kubectl-proxy",
-                "POST",
-                "/api/v1/namespaces/x/pods/p/portforward",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/pods",
-                Allow,
-                "read-only/read-resources",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/pods?watch=1",
-                Allow,
-                "read-only/read-resources",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/version",
-                Allow,
-                "read-only/read-non-resource-urls",
-            ),
-            (
-                "read-only",
-                "POST",
-                "/api/v1/namespaces/x/pods",
-                Deny,
-                "read-only/default",
-            ),
-            (
-                "read-only",
-                "PATCH",
-                "/apis/apps/v1/namespaces/x/deployments/d",
-                Deny,
-                "read-only/default",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/exec",
-                Deny,
-                "read-only/no-interactive-or-proxy",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/services/s/proxy/admin",
-                Deny,
-                "read-only/no-interactive-or-proxy",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/log",
-                Allow,
-                "read-only/read-resources",
-            ),
-            (
-                "own-namespace",
-                "DELETE",
-                "/api/v1/namespaces/team-a/pods/p",
-                Allow,
-                "own-namespace/own-namespace",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/namespaces/other/pods",
-                Deny,
-                "own-namespace/default",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/pods",
-                Deny,
-                "own-namespace/default",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/nodes",
-                Allow,
-                "own-namespace/read-cluster-scoped",
-            ),
-            (
-                "own-namespace",
-                "DELETE",
-                "/api/v1/nodes/n1",
-                Deny,
-                "own-namespace/default",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/namespaces/team-a",
-                Allow,
-                "own-namespace/own-namespace",
-            ),
-            (
-                "own-namespace",
-                "DELETE",
-                "/api/v1/namespaces/team-a",
-                Deny,
-                "own-namespace/no-namespace-writes",
-            ),
-            (
-                "own-namespace",
-                "PUT",
-                "/api/v1/namespaces/team-a/finalize",
-                Deny,
-                "own-namespace/no-namespace-writes",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/apis",
-                Allow,
-                "own-namespace/read-non-resource-urls",
-            ),
-            (
-                "own-namespace",
-                "POST",
-                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-                Allow,
-                "own-namespace/self-reviews",
-            ),
-        ];
-        for (preset, method, path, effect, rule) in cases {
-            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
-            assert_eq!(
-                decide(&p, method, path),
-                (*effect, rule.to_string()),
-                "{preset}: {method} {path}"
-            );
+    fn the_decision_tables() {
+        for table in TABLES {
+            let p = Policy::parse(table.policy.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", table.name));
+            for case in table.cases {
+                let at = format!("{}: {} {} {}", table.name, case.method, case.path, case.why);
+                let request = classify(case.method, case.path).unwrap();
+                let decision = p.decide(&request, table.self_namespace);
+                let candidate = p.candidate(&request, table.self_namespace);
+                assert_eq!(decision.effect == Effect::Allow, case.allowed, "{at}");
+                if !case.rule.is_empty() {
+                    assert_eq!(decision.rule.as_str(), case.rule, "{at}");
+                }
+                let dry_run = decision.dry_run.map(RuleRef::as_str).unwrap_or_default();
+                assert_eq!(dry_run, case.dry_run, "{at}");
+                if !case.candidate.is_empty() {
+                    assert_eq!(candidate.rule.as_str(), case.candidate, "{at}");
+                }
+                assert_eq!(candidate.dry_run, None, "{at}");
+            }
         }
     }
 
     #[test]
-    fn own_rules_come_before_the_preset() {
-        let p = policy(
-            r#"{"preset": "read-only", "rules": [
-                {"name": "events", "action": "allow", "verbs": ["create"],
-                 "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "namespaces": ["$self"]},
-                {"name": "no-secrets", "action": "deny", "verbs": ["*"],
-                 "apiGroups": [""], "resources": ["secrets"]}]}"#,
-        );
-        let cases = [
-            (
-                "POST",
-                "/api/v1/namespaces/team-a/events",
-                Effect::Allow,
-                "rules/events",
-            ),
-            (
-                "POST",
-                "/api/v1/namespaces/other/events",
-                Effect::Deny,
-                "read-only/default",
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/secrets/s",
-                Effect::Deny,
-                "rules/no-secrets",
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/configmaps",
-                Effect::Allow,
-                "read-only/read-resources",
-            ),
-        ];
-        for (method, path, effect, rule) in cases {
-            assert_eq!(
-                decide(&p, method, path),
-                (effect, rule.into()),
-                "{method} {path}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_unknown_own_namespace_matches_nothing() {
-        let p = policy(r#"{"preset": "own-namespace"}"#);
-        for (method, path) in [
-            ("DELETE", "/api/v1/nodes/n1"),
-            ("GET", "/api/v1/secrets"),
-            ("GET", "/api/v1/namespaces/team-a/pods"),
-        ] {
-            let request = classify(method, path).unwrap();
-            assert_eq!(
-                p.decide(&request, "").effect,
-                Effect::Deny,
-                "{method} {path}"
-            );
-        }
-    }
-
-    #[test]
-    fn rbac_matching_details() {
-        let p = policy(
-            r#"{"default_action": "deny", "rules": [
-                {"name": "scale", "action": "allow", "verbs": ["update"], "apiGroups": ["apps"],
-                 "resources": ["*/scale"]},
-                {"name": "one-cm", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["configmaps"], "resourceNames": ["settings"]},
-                {"name": "pod-subresources", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["pods/*"]},
-                {"name": "health", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/healthz", "/livez/*"]}]}"#,
-        );
-        let cases = [
-            (
-                "PUT",
-                "/apis/apps/v1/namespaces/x/deployments/d/scale",
-                Effect::Allow,
-            ),
-            (
-                "PUT",
-                "/apis/apps/v1/namespaces/x/deployments/d",
-                Effect::Deny,
-            ),
-            (
-                "PUT",
-                "/apis/batch/v1/namespaces/x/jobs/j/scale",
-                Effect::Deny,
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/x/configmaps/settings",
-                Effect::Allow,
-            ),
-            ("GET", "/api/v1/namespaces/x/configmaps/other", Effect::Deny),
-            (
-                "GET",
-                "/api/v1/namespaces/x/configmaps?fieldSelector=metadata.name%3Dsettings",
-                Effect::Deny,
-            ),
-            ("GET", "/api/v1/namespaces/x/pods/p/log", Effect::Allow),
-            ("GET", "/api/v1/namespaces/x/pods/p", Effect::Deny),
-            ("GET", "/healthz", Effect::Allow),
-            ("GET", "/healthz/etcd", Effect::Deny),
-            ("GET", "/livez/ping", Effect::Allow),
-            ("POST", "/healthz", Effect::Deny),
-        ];
-        for (method, path, effect) in cases {
-            assert_eq!(decide(&p, method, path).0, effect, "{method} {path}");
-        }
-    }
-
-    #[test]
-    fn deny_rules_cannot_be_read_around() {
-        use Effect::{Allow, Deny};
-        let p = policy(
-            r#"{"default_action": "allow", "rules": [
-                {"name": "secret-cm", "action": "deny", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["configmaps"], "resourceNames": ["top-secret"], "namespaces": ["team-a"]},
-                {"name": "kube-system", "action": "deny", "verbs": ["*"], "apiGroups": ["*"],
-                 "resources": ["*"], "namespaces": ["kube-system"]},
-                {"name": "no-deleting-leases", "action": "deny", "verbs": ["delete"],
-                 "apiGroups": ["coordination.k8s.io"], "resources": ["leases"]},
-                {"name": "no-editing-quotas", "action": "deny", "verbs": ["update"],
-                 "apiGroups": [""], "resources": ["resourcequotas"], "namespaces": ["$self"]}]}"#,
-        );
-        let cm = "/api/v1/namespaces/team-a/configmaps";
-        let cases: &[(&str, &str, Effect, &str)] = &[
-            // What the rule names, and the other ways to read it.
-            ("GET", "/api/v1/namespaces/team-a/configmaps/top-secret", Deny, "the named object"),
-            ("HEAD", "/api/v1/namespaces/team-a/configmaps/top-secret", Deny, "HEAD is get"),
-            ("GET", cm, Deny, "a list returns it"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?watch=1", Deny, "a watch returns it"),
-            ("GET", "/api/v1/watch/namespaces/team-a/configmaps", Deny, "the old watch form"),
-            ("GET", "/api/v1/configmaps", Deny, "a list across all namespaces"),
-            ("GET", "/api/v1/watch/configmaps", Deny, "a watch across all namespaces"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dtop-secret", Deny, "pinned to it"),
-            ("GET", "/api/v1/configmaps?watch=1&fieldSelector=metadata.name%3Dtop-secret", Deny, "pinned, all namespaces"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dother&labelSelector=a%3Db", Deny, "not pinned once a label selector is set"),
-            // Requests that cannot reach it.
-            ("GET", "/api/v1/namespaces/team-a/configmaps/other", Allow, "another name"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dother", Allow, "pinned to another name"),
-            ("GET", "/api/v1/namespaces/team-b/configmaps", Allow, "another namespace"),
-            ("PATCH", "/api/v1/namespaces/team-a/configmaps/top-secret", Allow, "the rule denies reads only"),
-            ("DELETE", cm, Allow, "the rule denies reads only"),
-            ("POST", cm, Allow, "a create reads nothing"),
-            // A namespace deny reaches every request across all namespaces.
-            ("GET", "/api/v1/namespaces/kube-system/secrets", Deny, "the namespace"),
-            ("GET", "/api/v1/secrets", Deny, "all namespaces"),
-            ("GET", "/apis/apps/v1/deployments?watch=true", Deny, "all namespaces, watched"),
-            ("DELETE", "/api/v1/namespaces/kube-system/pods", Deny, "deletecollection in it"),
-            ("GET", "/api/v1/nodes", Deny, "podward cannot tell a cluster-scoped list from an all-namespaces one"),
-            ("GET", "/api/v1/nodes/n1", Allow, "a named object without a namespace is cluster-scoped"),
-            ("GET", "/api/v1/namespaces/default/secrets", Allow, "another namespace"),
-            // A denied verb denies its family.
-            ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/x/leases/l", Deny, "delete"),
-            ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/x/leases", Deny, "deletecollection"),
-            ("DELETE", "/apis/coordination.k8s.io/v1/leases", Deny, "deletecollection, all namespaces"),
-            ("PUT", "/apis/coordination.k8s.io/v1/namespaces/x/leases/l", Allow, "update is another family"),
-            ("PATCH", "/api/v1/namespaces/team-a/resourcequotas/q", Deny, "patch is update's family"),
-            ("PUT", "/api/v1/namespaces/team-a/resourcequotas/q", Deny, "update"),
-            ("GET", "/api/v1/namespaces/team-a/resourcequotas", Allow, "reads are another family"),
-        ];
-        for (method, path, effect, why) in cases {
-            assert_eq!(
-                decide(&p, method, path).0,
-                *effect,
-                "{method} {path}: {why}"
-            );
-        }
-    }
-
-    #[test]
-    fn allow_rules_keep_rbac_meaning() {
-        let p = policy(
-            r#"{"default_action": "deny", "rules": [
-                {"name": "one-cm", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["configmaps"], "resourceNames": ["settings"], "namespaces": ["team-a"]}]}"#,
-        );
-        for (method, path, effect) in [
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/configmaps/settings",
-                Effect::Allow,
-            ),
-            ("GET", "/api/v1/namespaces/team-a/configmaps", Effect::Deny),
-            ("GET", "/api/v1/configmaps/settings", Effect::Deny),
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/configmaps?watch=1",
-                Effect::Deny,
-            ),
-        ] {
-            assert_eq!(decide(&p, method, path).0, effect, "{method} {path}");
-        }
-    }
-
-    #[test]
-    fn kubectl_proxy_preset_stops_the_exec_equivalents() {
-        let p = policy(r#"{"preset": "kubectl-proxy"}"#);
-        for (method, path, rule) in [
-            (
-                "PATCH",
-                "/api/v1/namespaces/x/pods/p/ephemeralcontainers",
-                "no-exec-equivalents",
-            ),
-            (
-                "PUT",
-                "/api/v1/namespaces/x/pods/p/ephemeralcontainers",
-                "no-exec-equivalents",
-            ),
-            (
-                "POST",
-                "/api/v1/nodes/n1/proxy/exec/ns/pod/c",
-                "no-exec-equivalents",
-            ),
-            (
-                "GET",
-                "/api/v1/nodes/n1/proxy/runningpods/",
-                "no-exec-equivalents",
-            ),
-            (
-                "POST",
-                "/api/v1/proxy/nodes/n1/exec/ns/pod/c",
-                "no-node-proxy",
-            ),
-        ] {
-            assert_eq!(
-                decide(&p, method, path),
-                (Effect::Deny, format!("kubectl-proxy/{rule}")),
-                "{method} {path}"
-            );
-        }
-        assert_eq!(
-            decide(&p, "GET", "/api/v1/namespaces/x/pods/p/proxy/metrics").0,
-            Effect::Allow
-        );
-    }
-
-    /// (enforced effect, enforced rule, dry-run rule, candidate rule)
-    fn dry_run_decision(
-        policy: &Policy,
-        method: &str,
-        path: &str,
-    ) -> (Effect, String, Option<String>, String) {
-        let request = classify(method, path).unwrap();
-        let decision = policy.decide(&request, "team-a");
-        let candidate = policy.candidate(&request, "team-a");
-        assert_eq!(candidate.dry_run, None);
-        (
-            decision.effect,
-            decision.rule.to_string(),
-            decision.dry_run.map(ToString::to_string),
-            candidate.rule.to_string(),
-        )
-    }
-
-    #[test]
-    fn dry_run_rules_are_named_when_the_enforced_decision_allows() {
-        use Effect::{Allow, Deny};
-        let p = policy(
-            r#"{"default_action": "allow", "rules": [
-                {"name": "try-no-secrets", "action": "deny", "dryRun": true, "verbs": ["*"],
-                 "apiGroups": [""], "resources": ["secrets"]},
-                {"name": "try-no-secret-reads", "action": "deny", "dryRun": true, "verbs": ["get"],
-                 "apiGroups": [""], "resources": ["secrets", "configmaps"]},
-                {"name": "no-kube-system", "action": "deny", "verbs": ["*"], "apiGroups": ["*"],
-                 "resources": ["*"], "namespaces": ["kube-system"]},
-                {"name": "own-configmaps", "action": "allow", "verbs": ["*"], "apiGroups": [""],
-                 "resources": ["configmaps"], "namespaces": ["$self"]},
-                {"name": "try-no-configmap-writes", "action": "deny", "dryRun": true,
-                 "verbs": ["update"], "apiGroups": [""], "resources": ["configmaps"]}]}"#,
-        );
-        let ns = "/api/v1/namespaces";
-        let some = |rule: &str| Some(format!("rules/{rule}"));
-        type Case<'a> = (&'a str, &'a str, Effect, &'a str, Option<String>, &'a str);
-        let cases: &[Case] = &[
-            // The first matching dry-run rule is named; the enforced rule decides.
-            (
-                "GET",
-                &format!("{ns}/a/secrets/s"),
-                Allow,
-                "rules/default",
-                some("try-no-secrets"),
-                "rules/try-no-secrets",
-            ),
-            (
-                "GET",
-                &format!("{ns}/a/configmaps"),
-                Allow,
-                "rules/default",
-                some("try-no-secret-reads"),
-                "rules/try-no-secret-reads",
-            ),
-            (
-                "GET",
-                &format!("{ns}/team-a/configmaps"),
-                Allow,
-                "rules/own-configmaps",
-                some("try-no-secret-reads"),
-                "rules/try-no-secret-reads",
-            ),
-            // Denied anyway: nothing would change, nothing is named.
-            (
-                "GET",
-                &format!("{ns}/kube-system/secrets"),
-                Deny,
-                "rules/no-kube-system",
-                None,
-                "rules/try-no-secrets",
-            ),
-            // A dry-run rule after the enforced decision is never reached.
-            (
-                "PUT",
-                &format!("{ns}/team-a/configmaps/c"),
-                Allow,
-                "rules/own-configmaps",
-                None,
-                "rules/own-configmaps",
-            ),
-            (
-                "PUT",
-                &format!("{ns}/b/configmaps/c"),
-                Allow,
-                "rules/default",
-                some("try-no-configmap-writes"),
-                "rules/try-no-configmap-writes",
-            ),
-            // Nothing dry-run matches.
-            (
-                "GET",
-                &format!("{ns}/a/pods"),
-                Allow,
-                "rules/default",
-                None,
-                "rules/default",
-            ),
-        ];
-        for (method, path, effect, rule, dry_run, candidate) in cases {
-            assert_eq!(
-                dry_run_decision(&p, method, path),
-                (
-                    *effect,
-                    rule.to_string(),
-                    dry_run.clone(),
-                    candidate.to_string()
-                ),
-                "{method} {path}"
-            );
-        }
-        assert!(p.has_dry_run());
+    fn the_rules_a_dry_run_can_name() {
         let refs = |refs: &mut dyn Iterator<Item = &RuleRef>| -> Vec<String> {
             refs.map(ToString::to_string).collect()
         };
+        let table = |name: &str| {
+            let table = TABLES.iter().find(|t| t.name == name).unwrap();
+            policy(table.policy)
+        };
+        let p = table("dry_run_rules_are_named_when_the_enforced_decision_allows");
+        assert!(p.has_dry_run());
         assert_eq!(
             refs(&mut p.rule_refs()),
             [
@@ -1228,79 +716,14 @@ mod tests {
             ]
         );
         assert!(!policy(r#"{"preset": "read-only"}"#).has_dry_run());
-    }
-
-    #[test]
-    fn a_whole_policy_in_dry_run_enforces_the_default_preset() {
-        use Effect::{Allow, Deny};
-        let p = policy(
-            r#"{"dryRun": true, "preset": "read-only", "rules": [
-                {"name": "own-configmaps", "action": "allow", "verbs": ["create"], "apiGroups": [""],
-                 "resources": ["configmaps"], "namespaces": ["$self"]},
-                {"name": "exec", "action": "allow", "verbs": ["create"], "apiGroups": [""],
-                 "resources": ["pods/exec"]}]}"#,
-        );
-        let some = |rule: &str| Some(rule.to_string());
-        let cases = [
-            // Allowed by both.
-            (
-                "GET",
-                "/api/v1/namespaces/a/pods",
-                Allow,
-                "kubectl-proxy/default",
-                None,
-                "read-only/read-resources",
-            ),
-            (
-                "POST",
-                "/api/v1/namespaces/team-a/configmaps",
-                Allow,
-                "kubectl-proxy/default",
-                None,
-                "rules/own-configmaps",
-            ),
-            // What the candidate would deny is forwarded, and named.
-            (
-                "DELETE",
-                "/api/v1/namespaces/a/pods/p",
-                Allow,
-                "kubectl-proxy/default",
-                some("read-only/default"),
-                "read-only/default",
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/a/pods/p/portforward",
-                Allow,
-                "kubectl-proxy/default",
-                some("read-only/no-interactive-or-proxy"),
-                "read-only/no-interactive-or-proxy",
-            ),
-            // What the candidate would allow beyond the default stays denied.
-            (
-                "POST",
-                "/api/v1/namespaces/a/pods/p/exec",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-                None,
-                "rules/exec",
-            ),
-        ];
-        for (method, path, effect, rule, dry_run, candidate) in cases {
-            assert_eq!(
-                dry_run_decision(&p, method, path),
-                (effect, rule.to_string(), dry_run, candidate.to_string()),
-                "{method} {path}"
-            );
-        }
-        let refs: Vec<String> = p.rule_refs().map(ToString::to_string).collect();
+        let p = table("a_whole_policy_in_dry_run_enforces_the_default_preset");
+        let enforced = refs(&mut p.rule_refs());
         assert_eq!(
-            refs[0], "kubectl-proxy/no-exec-or-attach",
+            enforced[0], "kubectl-proxy/no-exec-or-attach",
             "the enforced rules"
         );
-        let dry: Vec<String> = p.dry_run_refs().map(ToString::to_string).collect();
         assert_eq!(
-            dry,
+            refs(&mut p.dry_run_refs()),
             ["read-only/no-interactive-or-proxy", "read-only/default"]
         );
         assert_eq!(
