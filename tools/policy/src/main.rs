@@ -175,7 +175,8 @@ fn explain_command(rest: &[String]) -> Result<u8, String> {
         stated_request(&args)?.to_http()?
     } else {
         match &args.positional[1..] {
-            [method, target] => (method.to_uppercase(), target.clone()),
+            // As sent: podward reads methods case-sensitively, as the API server does.
+            [method, target] => (method.clone(), target.clone()),
             _ => {
                 return Err(format!(
                     "give the request as METHOD PATH, or with --verb and --resource\n\n{USAGE}"
