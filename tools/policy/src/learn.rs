@@ -40,6 +40,8 @@ pub struct Learnt {
     pub disagreements: Vec<Disagreement>,
     /// Requests learnt that the API server itself refused (401, 403).
     pub refused_upstream: usize,
+    /// Requests podward refused when they were made, not learnt: how many, and one.
+    pub refused_when_recorded: (usize, Option<String>),
 }
 
 /// Where a rule applies: the pod's own namespace, another one, or none.
@@ -203,6 +205,13 @@ pub fn learn(
         unclassifiable,
         disagreements,
         refused_upstream,
+        refused_when_recorded: (
+            observed.iter().filter(|o| !o.forwarded).count(),
+            observed
+                .iter()
+                .find(|o| !o.forwarded)
+                .map(|o| format!("{} {}", o.method, o.target)),
+        ),
     })
 }
 

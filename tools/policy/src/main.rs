@@ -338,6 +338,11 @@ fn learn_command(rest: &[String]) -> Result<u8, String> {
             ""
         }
     )];
+    if let (count @ 1.., Some(example)) = &learnt.refused_when_recorded {
+        summary.push(format!(
+            "  not learnt: {count} requests podward refused when they were made (e.g. {example})"
+        ));
+    }
     for (stated, count, rule) in &learnt.left_denied {
         summary.push(format!(
             "  left denied: {} ({count} requests), which {rule} refuses; allow it by hand if it must be",
