@@ -125,7 +125,30 @@ impl<'r> Handled<'r> {
             (Decision::Reply(_), Some(refusal)) => refusal.as_str(),
             (Decision::Reply(_), None) => "reply",
         };
-        access_record(decision, self.rule, self.request.as_ref(), self.dry_run)
+        let rule = self.rule.map(RuleRef::as_str).unwrap_or_default();
+        let mut fields = vec![("decision", decision), ("rule", rule)];
+        if let Some(request) = &self.request {
+            fields.extend([
+                ("verb", request.verb),
+                ("group", request.api_group),
+                ("resource", request.resource),
+                ("subresource", request.subresource),
+                ("namespace", request.namespace),
+                ("name", &request.name),
+            ]);
+        }
+        if let Some(dry_run) = self.dry_run {
+            fields.extend([("dry_run", "deny"), ("dry_run_rule", dry_run.as_str())]);
+        }
+        let mut record = String::with_capacity(256);
+        for (key, value) in fields {
+            record.push(if record.is_empty() { '{' } else { ',' });
+            push_json_string(&mut record, key);
+            record.push(':');
+            push_json_string(&mut record, value);
+        }
+        record.push('}');
+        record
     }
 
     pub fn refused(
@@ -141,68 +164,6 @@ impl<'r> Handled<'r> {
             rule,
             dry_run: None,
         }
-    }
-}
-
-/// The access record's JSON: `decision` (`forward`, or the refusal), the rule
-/// that decided, the request as the API server will read it, and the dry-run
-/// rule that would have denied it.
-pub fn access_record(
-    decision: &str,
-    rule: Option<&RuleRef>,
-    request: Option<&RequestInfo>,
-    dry_run: Option<&RuleRef>,
-) -> String {
-    let rule = rule.map(RuleRef::as_str).unwrap_or_default();
-    let mut fields = vec![("decision", decision), ("rule", rule)];
-    if let Some(request) = request {
-        fields.extend([
-            ("verb", request.verb),
-            ("group", request.api_group),
-            ("resource", request.resource),
-            ("subresource", request.subresource),
-            ("namespace", request.namespace),
-            ("name", &request.name),
-        ]);
-    }
-    if let Some(dry_run) = dry_run {
-        fields.extend([("dry_run", "deny"), ("dry_run_rule", dry_run.as_str())]);
-    }
-    let mut record = String::with_capacity(256);
-    for (key, value) in fields {
-        record.push(if record.is_empty() { '{' } else { ',' });
-        push_json_string(&mut record, key);
-        record.push(':');
-        push_json_string(&mut record, value);
-    }
-    record.push('}');
-    record
-}
-
-/// What [`judge`] made of a request.
-#[derive(Debug)]
-pub enum Judged<'r> {
-    Allowed(Allowed<'r>),
-    Refused(Handled<'r>),
-}
-
-/// A request podward's policy lets through: what it is, and the decision.
-#[derive(Debug)]
-pub struct Allowed<'r> {
-    pub request: RequestInfo<'r>,
-    pub decision: crate::policy::Decision<'r>,
-}
-
-impl Allowed<'_> {
-    /// The access record of the request forwarded.
-    pub fn access_record(&self) -> String {
-        let decision = &self.decision;
-        access_record(
-            "forward",
-            Some(decision.rule),
-            Some(&self.request),
-            decision.dry_run,
-        )
     }
 }
 
@@ -300,7 +261,9 @@ pub fn readiness_reply(readiness: Result<(), String>) -> Status {
     }
 }
 
-/// The request path for one request, given the app's headers.
+/// The request path for one request, given the app's headers: the host
+/// check, the classification, the policy, then credentials and identity.
+/// `podward-policy explain` runs it too.
 pub fn handle<'r>(
     config: &'r Config,
     policy: &'r Policy,
@@ -308,10 +271,38 @@ pub fn handle<'r>(
     now_s: u64,
     headers: &'r HeaderList,
 ) -> Handled<'r> {
-    let Allowed { request, decision } = match judge(config, policy, &identity.namespace, headers) {
-        Judged::Allowed(allowed) => allowed,
-        Judged::Refused(refused) => return refused,
+    let host = headers.get(":authority").unwrap_or_default();
+    if !host_accepted(&config.accept_hosts, host) {
+        let message = format!(
+            "host {} is not accepted by podward (accept_hosts: {})",
+            Quoted(&String::from_utf8_lossy(host)),
+            config.accept_hosts.join(", ")
+        );
+        let status = Status::forbidden(message, Details::default());
+        return Handled::refused(Refusal::HostNotAccepted, status, None, None);
+    }
+
+    let method = headers.get_str(":method").unwrap_or_default();
+    // A path that is not UTF-8 has bytes `classify` refuses anyway.
+    let path = headers.get_str(":path").unwrap_or("\u{0}");
+    let request = match classify(method, path) {
+        Ok(request) => request,
+        Err(why) => {
+            let status = Status::bad_request(format!("podward refused the request path: {why}"));
+            return Handled::refused(Refusal::Unclassifiable, status, None, None);
+        }
     };
+
+    let decision = policy.decide(&request, &identity.namespace);
+    if decision.effect == Effect::Deny {
+        let status = forbidden(&request, decision.rule, &identity.namespace);
+        return Handled::refused(
+            Refusal::PolicyDenied,
+            status,
+            Some(request),
+            Some(decision.rule),
+        );
+    }
 
     if let Freshness::Expired { expired_for_s } = identity
         .token
@@ -369,61 +360,6 @@ pub fn handle<'r>(
         rule: Some(decision.rule),
         dry_run: decision.dry_run,
     }
-}
-
-/// The part of the request path that needs no credentials: the `Host`
-/// check, the classification and the policy. The refusal, or what the policy
-/// allowed; `self_namespace` is what `$self` means. `podward-policy explain`
-/// runs this same function.
-pub fn judge<'r>(
-    config: &'r Config,
-    policy: &'r Policy,
-    self_namespace: &str,
-    headers: &'r HeaderList,
-) -> Judged<'r> {
-    let host = headers.get(":authority").unwrap_or_default();
-    if !host_accepted(&config.accept_hosts, host) {
-        let message = format!(
-            "host {} is not accepted by podward (accept_hosts: {})",
-            Quoted(&String::from_utf8_lossy(host)),
-            config.accept_hosts.join(", ")
-        );
-        let status = Status::forbidden(message, Details::default());
-        return Judged::Refused(Handled::refused(
-            Refusal::HostNotAccepted,
-            status,
-            None,
-            None,
-        ));
-    }
-
-    let method = headers.get_str(":method").unwrap_or_default();
-    // A path that is not UTF-8 has bytes `classify` refuses anyway.
-    let path = headers.get_str(":path").unwrap_or("\u{0}");
-    let request = match classify(method, path) {
-        Ok(request) => request,
-        Err(why) => {
-            let status = Status::bad_request(format!("podward refused the request path: {why}"));
-            return Judged::Refused(Handled::refused(
-                Refusal::Unclassifiable,
-                status,
-                None,
-                None,
-            ));
-        }
-    };
-
-    let decision = policy.decide(&request, self_namespace);
-    if decision.effect == Effect::Deny {
-        let status = forbidden(&request, decision.rule, self_namespace);
-        return Judged::Refused(Handled::refused(
-            Refusal::PolicyDenied,
-            status,
-            Some(request),
-            Some(decision.rule),
-        ));
-    }
-    Judged::Allowed(Allowed { request, decision })
 }
 
 /// Worded like the API server's own 403 (`pods "web" is forbidden: …`), so

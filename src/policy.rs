@@ -187,13 +187,25 @@ pub struct Decision<'p> {
     pub dry_run: Option<&'p RuleRef>,
 }
 
+/// A policy, ready to decide. Its rules and default are what is enforced;
+/// a policy with anything in dry-run also holds the policy as written, the
+/// candidate: the default preset is enforced in place of a policy in dry-run
+/// as a whole, and the rules less the dry-run ones in place of one with
+/// dry-run rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     rules: Vec<(RuleRef, Rule)>,
     default_effect: Effect,
     default_rule: RuleRef,
-    /// A policy in dry-run as a whole: what is enforced in its place.
-    baseline: Option<Box<Policy>>,
+    dry_run: Option<Box<DryRun>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DryRun {
+    /// The policy as written, dry-run rules deciding as any other.
+    candidate: Policy,
+    /// The whole policy is dry-run (else some of its rules are).
+    whole: bool,
 }
 
 /// Every verb a non-resource rule can name.
@@ -240,114 +252,148 @@ impl Policy {
             }
         }
         let default_rule = RuleRef::new(config.preset.as_deref().unwrap_or("rules"), "default");
-        let baseline = match config.dry_run {
-            false => None,
-            true => Some(Box::new(Policy::build(&PolicyConfig {
-                preset: Some(DEFAULT_PRESET.into()),
-                ..PolicyConfig::default()
-            })?)),
-        };
-        Ok(Policy {
+        let written = Policy {
             rules,
             default_effect,
             default_rule,
-            baseline,
-        })
+            dry_run: None,
+        };
+        let whole = config.dry_run;
+        if !whole && !written.rules.iter().any(|(_, rule)| rule.dry_run) {
+            return Ok(written);
+        }
+        let mut enforced = if whole {
+            Policy::build(&PolicyConfig {
+                preset: Some(DEFAULT_PRESET.into()),
+                ..PolicyConfig::default()
+            })?
+        } else {
+            Policy {
+                rules: written
+                    .rules
+                    .iter()
+                    .filter(|(_, r)| !r.dry_run)
+                    .cloned()
+                    .collect(),
+                ..written.clone()
+            }
+        };
+        enforced.dry_run = Some(Box::new(DryRun {
+            candidate: written,
+            whole,
+        }));
+        Ok(enforced)
     }
 
     /// The first rule that matches and is not dry-run decides; `self_namespace`
-    /// is what `$self` means. A dry-run deny met on the way is named when the
-    /// request is allowed.
+    /// is what `$self` means. When that allows the request and a dry-run
+    /// rule (or a policy in dry-run) would deny it, the decision names it.
     pub fn decide(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
-        if let Some(baseline) = &self.baseline {
-            let enforced = baseline.decide(request, self_namespace);
-            let candidate = self.candidate(request, self_namespace);
-            let would_deny = enforced.effect == Effect::Allow && candidate.effect == Effect::Deny;
-            return Decision {
-                dry_run: would_deny.then_some(candidate.rule),
-                ..enforced
-            };
+        // One loop for both policies a dry-run needs, so that matching has one
+        // place in the code and a policy without dry-run costs no more than
+        // its own rules did before dry-run: one check of `dry_run` below.
+        let mut policy = self;
+        let mut enforced: Option<Decision<'_>> = None;
+        loop {
+            let decided = policy.first_match(request, self_namespace);
+            match (enforced, &self.dry_run) {
+                (None, Some(dry_run)) if decided.effect == Effect::Allow => {
+                    enforced = Some(decided);
+                    policy = &dry_run.candidate;
+                }
+                (None, _) => return decided,
+                (Some(enforced), _) => {
+                    let would_deny = decided.effect == Effect::Deny;
+                    return Decision {
+                        dry_run: would_deny.then_some(decided.rule),
+                        ..enforced
+                    };
+                }
+            }
         }
-        let mut dry_run = None;
+    }
+
+    /// What the policy would decide were nothing in it dry-run: the first
+    /// matching rule of the policy as written decides. `dry_run` is always
+    /// `None`.
+    pub fn candidate(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        self.written().decide(request, self_namespace)
+    }
+
+    /// The first rule that matches decides, else the default.
+    fn first_match(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
         for (rule_ref, rule) in &self.rules {
             if matches(rule, request, self_namespace) {
-                if rule.dry_run {
-                    dry_run = dry_run.or(Some(rule_ref));
-                    continue;
-                }
                 return Decision {
                     effect: rule.action,
                     rule: rule_ref,
-                    dry_run: dry_run.filter(|_| rule.action == Effect::Allow),
+                    dry_run: None,
                 };
             }
         }
         Decision {
             effect: self.default_effect,
             rule: &self.default_rule,
-            dry_run: dry_run.filter(|_| self.default_effect == Effect::Allow),
-        }
-    }
-
-    /// What the policy would decide were nothing in it dry-run: the first
-    /// matching rule, dry-run or not, decides (the policy's own rules when the
-    /// whole policy is dry-run). `dry_run` is always `None`.
-    pub fn candidate(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
-        let (effect, rule) = self
-            .rules
-            .iter()
-            .find(|(_, rule)| matches(rule, request, self_namespace))
-            .map_or(
-                (self.default_effect, &self.default_rule),
-                |(rule_ref, rule)| (rule.action, rule_ref),
-            );
-        Decision {
-            effect,
-            rule,
             dry_run: None,
         }
     }
 
+    /// The policy as written: the candidate of a policy with dry-run.
+    fn written(&self) -> &Policy {
+        self.dry_run
+            .as_ref()
+            .map_or(self, |dry_run| &dry_run.candidate)
+    }
+
     /// Whether anything in the policy is dry-run.
     pub fn has_dry_run(&self) -> bool {
-        self.baseline.is_some() || self.rules.iter().any(|(_, rule)| rule.dry_run)
+        self.dry_run.is_some()
     }
 
     /// Every rule that can decide what is enforced, the default included.
     pub fn rule_refs(&self) -> impl Iterator<Item = &RuleRef> {
-        let enforced = self.baseline.as_deref().unwrap_or(self);
-        enforced
-            .rules
+        self.rules
             .iter()
-            .filter(|(_, rule)| !rule.dry_run)
             .map(|(rule_ref, _)| rule_ref)
-            .chain(core::iter::once(&enforced.default_rule))
+            .chain(core::iter::once(&self.default_rule))
     }
 
     /// Every rule a [`Decision::dry_run`] can name.
     pub fn dry_run_refs(&self) -> impl Iterator<Item = &RuleRef> {
-        let whole = self.baseline.is_some();
-        let default = (whole && self.default_effect == Effect::Deny).then_some(&self.default_rule);
-        self.rules
+        let whole = self.baseline().is_some();
+        let written = self.written();
+        let default = (self.has_dry_run() && whole && written.default_effect == Effect::Deny)
+            .then_some(&written.default_rule);
+        written
+            .rules
             .iter()
             .filter(move |(_, rule)| rule.action == Effect::Deny && (whole || rule.dry_run))
             .map(|(rule_ref, _)| rule_ref)
             .chain(default)
     }
 
-    /// The rules in order, each with the name decisions give it, then the
-    /// default: for tools that read a policy (`podward-policy lint`).
+    /// The rules as written, in order, each with the name decisions give it:
+    /// for tools that read a policy (`podward-policy lint`).
     pub fn rules(&self) -> &[(RuleRef, Rule)] {
-        &self.rules
+        &self.written().rules
     }
 
+    /// The default as written.
     pub fn default_decision(&self) -> (Effect, &RuleRef) {
-        (self.default_effect, &self.default_rule)
+        let written = self.written();
+        (written.default_effect, &written.default_rule)
     }
 
-    /// What a whole policy in dry-run enforces meanwhile.
+    /// What a whole policy in dry-run enforces meanwhile: the default preset.
     pub fn baseline(&self) -> Option<&Policy> {
-        self.baseline.as_deref()
+        let dry_run = self.dry_run.as_ref()?;
+        dry_run.whole.then_some(self)
+    }
+
+    /// The rules that are enforced, with the default: those written less the
+    /// dry-run ones, or the default preset's.
+    pub fn enforced_rules(&self) -> (&[(RuleRef, Rule)], Effect, &RuleRef) {
+        (&self.rules, self.default_effect, &self.default_rule)
     }
 }
 
@@ -727,9 +773,10 @@ mod tests {
             ["read-only/no-interactive-or-proxy", "read-only/default"]
         );
         assert_eq!(
-            p.baseline().map(|b| b.default_decision().0),
+            p.baseline().map(|b| b.enforced_rules().1),
             Some(Effect::Allow)
         );
+        assert_eq!(p.default_decision().0, Effect::Deny, "as written");
     }
 
     #[test]

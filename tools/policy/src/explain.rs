@@ -4,9 +4,11 @@
 
 use crate::requests::Stated;
 use podward::config::Config;
-use podward::filter::{self, Judged};
+use podward::filter;
 use podward::headers::HeaderList;
+use podward::identity::{self, Sources};
 use podward::policy::{Effect, Policy, Rule};
+use podward::token::Token;
 use serde_json::{json, Value};
 
 #[derive(Debug)]
@@ -28,50 +30,58 @@ pub struct Explained {
     pub message: Option<String>,
 }
 
+/// The pod `explain` stands in for: its namespace is what `$self` means.
+struct Pod<'a> {
+    namespace: &'a str,
+    namespace_env: &'a str,
+}
+
+impl Sources for Pod<'_> {
+    fn env(&self, name: &str) -> Option<String> {
+        (name == self.namespace_env).then(|| self.namespace.to_string())
+    }
+
+    fn file(&self, _path: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// What the sidecar's request path ([`filter::handle`]) does with the
+/// request, for a pod in `self_namespace` holding a token that never
+/// expires: the `Host` check, the classification, the policy.
 pub fn explain(
     config: &Config,
     policy: &Policy,
     self_namespace: &str,
     headers: &HeaderList,
-) -> Explained {
-    let method = headers.get_str(":method").unwrap_or_default().to_string();
-    let target = headers.get_str(":path").unwrap_or_default().to_string();
-    let candidate = |info: &podward::request_info::RequestInfo| {
+) -> Result<Explained, String> {
+    let token = Token::parse(b"podward-policy-explain").map_err(|e| e.to_string())?;
+    let pod = Pod {
+        namespace: self_namespace,
+        namespace_env: &config.namespace_env,
+    };
+    let (identity, _) = identity::build(config, token, &pod);
+    let handled = filter::handle(config, policy, &identity, 0, headers);
+    let candidate = handled.request.as_ref().map(|info| {
         let decision = policy.candidate(info, self_namespace);
         (decision.effect, decision.rule.to_string())
+    });
+    let (allowed, message) = match &handled.decision {
+        filter::Decision::Forward(_) => (true, None),
+        filter::Decision::Reply(status) => (false, Some(status.message.clone())),
     };
-    match filter::judge(config, policy, self_namespace, headers) {
-        Judged::Allowed(allowed) => Explained {
-            allowed: true,
-            refusal: None,
-            rule: Some(allowed.decision.rule.to_string()),
-            dry_run_rule: allowed.decision.dry_run.map(ToString::to_string),
-            candidate: Some(candidate(&allowed.request)),
-            method,
-            target,
-            request: Some(Stated::of(&allowed.request)),
-            record: allowed.access_record(),
-            message: None,
-        },
-        Judged::Refused(handled) => {
-            let message = match &handled.decision {
-                filter::Decision::Reply(status) => Some(status.message.clone()),
-                filter::Decision::Forward(_) => None,
-            };
-            Explained {
-                allowed: false,
-                refusal: handled.refusal.map(|refusal| refusal.as_str()),
-                rule: handled.rule.map(ToString::to_string),
-                dry_run_rule: None,
-                candidate: handled.request.as_ref().map(candidate),
-                method,
-                target,
-                request: handled.request.as_ref().map(Stated::of),
-                record: handled.access_record(),
-                message,
-            }
-        }
-    }
+    Ok(Explained {
+        allowed,
+        refusal: handled.refusal.map(|refusal| refusal.as_str()),
+        rule: handled.rule.map(ToString::to_string),
+        dry_run_rule: handled.dry_run.map(ToString::to_string),
+        candidate,
+        method: headers.get_str(":method").unwrap_or_default().to_string(),
+        target: headers.get_str(":path").unwrap_or_default().to_string(),
+        request: handled.request.as_ref().map(Stated::of),
+        record: handled.access_record(),
+        message,
+    })
 }
 
 impl Explained {
@@ -155,14 +165,19 @@ pub fn effect_name(effect: Effect) -> &'static str {
     }
 }
 
-/// `rules/no-secrets (deny {"verbs": ...})`, or the default's action.
+/// `rules/no-secrets: {"name": ...}`, or the default's action: as written, or
+/// as enforced meanwhile (the default preset of a policy in dry-run).
 pub fn describe_rule(policy: &Policy, rule: &str) -> String {
-    let policies = [Some(policy), policy.baseline()];
-    for policy in policies.into_iter().flatten() {
-        if let Some((_, found)) = policy.rules().iter().find(|(r, _)| r.as_str() == rule) {
-            return format!("{rule}: {}", rule_json(found));
-        }
-        let (effect, default) = policy.default_decision();
+    let (enforced_rules, enforced_effect, enforced_default) = policy.enforced_rules();
+    let (written_effect, written_default) = policy.default_decision();
+    let rules = policy.rules().iter().chain(enforced_rules);
+    if let Some((_, found)) = rules.into_iter().find(|(r, _)| r.as_str() == rule) {
+        return format!("{rule}: {}", rule_json(found));
+    }
+    for (effect, default) in [
+        (written_effect, written_default),
+        (enforced_effect, enforced_default),
+    ] {
         if default.as_str() == rule {
             return format!("{rule} (the policy's default: {})", effect_name(effect));
         }
@@ -217,12 +232,13 @@ pub fn request_headers(
 }
 
 /// Whether the policy means anything by `$self` (its own rules, its preset's,
-/// or its baseline's).
+/// or those enforced meanwhile).
 pub fn uses_self_namespace(policy: &Policy) -> bool {
-    [Some(policy), policy.baseline()]
-        .into_iter()
-        .flatten()
-        .flat_map(|policy| policy.rules())
+    let (enforced, _, _) = policy.enforced_rules();
+    policy
+        .rules()
+        .iter()
+        .chain(enforced)
         .any(|(_, rule)| rule.namespaces.iter().any(|ns| ns == "$self"))
 }
 
@@ -243,6 +259,7 @@ mod tests {
             "team-a",
             &request_headers(method, target, "localhost", &extra),
         )
+        .unwrap()
     }
 
     #[test]
@@ -301,7 +318,8 @@ mod tests {
             &policy,
             "",
             &request_headers("GET", "/api", "evil.example", &[]),
-        );
+        )
+        .unwrap();
         assert_eq!(e.refusal, Some("host_not_accepted"));
     }
 }

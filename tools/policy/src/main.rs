@@ -204,7 +204,7 @@ fn explain_command(rest: &[String]) -> Result<u8, String> {
     let config = Config::parse(b"").map_err(|e| e.to_string())?;
     let host = args.value("host").unwrap_or("localhost");
     let request = explain::request_headers(&method, &target, host, &headers);
-    let explained = explain::explain(&config, &policy, &self_namespace, &request);
+    let explained = explain::explain(&config, &policy, &self_namespace, &request)?;
     if json {
         print_json(&explained.to_json());
     } else {
