@@ -1,4 +1,5 @@
-"""`podward-policy explain` decides as the sidecar does, over the whole attack catalogue (test_attacks.py).
+"""`podward-policy explain`, which runs the sidecar's own request path, decides as the sidecar did over the whole
+attack catalogue (test_attacks.py).
 
 Every attack of the catalogue is sent again through a real sidecar, under several policies (the default, the
 catalogue's deny rules, the same in dry-run, a whole policy in dry-run), for both builds. For every request podward
@@ -12,9 +13,7 @@ The core's policy decision tables run through the same command in tools/policy/t
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 
 import pytest
 
@@ -71,22 +70,6 @@ def catalogue() -> list:
     return sent
 
 
-def send(port: int, data: bytes, answers: int) -> None:
-    """The attack's bytes; its answers, or a second's silence (a watch the stand-in holds), end it."""
-    received = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-        connection.sendall(data)
-        deadline = time.monotonic() + 5
-        while len(attacks.parse_answers(received)) < answers and time.monotonic() < deadline:
-            try:
-                chunk = connection.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            received += chunk
-
-
 _explained: dict = {}
 
 
@@ -128,7 +111,8 @@ def test_explain_decides_the_attack_catalogue_as_the_sidecar_did(pod, start_envo
     policy = plugin_config.get("policy", {"preset": "kubectl-proxy"})
     envoy = start_envoy(pod, plugin_config)
     for data, answers in catalogue():
-        send(envoy.settings.listen_port, data, answers)
+        # Its answers, or two seconds' silence (a watch the stand-in holds open), end an attack.
+        attacks.exchange(envoy.settings.listen_port, data, answers, timeout=2)
     assert h2c_requests(envoy.settings.listen_port, [("GET", "/api"), ("POST", EXEC)])[1] == 403
     envoy.stop()
     assert envoy.process.returncode == 0, "the catalogue stopped the sidecar"

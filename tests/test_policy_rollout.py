@@ -20,12 +20,12 @@ import time
 
 import pytest
 
-from conftest import APP_RULES, NODE_NAME, assert_status, grant, request
+from conftest import assert_status, cluster_pod, request
 from harness import readme
 from harness.envoy import REPO, render
 from harness.figures import record_figures
 from harness.kubelet import ConfigMapVolume
-from harness.pod import DEFAULT_LABELS, ClusterPod
+from harness.pod import ClusterPod
 from test_live_policy import apply_policy  # noqa: F401  (the fixture)
 from test_observability import metric, wait_for
 
@@ -54,17 +54,7 @@ def run(line: str, namespace: str, workdir) -> subprocess.CompletedProcess:
 def web_pod(tmp_path, kube, namespace) -> ClusterPod:
     """README's `web`: ServiceAccount `web` (APP_RULES: pods, configmaps, services, deployments in its namespace)
     and its pod `web-0`, with a token bound to it."""
-    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web", "namespace": namespace}})
-    grant(kube, namespace, "web", APP_RULES)
-    pod_object = kube.create({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web-0", "namespace": namespace, "labels": DEFAULT_LABELS},
-        "spec": {"serviceAccountName": "web", "nodeName": NODE_NAME, "automountServiceAccountToken": False,
-                 "containers": [{"name": "main", "image": "curlimages/curl:8.11.1"}]},
-    })
-    pod = ClusterPod(tmp_path / "pod", kube, pod_object)
-    pod.issue_token()
-    return pod
+    return cluster_pod(tmp_path, kube, namespace, "web", "web-0")
 
 
 @pytest.fixture
