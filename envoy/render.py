@@ -638,10 +638,8 @@ def access_log(settings: Settings) -> dict:
         # The path as Envoy normalised it, which podward classified and the API
         # server received; never a header the app could set.
         "path": "%REQ(:PATH)%",
-        # The rest of what podward judges a request by: the Host it checks, and an upgrade (exec, attach,
-        # port-forward), so that `podward-policy replay` and `learn` read a logged request as podward did.
+        # The Host podward checks: with the method and path, all it judges a request by (podward-policy).
         "authority": "%REQ(:AUTHORITY)%",
-        "upgrade": "%REQ(UPGRADE)%",
         "code": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",
         "details": "%RESPONSE_CODE_DETAILS%",

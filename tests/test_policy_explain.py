@@ -4,7 +4,7 @@ attack catalogue (test_attacks.py).
 Every attack of the catalogue is sent again through a real sidecar, under several policies (the default, the
 catalogue's deny rules, the same in dry-run, a whole policy in dry-run), for both builds. For every request podward
 judged (its access record: with `access_record: "all"`, or the refusals and dry-run denials otherwise), the
-request as the access log shows it (method, path, `Host`, `Upgrade`) is handed to `dist/podward-policy explain`,
+request as the access log shows it (method, path, `Host`) is handed to `dist/podward-policy explain`,
 whose record must be the sidecar's, field for field: the decision, the rule, the reading of the request, the
 dry-run rule. The stand-in API server only answers.
 
@@ -73,14 +73,12 @@ def catalogue() -> list:
 _explained: dict = {}
 
 
-def explain(policy: dict, method: str, path: str, authority: str, upgrade: str | None) -> dict:
+def explain(policy: dict, method: str, path: str, authority: str) -> dict:
     """`podward-policy explain` of one request, as JSON; the same question is asked once for both builds."""
-    key = (json.dumps(policy, sort_keys=True), method, path, authority, upgrade)
+    key = (json.dumps(policy, sort_keys=True), method, path, authority)
     if key not in _explained:
         command = [str(TOOL), "explain", "-", method, path, "--host", authority,
                    "--pod-namespace", "default", "-o", "json"]
-        if upgrade:
-            command += ["-H", f"Upgrade: {upgrade}"]
         done = subprocess.run(command, input=json.dumps(policy), capture_output=True, text=True, timeout=30)
         assert done.returncode in (0, 1), done.stderr
         answer = json.loads(done.stdout)
@@ -121,7 +119,7 @@ def test_explain_decides_the_attack_catalogue_as_the_sidecar_did(pod, start_envo
     differences, decisions = [], set()
     for entry, record in judged:
         path = logged(entry["path"]) or "-"
-        answer = explain(policy, entry["method"], path, entry["authority"] or "", logged(entry.get("upgrade")))
+        answer = explain(policy, entry["method"], path, entry["authority"] or "")
         decisions.add(record["decision"] + (" dry_run" if "dry_run" in record else ""))
         if answer["record"] != record:
             differences.append((entry["method"], path, entry["authority"], record, answer["record"]))

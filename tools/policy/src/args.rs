@@ -9,8 +9,6 @@ pub struct Spec {
     pub short: Option<char>,
     /// Takes a value (`--verb get`), or is a flag (`--enforce`).
     pub value: bool,
-    /// May be given more than once (`-H a -H b`).
-    pub repeated: bool,
 }
 
 pub const fn value(long: &'static str, short: Option<char>) -> Spec {
@@ -18,7 +16,6 @@ pub const fn value(long: &'static str, short: Option<char>) -> Spec {
         long,
         short,
         value: true,
-        repeated: false,
     }
 }
 
@@ -27,23 +24,13 @@ pub const fn flag(long: &'static str) -> Spec {
         long,
         short: None,
         value: false,
-        repeated: false,
-    }
-}
-
-pub const fn repeated(long: &'static str, short: Option<char>) -> Spec {
-    Spec {
-        long,
-        short,
-        value: true,
-        repeated: true,
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Args {
     pub positional: Vec<String>,
-    options: BTreeMap<&'static str, Vec<String>>,
+    options: BTreeMap<&'static str, String>,
 }
 
 impl Args {
@@ -87,27 +74,15 @@ impl Args {
             } else {
                 String::new()
             };
-            let values = parsed.options.entry(spec.long).or_default();
-            if !values.is_empty() && !spec.repeated {
+            if parsed.options.insert(spec.long, value).is_some() {
                 return Err(format!("--{} is given twice", spec.long));
             }
-            values.push(value);
         }
         Ok(parsed)
     }
 
     pub fn value(&self, long: &str) -> Option<&str> {
-        self.options
-            .get(long)
-            .and_then(|values| values.first())
-            .map(String::as_str)
-    }
-
-    pub fn values(&self, long: &str) -> &[String] {
-        self.options
-            .get(long)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.options.get(long).map(String::as_str)
     }
 
     pub fn flag(&self, long: &str) -> bool {
@@ -126,7 +101,7 @@ mod tests {
     const SPECS: &[Spec] = &[
         value("verb", None),
         value("namespace", Some('n')),
-        repeated("header", Some('H')),
+        value("host", None),
         flag("enforce"),
     ];
 
@@ -143,9 +118,7 @@ mod tests {
             "get",
             "-n",
             "team-a",
-            "-H",
-            "Upgrade: websocket",
-            "--header=X: y",
+            "--host=localhost:8001",
             "--enforce",
             "-",
         ])
@@ -153,7 +126,7 @@ mod tests {
         assert_eq!(args.positional, ["policy.json", "-"]);
         assert_eq!(args.value("verb"), Some("get"));
         assert_eq!(args.value("namespace"), Some("team-a"));
-        assert_eq!(args.values("header"), ["Upgrade: websocket", "X: y"]);
+        assert_eq!(args.value("host"), Some("localhost:8001"));
         assert!(args.flag("enforce") && !args.flag("other"));
     }
 

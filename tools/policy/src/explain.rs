@@ -213,22 +213,14 @@ pub fn rule_json(rule: &Rule) -> String {
     format!("{{{}}}", fields.join(", "))
 }
 
-/// The request's headers as Envoy hands them to podward.
-pub fn request_headers(
-    method: &str,
-    target: &str,
-    host: &str,
-    extra: &[(String, String)],
-) -> HeaderList {
-    let mut headers = HeaderList::from_pairs([
+/// The request's headers as Envoy hands them to podward: all it judges a
+/// request by.
+pub fn request_headers(method: &str, target: &str, host: &str) -> HeaderList {
+    HeaderList::from_pairs([
         (&b":method"[..], method.as_bytes()),
         (b":path", target.as_bytes()),
         (b":authority", host.as_bytes()),
-    ]);
-    for (name, value) in extra {
-        headers.push(name.to_ascii_lowercase().as_bytes(), value.as_bytes());
-    }
-    headers
+    ])
 }
 
 /// Whether the policy means anything by `$self` (its own rules, its preset's,
@@ -246,18 +238,14 @@ pub fn uses_self_namespace(policy: &Policy) -> bool {
 mod tests {
     use super::*;
 
-    fn explained(policy: &str, method: &str, target: &str, extra: &[(&str, &str)]) -> Explained {
+    fn explained(policy: &str, method: &str, target: &str) -> Explained {
         let config = Config::parse(b"").unwrap();
         let policy = Policy::parse(policy.as_bytes()).unwrap();
-        let extra: Vec<(String, String)> = extra
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
         explain(
             &config,
             &policy,
             "team-a",
-            &request_headers(method, target, "localhost", &extra),
+            &request_headers(method, target, "localhost"),
         )
         .unwrap()
     }
@@ -268,7 +256,6 @@ mod tests {
             r#"{"preset": "kubectl-proxy"}"#,
             "POST",
             "/api/v1/namespaces/team-a/pods/x/exec",
-            &[],
         );
         assert!(!e.allowed);
         assert_eq!(e.refusal, Some("policy_denied"));
@@ -281,12 +268,11 @@ mod tests {
             r#"{"default_action": "allow"}"#,
             "GET",
             "/api/v1/namespaces/team-a/pods",
-            &[],
         );
         assert!(e.allowed && e.refusal.is_none());
         assert_eq!(e.rule.as_deref(), Some("rules/default"));
         assert_eq!(e.candidate, Some((Effect::Allow, "rules/default".into())));
-        let e = explained("{}", "GET", "/api/v1/namespaces/team-a/pods", &[]);
+        let e = explained("{}", "GET", "/api/v1/namespaces/team-a/pods");
         assert_eq!(
             (e.allowed, e.rule.as_deref()),
             (false, Some("rules/default"))
@@ -297,7 +283,7 @@ mod tests {
     fn dry_run_and_candidate() {
         let policy = r#"{"default_action": "allow", "rules": [{"name": "no-secrets", "action": "deny",
             "dryRun": true, "verbs": ["*"], "apiGroups": [""], "resources": ["secrets"]}]}"#;
-        let e = explained(policy, "GET", "/api/v1/namespaces/team-a/secrets", &[]);
+        let e = explained(policy, "GET", "/api/v1/namespaces/team-a/secrets");
         assert!(e.allowed);
         assert_eq!(e.dry_run_rule.as_deref(), Some("rules/no-secrets"));
         assert_eq!(e.candidate, Some((Effect::Deny, "rules/no-secrets".into())));
@@ -308,7 +294,7 @@ mod tests {
 
     #[test]
     fn refusals_before_the_policy() {
-        let e = explained("{}", "GET", "/api/v1/namespaces/x/pods/%2e%2e", &[]);
+        let e = explained("{}", "GET", "/api/v1/namespaces/x/pods/%2e%2e");
         assert_eq!((e.allowed, e.refusal), (false, Some("unclassifiable")));
         assert!(e.request.is_none() && e.rule.is_none());
         let config = Config::parse(b"").unwrap();
@@ -317,7 +303,7 @@ mod tests {
             &config,
             &policy,
             "",
-            &request_headers("GET", "/api", "evil.example", &[]),
+            &request_headers("GET", "/api", "evil.example"),
         )
         .unwrap();
         assert_eq!(e.refusal, Some("host_not_accepted"));

@@ -16,7 +16,7 @@ mod logs;
 mod replay;
 mod requests;
 
-use args::{flag, repeated, value, Args, Spec};
+use args::{flag, value, Args, Spec};
 use podward::config::Config;
 use podward::policy::Policy;
 use requests::Stated;
@@ -27,7 +27,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 podward-policy: a podward policy explained, linted, replayed and learnt, by the sidecar's own code
 
-  podward-policy explain POLICY METHOD PATH [-H 'Name: value']... [--pod-namespace NS] [--host HOST] [-o json]
+  podward-policy explain POLICY METHOD PATH [--pod-namespace NS] [--host HOST] [-o json]
   podward-policy explain POLICY --verb VERB --resource RESOURCE[/SUBRESOURCE] [--subresource S] [--group GROUP]
                                 [-n NAMESPACE] [--name NAME] [--pod-namespace NS] [-o json]
   podward-policy explain POLICY --verb VERB --non-resource-url PATH [-o json]
@@ -156,7 +156,6 @@ fn explain_command(rest: &[String]) -> Result<u8, String> {
             OUTPUT,
             POD_NAMESPACE,
             value("host", None),
-            repeated("header", Some('H')),
             value("verb", None),
             value("resource", None),
             value("subresource", None),
@@ -184,14 +183,6 @@ fn explain_command(rest: &[String]) -> Result<u8, String> {
             }
         }
     };
-    let headers: Vec<(String, String)> = args
-        .values("header")
-        .iter()
-        .map(|header| match header.split_once(':') {
-            Some((name, value)) => Ok((name.trim().to_string(), value.trim().to_string())),
-            None => Err(format!("-H {header:?}: expected 'Name: value'")),
-        })
-        .collect::<Result<_, _>>()?;
     let self_namespace =
         match args.value("pod-namespace") {
             Some(namespace) => namespace.to_string(),
@@ -203,7 +194,7 @@ fn explain_command(rest: &[String]) -> Result<u8, String> {
         };
     let config = Config::parse(b"").map_err(|e| e.to_string())?;
     let host = args.value("host").unwrap_or("localhost");
-    let request = explain::request_headers(&method, &target, host, &headers);
+    let request = explain::request_headers(&method, &target, host);
     let explained = explain::explain(&config, &policy, &self_namespace, &request)?;
     if json {
         print_json(&explained.to_json());
