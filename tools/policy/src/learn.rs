@@ -455,4 +455,98 @@ mod tests {
         );
         assert!(!learnt.text.contains("resourceNames"));
     }
+
+    /// Learn's promise over random traffic: the policy allows a request
+    /// exactly when the traffic used its verb on the same resource in the same
+    /// namespace (the same name too, where the traffic named one), and the
+    /// kubectl-proxy preset allows it.
+    mod promise {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        const NAMESPACES: &[&str] = &["team-a", "team-b", ""];
+        const RESOURCES: &[(&str, &str)] = &[
+            ("api/v1", "pods"),
+            ("api/v1", "configmaps"),
+            ("api/v1", "pods/log"),
+            ("api/v1", "pods/exec"),
+            ("api/v1", "nodes"),
+            ("apis/apps/v1", "deployments"),
+            ("apis/apps/v1", "deployments/scale"),
+        ];
+        const NAMES: &[&str] = &["a", "b", ""];
+        const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+        const URLS: &[&str] = &["/api", "/apis", "/version", "/healthz"];
+
+        /// A request as (method, path), built from the small vocabulary above.
+        fn request() -> impl Strategy<Value = (String, String)> {
+            let resource = (
+                select(METHODS),
+                select(NAMESPACES),
+                select(RESOURCES),
+                select(NAMES),
+                any::<bool>(),
+            )
+                .prop_map(|(method, namespace, (prefix, resource), name, watch)| {
+                    let (resource, subresource) =
+                        resource.split_once('/').unwrap_or((resource, ""));
+                    let mut path = format!("/{prefix}");
+                    if !namespace.is_empty() {
+                        path.push_str(&format!("/namespaces/{namespace}"));
+                    }
+                    path.push_str(&format!("/{resource}"));
+                    if !name.is_empty() {
+                        path.push_str(&format!("/{name}"));
+                    }
+                    if !subresource.is_empty() {
+                        path.push_str(&format!("/{subresource}"));
+                    }
+                    if watch && method == "GET" && name.is_empty() {
+                        path.push_str("?watch=1");
+                    }
+                    (method.to_string(), path)
+                });
+            let url = (select(&["GET", "HEAD", "POST"][..]), select(URLS))
+                .prop_map(|(method, url)| (method.to_string(), url.to_string()));
+            prop_oneof![4 => resource, 1 => url]
+        }
+
+        /// What learn's rules are keyed by, and the name (empty: none).
+        fn key(info: &podward::request_info::RequestInfo) -> (Stated, String) {
+            let mut stated = Stated::of(info);
+            let name = std::mem::take(&mut stated.name);
+            (stated, name)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+            #[test]
+            fn the_policy_allows_what_was_used_and_nothing_else(
+                traffic in proptest::collection::vec(request(), 1..25),
+                asked in proptest::collection::vec(request(), 1..25),
+            ) {
+                let lines: Vec<(&str, &str)> =
+                    traffic.iter().map(|(m, p)| (m.as_str(), p.as_str())).collect();
+                let log = access(&lines);
+                let observed: Vec<&Observed> = log.observed.iter().collect();
+                let options = Options { names: true, max_names: 1000, dry_run: false };
+                let learnt = learn(&observed, "team-a", &options).unwrap();
+                let policy = Policy::parse(learnt.text.as_bytes()).unwrap();
+                let preset = Policy::parse(br#"{"preset": "kubectl-proxy"}"#).unwrap();
+                let used: Vec<(Stated, String)> = traffic
+                    .iter()
+                    .filter_map(|(m, p)| classify(m, p).ok().map(|info| key(&info)))
+                    .collect();
+                for (method, path) in traffic.iter().chain(&asked) {
+                    let Ok(info) = classify(method, path) else { continue };
+                    let (what, name) = key(&info);
+                    let covered = used.iter().any(|(u, n)| *u == what && (n.is_empty() || *n == name));
+                    let preset_allows = preset.decide(&info, "team-a").effect == Effect::Allow;
+                    let allowed = policy.candidate(&info, "team-a").effect == Effect::Allow;
+                    prop_assert_eq!(allowed, covered && preset_allows, "{} {}\n{}", method, path, learnt.text);
+                }
+            }
+        }
+    }
 }
