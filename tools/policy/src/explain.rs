@@ -148,7 +148,7 @@ impl Explained {
                 Some(rule) != self.rule.as_ref() && Some(rule) != self.dry_run_rule.as_ref();
             if policy.has_dry_run() && differs {
                 lines.push(format!(
-                    "       enforced without dry-run: {} by {}",
+                    "       without dry-run: {} by {}",
                     effect_name(*effect).to_uppercase(),
                     describe_rule(policy, rule)
                 ));
@@ -179,7 +179,7 @@ pub fn describe_rule(policy: &Policy, rule: &str) -> String {
         (enforced_effect, enforced_default),
     ] {
         if default.as_str() == rule {
-            return format!("{rule} (the policy's default: {})", effect_name(effect));
+            return format!("{rule} (the default: {})", effect_name(effect));
         }
     }
     rule.to_string()
