@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # podward's single entry point. Each command installs what it needs first.
 #
-#   ./build.sh          build dist/podward.wasm and dist/libpodward.so, regenerate
-#                       the Envoy configs, manifests and ConfigMaps
+#   ./build.sh          build dist/podward.wasm, dist/libpodward.so and the policy tool
+#                       dist/podward-policy, regenerate the Envoy configs, manifests and ConfigMaps
 #   ./build.sh run      the ambassador locally: a stand-in API server, Envoy and
 #                       podward on 127.0.0.1:8001 (Ctrl-C stops it); with flags,
 #                       in front of any API server (envoy/render.py run --help)
@@ -15,6 +15,7 @@ cd "$(dirname "$0")"
 VENV=.venv
 WASM=dist/podward.wasm
 NATIVE=dist/libpodward.so
+POLICY_TOOL=dist/podward-policy
 # What ships (after wasm-opt), and cargo's own output: nothing may depend on
 # wasm-opt to fit. V8's memory per VM grows with the module (BENCHMARKS.md).
 # Both from constants.json, the one source of what Rust, Python and this file share.
@@ -109,6 +110,9 @@ build() {
   native_cargo --features module
   cp target/native/libpodward_native.so "$NATIVE"
   echo "libpodward.so: $(stat -c %s "$NATIVE") bytes, sha256 $(sha256sum "$NATIVE" | cut -d' ' -f1)"
+  log "building podward-policy (explain, lint, replay, learn: the core's own policy code)"
+  cargo build --quiet --release -p podward-policy
+  cp target/release/podward-policy "$POLICY_TOOL"
   setup_python
   "$VENV/bin/python" envoy/render.py generate --dist dist --wasm "$WASM" --native "$NATIVE"
   "$VENV/bin/python" envoy/manifests.py --dist dist

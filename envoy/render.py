@@ -642,6 +642,8 @@ def access_log(settings: Settings) -> dict:
         # The path as Envoy normalised it, which podward classified and the API
         # server received; never a header the app could set.
         "path": "%REQ(:PATH)%",
+        # The Host podward checks: with the method and path, all it judges a request by (podward-policy).
+        "authority": "%REQ(:AUTHORITY)%",
         "code": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",
         "details": "%RESPONSE_CODE_DETAILS%",

@@ -135,6 +135,7 @@ impl Ambassador {
             self.token = Some(token);
         }
         if let Some(policy) = new_policy {
+            counts.declare_policy(&policy);
             self.policy = Some(Arc::new(policy));
         }
         // A last file's first read can make the pod's view complete without

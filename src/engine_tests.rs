@@ -540,3 +540,41 @@ fn refusals_are_recorded_for_the_access_log() {
     assert!(script.request(1).records.is_empty());
     assert!(script.request(2).records[0].contains("policy_denied"));
 }
+
+#[test]
+fn a_policy_file_in_dry_run_forwards_counts_and_is_enforced_by_deleting_dry_run() {
+    let mut script =
+        Script::new(r#"{"policy_file": "/policy/policy.json", "refresh_interval_ms": 10}"#);
+    script.write_pod_files();
+    let rules = r#""default_action": "deny", "rules": [
+        {"name": "read-pods", "action": "allow", "verbs": ["list"], "apiGroups": [""],
+         "resources": ["pods"], "namespaces": ["$self"]}]"#;
+    let policy = |dry_run: &str| format!("{{{dry_run}{rules}}}");
+    script.write(
+        "/policy/policy.json",
+        policy(r#""dryRun": true, "#).as_bytes(),
+    );
+    script.arrive(1, "GET", PODS);
+    script.finish_reads();
+    let dry_run_denied = "rule=.=rules/default;.;podward_policy_dry_run_denied_total";
+    // Declared at zero as soon as the policy file is taken.
+    assert_eq!(script.counted(dry_run_denied), 0);
+    assert!(script
+        .metrics
+        .iter()
+        .any(|(name, value)| name == dry_run_denied && *value == Value::Add(0)));
+    assert_eq!(script.woken(1), [&Step::Forward]);
+    assert_eq!(script.arrive(2, "POST", DEPLOYMENTS), Step::Forward);
+    assert!(script.request(2).records[0].contains(r#""dry_run_rule":"rules/default""#));
+    assert_eq!(script.counted(dry_run_denied), 1);
+    // The same policy without `dryRun`: enforced.
+    script.write("/policy/policy.json", policy("").as_bytes());
+    script.tick(1000);
+    script.finish_reads();
+    assert_eq!(script.arrive(3, "GET", PODS), Step::Forward);
+    assert_eq!(status_of(&script.arrive(4, "POST", DEPLOYMENTS)).0, 403);
+    assert_eq!(
+        script.counted("rule=.=rules/default;.;podward_policy_denied_total"),
+        1
+    );
+}

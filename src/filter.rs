@@ -112,6 +112,8 @@ pub struct Handled<'r> {
     pub refusal: Option<Refusal>,
     pub request: Option<RequestInfo<'r>>,
     pub rule: Option<&'r RuleRef>,
+    /// The dry-run deny rule that would have refused the request.
+    pub dry_run: Option<&'r RuleRef>,
 }
 
 impl<'r> Handled<'r> {
@@ -139,6 +141,9 @@ impl<'r> Handled<'r> {
                 ("name", &request.name),
             ]);
         }
+        if let Some(dry_run) = self.dry_run {
+            fields.extend([("dry_run", "deny"), ("dry_run_rule", dry_run.as_str())]);
+        }
         let mut record = String::with_capacity(256);
         for (key, value) in fields {
             record.push(if record.is_empty() { '{' } else { ',' });
@@ -161,6 +166,7 @@ impl<'r> Handled<'r> {
             refusal: Some(refusal),
             request,
             rule,
+            dry_run: None,
         }
     }
 }
@@ -191,8 +197,14 @@ pub fn serve(
         .request
         .as_ref()
         .map(|request| series.series_for(request));
-    if handled.refusal.is_some() || config.access_record == AccessRecord::All {
+    if handled.refusal.is_some()
+        || config.access_record == AccessRecord::All
+        || handled.dry_run.is_some()
+    {
         host.set_access_record(&handled.access_record());
+    }
+    if let Some(rule) = handled.dry_run {
+        counts.count(Counter::PolicyDryRunDenied { rule });
     }
     let (refusal, status) = match handled.decision {
         Decision::Forward(rewrite) => {
@@ -253,7 +265,9 @@ pub fn readiness_reply(readiness: Result<(), String>) -> Status {
     }
 }
 
-/// The request path for one request, given the app's headers.
+/// The request path for one request, given the app's headers: the host
+/// check, the classification, the policy, then credentials and identity.
+/// `podward-policy explain` runs it too.
 pub fn handle<'r>(
     config: &'r Config,
     policy: &'r Policy,
@@ -304,12 +318,15 @@ pub fn handle<'r>(
             config.token.expiry_skew_seconds
         );
         let status = Status::unavailable(message, 1);
-        return Handled::refused(
-            Refusal::TokenExpired,
-            status,
-            Some(request),
-            Some(decision.rule),
-        );
+        return Handled {
+            dry_run: decision.dry_run,
+            ..Handled::refused(
+                Refusal::TokenExpired,
+                status,
+                Some(request),
+                Some(decision.rule),
+            )
+        };
     }
 
     let keep_client_credentials = config.token.client_authorization
@@ -345,6 +362,7 @@ pub fn handle<'r>(
         refusal: None,
         request: Some(request),
         rule: Some(decision.rule),
+        dry_run: decision.dry_run,
     }
 }
 
@@ -937,6 +955,91 @@ mod tests {
         serve_with(&mut host, r#"{"access_record": "all"}"#, "GET", "/api");
         assert_eq!(host.records.len(), 1);
         assert!(host.records[0].starts_with(r#"{"decision":"forward""#));
+    }
+
+    #[test]
+    fn a_dry_run_denial_is_forwarded_recorded_and_counted() {
+        let config = r#"{"policy": {"preset": "kubectl-proxy", "rules": [
+            {"name": "no-secrets", "action": "deny", "dryRun": true, "verbs": ["*"],
+             "apiGroups": [""], "resources": ["secrets"]}]}}"#;
+        let mut host = MockHost::default();
+        let (served, counted) =
+            serve_with(&mut host, config, "GET", "/api/v1/namespaces/a/secrets");
+        assert!(served.reply.is_none(), "a dry-run deny forwards");
+        assert_eq!(
+            host.headers.get_str("authorization"),
+            Some("Bearer pod-token")
+        );
+        assert_eq!(
+            host.records,
+            [
+                r#"{"decision":"forward","rule":"kubectl-proxy/default","verb":"list","group":"","resource":"secrets","subresource":"","namespace":"a","name":"","dry_run":"deny","dry_run_rule":"rules/no-secrets"}"#
+            ],
+            "recorded although access_record is \"refusals\""
+        );
+        assert_eq!(
+            counted,
+            ["rule=.=rules/no-secrets;.;podward_policy_dry_run_denied_total"]
+        );
+
+        // Denied anyway: the enforced rule decides, and no dry-run is recorded or counted.
+        host.records.clear();
+        let (served, counted) = serve_with(
+            &mut host,
+            config,
+            "POST",
+            "/api/v1/namespaces/a/pods/p/exec",
+        );
+        assert_eq!(served.reply.unwrap().code, 403);
+        assert!(!host.records[0].contains("dry_run"), "{:?}", host.records);
+        assert!(
+            !counted.iter().any(|c| c.contains("dry_run")),
+            "{counted:?}"
+        );
+
+        // Not matched: nothing recorded.
+        host.records.clear();
+        let (_, counted) = serve_with(&mut host, config, "GET", "/api/v1/namespaces/a/pods");
+        assert!(host.records.is_empty() && counted.is_empty());
+    }
+
+    #[test]
+    fn a_whole_policy_in_dry_run_is_recorded_while_the_default_preset_is_enforced() {
+        let config = r#"{"policy": {"dryRun": true, "default_action": "deny", "rules": [
+            {"name": "read-pods", "action": "allow", "verbs": ["get", "list"],
+             "apiGroups": [""], "resources": ["pods"], "namespaces": ["$self"]},
+            {"name": "exec", "action": "allow", "verbs": ["create"],
+             "apiGroups": [""], "resources": ["pods/exec"]}]}}"#;
+        let mut host = MockHost::default();
+        let (served, _) = serve_with(&mut host, config, "GET", "/api/v1/namespaces/team-a/pods");
+        assert!(served.reply.is_none() && host.records.is_empty());
+        let (served, counted) = serve_with(
+            &mut host,
+            config,
+            "DELETE",
+            "/api/v1/namespaces/team-a/pods/p",
+        );
+        assert!(served.reply.is_none());
+        assert!(
+            host.records[0].ends_with(r#""dry_run":"deny","dry_run_rule":"rules/default"}"#),
+            "{:?}",
+            host.records
+        );
+        assert_eq!(
+            counted,
+            ["rule=.=rules/default;.;podward_policy_dry_run_denied_total"]
+        );
+        // What the candidate allows beyond the default preset stays denied: a
+        // dry-run never loosens it.
+        let (served, _) = serve_with(
+            &mut host,
+            config,
+            "POST",
+            "/api/v1/namespaces/team-a/pods/p/exec",
+        );
+        let status = served.reply.unwrap();
+        assert_eq!(status.code, 403);
+        assert!(status.message.contains("kubectl-proxy/no-exec-or-attach"));
     }
 
     #[test]

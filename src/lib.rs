@@ -44,6 +44,8 @@ pub mod host;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+#[cfg(test)]
+mod policy_tables;
 pub mod refresh;
 pub mod request_info;
 pub mod status;

@@ -10,7 +10,7 @@
 //! module defines the same metrics with labels.
 
 use crate::config::{Config, FileRole, PolicySource};
-use crate::policy::RuleRef;
+use crate::policy::{Policy, RuleRef};
 use crate::prelude::*;
 use crate::request_info::RequestInfo;
 
@@ -58,10 +58,22 @@ pub enum Counter<'a> {
     TokenStale,
     PolicyReloads,
     PolicyReloadFailures,
-    FileRefreshes { file: &'a str },
-    FileRefreshFailures { file: &'a str },
-    LocalReplies { reason: Refusal },
-    PolicyDenied { rule: &'a RuleRef },
+    FileRefreshes {
+        file: &'a str,
+    },
+    FileRefreshFailures {
+        file: &'a str,
+    },
+    LocalReplies {
+        reason: Refusal,
+    },
+    PolicyDenied {
+        rule: &'a RuleRef,
+    },
+    /// Forwarded, but a dry-run deny rule would have refused it.
+    PolicyDryRunDenied {
+        rule: &'a RuleRef,
+    },
 }
 
 /// Every counter but the request series: its name, and its tag key if it has one.
@@ -75,6 +87,7 @@ pub const COUNTERS: &[(&str, Option<&str>)] = &[
     (FILE_REFRESH_FAILURES, Some("file")),
     (LOCAL_REPLIES, Some("reason")),
     (DENIED, Some("rule")),
+    (DRY_RUN_DENIED, Some("rule")),
 ];
 
 impl Counter<'_> {
@@ -89,6 +102,7 @@ impl Counter<'_> {
             Counter::FileRefreshFailures { .. } => FILE_REFRESH_FAILURES,
             Counter::LocalReplies { .. } => LOCAL_REPLIES,
             Counter::PolicyDenied { .. } => DENIED,
+            Counter::PolicyDryRunDenied { .. } => DRY_RUN_DENIED,
         }
     }
 
@@ -101,7 +115,7 @@ impl Counter<'_> {
         let value = match self {
             Counter::FileRefreshes { file } | Counter::FileRefreshFailures { file } => file,
             Counter::LocalReplies { reason } => reason.as_str(),
-            Counter::PolicyDenied { rule } => rule.as_str(),
+            Counter::PolicyDenied { rule } | Counter::PolicyDryRunDenied { rule } => rule.as_str(),
             _ => return None,
         };
         Some((key, value))
@@ -167,16 +181,23 @@ impl Counts {
                 ]),
             }
         }
-        if let PolicySource::Inline(policy) = &config.policy {
-            known.extend(
-                policy
-                    .rule_refs()
-                    .map(|rule| Counter::PolicyDenied { rule }),
-            );
-        }
         known.extend(Refusal::ALL.map(|reason| Counter::LocalReplies { reason }));
         for counter in known {
             self.add(counter, 0);
+        }
+        if let PolicySource::Inline(policy) = &config.policy {
+            self.declare_policy(policy);
+        }
+    }
+
+    /// Counts at zero every series a policy's decisions can count under: a
+    /// policy file's when it is taken.
+    pub fn declare_policy(&mut self, policy: &Policy) {
+        for rule in policy.rule_refs() {
+            self.add(Counter::PolicyDenied { rule }, 0);
+        }
+        for rule in policy.dry_run_refs() {
+            self.add(Counter::PolicyDryRunDenied { rule }, 0);
         }
     }
 
@@ -252,6 +273,7 @@ impl Gauge {
 
 pub const REQUESTS: &str = "podward_requests_total";
 pub const DENIED: &str = "podward_policy_denied_total";
+pub const DRY_RUN_DENIED: &str = "podward_policy_dry_run_denied_total";
 pub const LOCAL_REPLIES: &str = "podward_local_replies_total";
 pub const TOKEN_REFRESHES: &str = "podward_token_refreshes_total";
 pub const TOKEN_REFRESH_FAILURES: &str = "podward_token_refresh_failures_total";

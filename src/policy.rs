@@ -17,12 +17,20 @@
 //! [`RequestInfo::also_create`]) is decided once per verb, each time by the
 //! first rule that matches: it is allowed only if both decisions allow, and
 //! otherwise denied by the first that denies, `get`'s then `create`'s.
+//!
+//! Dry-run: a deny rule marked `dryRun` decides nothing; when it is the first
+//! rule to match a request the enforced decision allows, the decision names it
+//! ([`Decision::dry_run`]), so that podward can record that the request would
+//! have been denied. A whole policy marked `dryRun` is the candidate, while the
+//! [`DEFAULT_PRESET`] is enforced in its place: trying out a policy never loosens
+//! the shipped default, and enforcing it is one edit (deleting `dryRun`).
 
 use crate::config::SIDECAR_CONFIGMAP_ENV;
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::prelude::*;
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
 use crate::status::Quoted;
+use alloc::boxed::Box;
 use core::fmt;
 use serde_json::Value;
 
@@ -38,6 +46,8 @@ const EFFECTS: &[(&str, Effect)] = &[("allow", Effect::Allow), ("deny", Effect::
 pub struct Rule {
     pub name: String,
     pub action: Effect,
+    /// A deny rule that is only recorded, never enforced.
+    pub dry_run: bool,
     pub verbs: Vec<String>,
     pub api_groups: Vec<String>,
     pub resources: Vec<String>,
@@ -52,12 +62,15 @@ pub struct PolicyConfig {
     pub preset: Option<String>,
     pub rules: Vec<Rule>,
     pub default_action: Option<Effect>,
+    /// The whole policy is tried out, with [`DEFAULT_PRESET`] enforced meanwhile.
+    pub dry_run: bool,
 }
 
 impl PolicyConfig {
     pub fn read(mut object: Object) -> Result<PolicyConfig, FieldError> {
         let preset = object.string("preset")?;
         let default_action = object.choice("default_action", EFFECTS)?;
+        let dry_run = object.boolean("dryRun")?.unwrap_or(false);
         let rules = object
             .list("rules")?
             .unwrap_or_default()
@@ -69,6 +82,7 @@ impl PolicyConfig {
             preset,
             rules,
             default_action,
+            dry_run,
         })
     }
 }
@@ -80,10 +94,12 @@ impl Rule {
         let action = object
             .choice("action", EFFECTS)?
             .ok_or_else(|| field_error(object.path_of("action"), "is required: allow or deny"))?;
+        let dry_run = object.boolean("dryRun")?.unwrap_or(false);
         let mut list = |key| object.strings(key).map(Option::unwrap_or_default);
         let rule = Rule {
             name,
             action,
+            dry_run,
             verbs: list("verbs")?,
             api_groups: list("apiGroups")?,
             resources: list("resources")?,
@@ -184,18 +200,38 @@ impl fmt::Display for RuleRef {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'p> {
+    /// What is enforced, and the rule (or default) that decided it.
     pub effect: Effect,
     pub rule: &'p RuleRef,
+    /// When the request is allowed but a dry-run deny would have stopped it:
+    /// that rule.
+    pub dry_run: Option<&'p RuleRef>,
 }
 
+/// A policy, ready to decide. Its rules and default are what is enforced;
+/// a policy with anything in dry-run also holds the policy as written, the
+/// candidate: the default preset is enforced in place of a policy in dry-run
+/// as a whole, and the rules less the dry-run ones in place of one with
+/// dry-run rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     rules: Vec<(RuleRef, Rule)>,
     default_effect: Effect,
     default_rule: RuleRef,
+    dry_run: Option<Box<DryRun>>,
 }
 
-const NON_RESOURCE_VERBS: &[&str] = &["get", "head", "post", "put", "patch", "delete", "options"];
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DryRun {
+    /// The policy as written, dry-run rules deciding as any other.
+    candidate: Policy,
+    /// The whole policy is dry-run (else some of its rules are).
+    whole: bool,
+}
+
+/// Every verb a non-resource rule can name.
+pub const NON_RESOURCE_VERBS: &[&str] =
+    &["get", "head", "post", "put", "patch", "delete", "options"];
 
 impl Policy {
     /// A policy file: the same JSON as the configuration's `policy` field.
@@ -271,16 +307,80 @@ impl Policy {
             }
         }
         let default_rule = RuleRef::new(config.preset.as_deref().unwrap_or("rules"), "default");
-        Ok(Policy {
+        let written = Policy {
             rules,
             default_effect,
             default_rule,
-        })
+            dry_run: None,
+        };
+        let whole = config.dry_run;
+        if !whole && !written.rules.iter().any(|(_, rule)| rule.dry_run) {
+            return Ok(written);
+        }
+        let mut enforced = if whole {
+            Policy::build_for(
+                &PolicyConfig {
+                    preset: Some(DEFAULT_PRESET.into()),
+                    ..PolicyConfig::default()
+                },
+                sidecar_configmaps,
+            )?
+        } else {
+            Policy {
+                rules: written
+                    .rules
+                    .iter()
+                    .filter(|(_, r)| !r.dry_run)
+                    .cloned()
+                    .collect(),
+                ..written.clone()
+            }
+        };
+        enforced.dry_run = Some(Box::new(DryRun {
+            candidate: written,
+            whole,
+        }));
+        Ok(enforced)
     }
 
-    /// The first rule that matches decides; `self_namespace` is what `$self` means.
-    /// A session's GET is decided as `get`, then as `create` (see the module).
+    /// The first rule that matches and is not dry-run decides; `self_namespace`
+    /// is what `$self` means. When that allows the request and a dry-run
+    /// rule (or a policy in dry-run) would deny it, the decision names it.
     pub fn decide(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        // One loop for both policies a dry-run needs, so that matching has one
+        // place in the code and a policy without dry-run costs no more than
+        // its own rules did before dry-run: one check of `dry_run` below.
+        let mut policy = self;
+        let mut enforced: Option<Decision<'_>> = None;
+        loop {
+            let decided = policy.decide_each_verb(request, self_namespace);
+            match (enforced, &self.dry_run) {
+                (None, Some(dry_run)) if decided.effect == Effect::Allow => {
+                    enforced = Some(decided);
+                    policy = &dry_run.candidate;
+                }
+                (None, _) => return decided,
+                (Some(enforced), _) => {
+                    let would_deny = decided.effect == Effect::Deny;
+                    return Decision {
+                        dry_run: would_deny.then_some(decided.rule),
+                        ..enforced
+                    };
+                }
+            }
+        }
+    }
+
+    /// What the policy would decide were nothing in it dry-run: the first
+    /// matching rule of the policy as written decides. `dry_run` is always
+    /// `None`.
+    pub fn candidate(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
+        self.written().decide(request, self_namespace)
+    }
+
+    /// The first rule that matches decides; a session's GET is decided as
+    /// `get`, then as `create` (see the module).
+    fn decide_each_verb(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
         let decision = self.first_match(request, self_namespace);
         if decision.effect == Effect::Deny || !request.also_create() {
             return decision;
@@ -292,27 +392,80 @@ impl Policy {
         self.first_match(&as_create, self_namespace)
     }
 
+    /// The first rule that matches decides, else the default.
     fn first_match(&self, request: &RequestInfo, self_namespace: &str) -> Decision<'_> {
         for (rule_ref, rule) in &self.rules {
             if matches(rule, request, self_namespace) {
                 return Decision {
                     effect: rule.action,
                     rule: rule_ref,
+                    dry_run: None,
                 };
             }
         }
         Decision {
             effect: self.default_effect,
             rule: &self.default_rule,
+            dry_run: None,
         }
     }
 
-    /// Every rule that can decide, the default included.
+    /// The policy as written: the candidate of a policy with dry-run.
+    fn written(&self) -> &Policy {
+        self.dry_run
+            .as_ref()
+            .map_or(self, |dry_run| &dry_run.candidate)
+    }
+
+    /// Whether anything in the policy is dry-run.
+    pub fn has_dry_run(&self) -> bool {
+        self.dry_run.is_some()
+    }
+
+    /// Every rule that can decide what is enforced, the default included.
     pub fn rule_refs(&self) -> impl Iterator<Item = &RuleRef> {
         self.rules
             .iter()
             .map(|(rule_ref, _)| rule_ref)
             .chain(core::iter::once(&self.default_rule))
+    }
+
+    /// Every rule a [`Decision::dry_run`] can name.
+    pub fn dry_run_refs(&self) -> impl Iterator<Item = &RuleRef> {
+        let whole = self.baseline().is_some();
+        let written = self.written();
+        let default = (self.has_dry_run() && whole && written.default_effect == Effect::Deny)
+            .then_some(&written.default_rule);
+        written
+            .rules
+            .iter()
+            .filter(move |(_, rule)| rule.action == Effect::Deny && (whole || rule.dry_run))
+            .map(|(rule_ref, _)| rule_ref)
+            .chain(default)
+    }
+
+    /// The rules as written, in order, each with the name decisions give it:
+    /// for tools that read a policy (`podward-policy lint`).
+    pub fn rules(&self) -> &[(RuleRef, Rule)] {
+        &self.written().rules
+    }
+
+    /// The default as written.
+    pub fn default_decision(&self) -> (Effect, &RuleRef) {
+        let written = self.written();
+        (written.default_effect, &written.default_rule)
+    }
+
+    /// What a whole policy in dry-run enforces meanwhile: the default preset.
+    pub fn baseline(&self) -> Option<&Policy> {
+        let dry_run = self.dry_run.as_ref()?;
+        dry_run.whole.then_some(self)
+    }
+
+    /// The rules that are enforced, with the default: those written less the
+    /// dry-run ones, or the default preset's.
+    pub fn enforced_rules(&self) -> (&[(RuleRef, Rule)], Effect, &RuleRef) {
+        (&self.rules, self.default_effect, &self.default_rule)
     }
 }
 
@@ -353,6 +506,14 @@ fn check_rule(rule: &Rule) -> Result<(), (&'static str, String)> {
     }
     if rule.verbs.is_empty() {
         return Err(("verbs", "must name at least one verb, or \"*\"".into()));
+    }
+    if rule.dry_run && rule.action == Effect::Allow {
+        return Err((
+            "dryRun",
+            "only a deny rule can be dry-run (an allow rule decides as soon as it matches); \
+             to try out a policy that allows more, mark the whole policy \"dryRun\""
+                .into(),
+        ));
     }
     let is_resource_rule = !rule.resources.is_empty();
     let is_non_resource_rule = !rule.non_resource_urls.is_empty();
@@ -487,7 +648,9 @@ fn namespace_problem(namespace: &str) -> Option<&'static str> {
     }
 }
 
-fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
+/// Whether `rule` matches, by its action's meaning (see [`allow_matches`] and
+/// [`deny_matches`]).
+pub fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
     match rule.action {
         Effect::Allow => allow_matches(rule, request, self_namespace),
         Effect::Deny => deny_matches(rule, request, self_namespace),
@@ -495,7 +658,7 @@ fn matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
 }
 
 /// RBAC's own matching.
-fn allow_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
+pub fn allow_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) -> bool {
     rule.verbs.iter().any(|v| v == "*" || v == request.verb)
         && scope_matches(rule, request)
         && (rule.resource_names.is_empty()
@@ -534,7 +697,7 @@ pub fn deny_matches(rule: &Rule, request: &RequestInfo, self_namespace: &str) ->
 }
 
 /// Verbs that read or change the same objects the same way.
-fn verb_family(verb: &str) -> &str {
+pub fn verb_family(verb: &str) -> &str {
     match verb {
         "list" | "watch" => "get",
         "patch" => "update",
@@ -545,7 +708,7 @@ fn verb_family(verb: &str) -> &str {
 
 /// The verb-independent part of a match: the URL of a non-resource request,
 /// or the group and resource of a resource request.
-fn scope_matches(rule: &Rule, request: &RequestInfo) -> bool {
+pub fn scope_matches(rule: &Rule, request: &RequestInfo) -> bool {
     if !request.is_resource_request {
         return rule
             .non_resource_urls
@@ -616,6 +779,7 @@ pub fn host_accepted(accepted: &[String], host: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy_tables::TABLES;
     use crate::request_info::classify;
 
     fn config(json: &str) -> PolicyConfig {
@@ -645,193 +809,236 @@ mod tests {
     }
 
     #[test]
-    fn presets_decide_like_their_documentation() {
+    fn a_sessions_get_is_decided_as_get_and_as_create() {
         use Effect::{Allow, Deny};
-        let cases: &[(&str, &str, &str, Effect, &str)] = &[
-            (
-                "kubectl-proxy",
-                "GET",
-                "/api/v1/namespaces/default/pods",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "kubectl-proxy",
-                "DELETE",
-                "/api/v1/namespaces/x/pods/p",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "kubectl-proxy",
-                "POST",
-                "/api/v1/namespaces/x/pods/p/exec",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-            ),
-            (
-                "kubectl-proxy",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/exec?command=sh",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-            ),
-            (
-                "kubectl-proxy",
-                "POST",
-                "/api/v1/namespaces/x/pods/p/attach",
-                Deny,
-                "kubectl-proxy/no-exec-or-attach",
-            ),
-            (
-                "kubectl-proxy",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/log",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "kubectl-proxy",
-                "POST",
-                "/api/v1/namespaces/x/pods/p/portforward",
-                Allow,
-                "kubectl-proxy/default",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/pods",
-                Allow,
-                "read-only/read-resources",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/pods?watch=1",
-                Allow,
-                "read-only/read-resources",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/version",
-                Allow,
-                "read-only/read-non-resource-urls",
-            ),
-            (
-                "read-only",
-                "POST",
-                "/api/v1/namespaces/x/pods",
-                Deny,
-                "read-only/default",
-            ),
-            (
-                "read-only",
-                "PATCH",
-                "/apis/apps/v1/namespaces/x/deployments/d",
-                Deny,
-                "read-only/default",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/exec",
-                Deny,
-                "read-only/no-interactive-or-proxy",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/services/s/proxy/admin",
-                Deny,
-                "read-only/no-interactive-or-proxy",
-            ),
-            (
-                "read-only",
-                "GET",
-                "/api/v1/namespaces/x/pods/p/log",
-                Allow,
-                "read-only/read-resources",
-            ),
-            (
-                "own-namespace",
-                "DELETE",
-                "/api/v1/namespaces/team-a/pods/p",
-                Allow,
-                "own-namespace/own-namespace",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/namespaces/other/pods",
-                Deny,
-                "own-namespace/default",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/pods",
-                Deny,
-                "own-namespace/default",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/nodes",
-                Allow,
-                "own-namespace/read-cluster-scoped",
-            ),
-            (
-                "own-namespace",
-                "DELETE",
-                "/api/v1/nodes/n1",
-                Deny,
-                "own-namespace/default",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/api/v1/namespaces/team-a",
-                Allow,
-                "own-namespace/own-namespace",
-            ),
-            (
-                "own-namespace",
-                "DELETE",
-                "/api/v1/namespaces/team-a",
-                Deny,
-                "own-namespace/no-namespace-writes",
-            ),
-            (
-                "own-namespace",
-                "PUT",
-                "/api/v1/namespaces/team-a/finalize",
-                Deny,
-                "own-namespace/no-namespace-writes",
-            ),
-            (
-                "own-namespace",
-                "GET",
-                "/apis",
-                Allow,
-                "own-namespace/read-non-resource-urls",
-            ),
-            (
-                "own-namespace",
-                "POST",
-                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-                Allow,
-                "own-namespace/self-reviews",
-            ),
+        const WEBSOCKET: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
+        const SPDY: (&str, &str) = ("POST", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
+        const PORT_FORWARD: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/portforward");
+        // `default_action`, then rules of (name, action, verbs, resource).
+        let policy_of = |default: &str, rules: &[(&str, &str, &str, &str)]| {
+            let rules: Vec<String> = rules
+                .iter()
+                .map(|(name, action, verbs, resource)| {
+                    format!(
+                        r#"{{"name": "{name}", "action": "{action}", "verbs": [{verbs}],
+                             "apiGroups": [""], "resources": ["{resource}"]}}"#
+                    )
+                })
+                .collect();
+            let json = format!(
+                r#"{{"default_action": "{default}", "rules": [{}]}}"#,
+                rules.join(",")
+            );
+            policy(&json)
+        };
+        #[rustfmt::skip]
+        let cases = [
+            // A deny of either verb stops the WebSocket GET; the SPDY POST is a create alone.
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/c"),
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), SPDY, Deny, "rules/c"),
+            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), PORT_FORWARD, Allow, "rules/default"),
+            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/g"),
+            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), SPDY, Allow, "rules/default"),
+            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
+            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/*")]), PORT_FORWARD, Deny, "rules/a"),
+            // An allow must allow both verbs.
+            (policy_of("deny", &[("g", "allow", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), SPDY, Allow, "rules/c"),
+            (policy_of("deny", &[("gc", "allow", r#""get", "create""#, "pods/exec")]), WEBSOCKET, Allow, "rules/gc"),
+            (policy_of("deny", &[("a", "allow", r#""*""#, "pods/*")]), PORT_FORWARD, Allow, "rules/a"),
+            // Each verb is decided by its own first match: get's is the allow, create's the deny after it.
+            (policy_of("allow", &[("g", "allow", r#""get""#, "pods/exec"), ("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
+            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec"), ("g", "allow", r#""get""#, "pods/*")]), WEBSOCKET, Allow, "rules/c"),
         ];
-        for (preset, method, path, effect, rule) in cases {
-            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
+        for (policy, (method, path), effect, rule) in cases {
             assert_eq!(
-                decide(&p, method, path),
-                (*effect, rule.to_string()),
-                "{preset}: {method} {path}"
+                decide(&policy, method, path),
+                (effect, rule.to_string()),
+                "{method} {path} under {policy:?}"
             );
         }
+        // The presets' denies name every verb; own-namespace allows both in its namespace.
+        for (preset, effect) in [
+            ("kubectl-proxy", Deny),
+            ("read-only", Deny),
+            ("own-namespace", Allow),
+        ] {
+            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
+            assert_eq!(decide(&p, WEBSOCKET.0, WEBSOCKET.1).0, effect, "{preset}");
+        }
+    }
+
+    #[test]
+    fn the_decision_tables() {
+        for table in TABLES {
+            let p = Policy::parse(table.policy.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", table.name));
+            for case in table.cases {
+                let at = format!("{}: {} {} {}", table.name, case.method, case.path, case.why);
+                let request = classify(case.method, case.path).unwrap();
+                let decision = p.decide(&request, table.self_namespace);
+                let candidate = p.candidate(&request, table.self_namespace);
+                assert_eq!(decision.effect == Effect::Allow, case.allowed, "{at}");
+                if !case.rule.is_empty() {
+                    assert_eq!(decision.rule.as_str(), case.rule, "{at}");
+                }
+                let dry_run = decision.dry_run.map(RuleRef::as_str).unwrap_or_default();
+                assert_eq!(dry_run, case.dry_run, "{at}");
+                if !case.candidate.is_empty() {
+                    assert_eq!(candidate.rule.as_str(), case.candidate, "{at}");
+                }
+                assert_eq!(candidate.dry_run, None, "{at}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_rules_a_dry_run_can_name() {
+        let refs = |refs: &mut dyn Iterator<Item = &RuleRef>| -> Vec<String> {
+            refs.map(ToString::to_string).collect()
+        };
+        let table = |name: &str| {
+            let table = TABLES.iter().find(|t| t.name == name).unwrap();
+            policy(table.policy)
+        };
+        let p = table("dry_run_rules_are_named_when_the_enforced_decision_allows");
+        assert!(p.has_dry_run());
+        assert_eq!(
+            refs(&mut p.rule_refs()),
+            [
+                "rules/no-kube-system",
+                "rules/own-configmaps",
+                "rules/default"
+            ]
+        );
+        assert_eq!(
+            refs(&mut p.dry_run_refs()),
+            [
+                "rules/try-no-secrets",
+                "rules/try-no-secret-reads",
+                "rules/try-no-configmap-writes"
+            ]
+        );
+        assert!(!policy(r#"{"preset": "read-only"}"#).has_dry_run());
+        let p = table("a_whole_policy_in_dry_run_enforces_the_default_preset");
+        let enforced = refs(&mut p.rule_refs());
+        assert_eq!(
+            enforced[0], "kubectl-proxy/no-sidecar-configmap-writes",
+            "the enforced rules"
+        );
+        assert_eq!(
+            refs(&mut p.dry_run_refs()),
+            [
+                "read-only/no-sidecar-configmap-writes",
+                "read-only/no-token-requests",
+                "read-only/no-interactive-or-proxy",
+                "read-only/default"
+            ]
+        );
+        assert_eq!(
+            p.baseline().map(|b| b.enforced_rules().1),
+            Some(Effect::Allow)
+        );
+        assert_eq!(p.default_decision().0, Effect::Deny, "as written");
+    }
+
+    #[test]
+    fn bad_policies_name_the_field() {
+        let cases = [
+            (r#"{"preset": "nope"}"#, "policy.preset"),
+            (
+                r#"{"rules": [{"name": "", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["*"]}]}"#,
+                "policy.rules[0].name",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": [], "nonResourceURLs": ["*"]}]}"#,
+                "policy.rules[0].verbs",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["fetch"], "apiGroups": [""], "resources": ["pods"]}]}"#,
+                "policy.rules[0].verbs",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "resources": ["pods"]}]}"#,
+                "policy.rules[0].apiGroups",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"]}]}"#,
+                "policy.rules[0].resources",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["x"]}]}"#,
+                "policy.rules[0].nonResourceURLs",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/x"], "namespaces": ["a"]}]}"#,
+                "policy.rules[0].namespaces",
+            ),
+            (
+                r#"{"rules": [
+                {"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/x"]},
+                {"name": "a", "action": "deny", "verbs": ["get"], "nonResourceURLs": ["/y"]}]}"#,
+                "policy.rules",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["create"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["x"]}]}"#,
+                "policy.rules[0].resourceNames",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["update"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["$self"]}]}"#,
+                "policy.rules[0].resourceNames",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["Pods"]}]}"#,
+                "policy.rules[0].resources",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": ["Apps"], "resources": ["pods"]}]}"#,
+                "policy.rules[0].apiGroups",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["Kube_System"]}]}"#,
+                "policy.rules[0].namespaces",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": [""]}]}"#,
+                "policy.rules[0].resourceNames",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/a*b"]}]}"#,
+                "policy.rules[0].nonResourceURLs",
+            ),
+            (
+                r#"{"rules": [
+                {"name": "a", "action": "deny", "dryRun": true, "verbs": ["get"], "nonResourceURLs": ["/x"]},
+                {"name": "b", "action": "allow", "dryRun": true, "verbs": ["get"], "nonResourceURLs": ["/y"]}]}"#,
+                "policy.rules[1].dryRun",
+            ),
+        ];
+        for (json, field) in cases {
+            assert_eq!(
+                Policy::build(&config(json)).unwrap_err().field,
+                field,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn dry_run_must_be_true_or_false() {
+        for (json, field) in [
+            (r#"{"dryRun": "yes"}"#, "policy.dryRun"),
+            (
+                r#"{"rules": [{"name": "a", "action": "deny", "dryRun": 1, "verbs": ["get"], "nonResourceURLs": ["/x"]}]}"#,
+                "policy.rules[0].dryRun",
+            ),
+        ] {
+            let value: Value = serde_json::from_str(json).unwrap();
+            let error = PolicyConfig::read(Object::new(&value, "policy").unwrap()).unwrap_err();
+            assert_eq!(error.field, field, "{json}");
+        }
+        assert!(Policy::parse(br#"{"dryRun": false}"#).is_ok());
     }
 
     #[test]
@@ -928,382 +1135,6 @@ mod tests {
             decide(&p, "PATCH", &format!("{own}/team-policy")),
             (Allow, "rules/manage-policy".into())
         );
-    }
-
-    #[test]
-    fn own_rules_come_before_the_preset() {
-        let p = policy(
-            r#"{"preset": "read-only", "rules": [
-                {"name": "events", "action": "allow", "verbs": ["create"],
-                 "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "namespaces": ["$self"]},
-                {"name": "no-secrets", "action": "deny", "verbs": ["*"],
-                 "apiGroups": [""], "resources": ["secrets"]}]}"#,
-        );
-        let cases = [
-            (
-                "POST",
-                "/api/v1/namespaces/team-a/events",
-                Effect::Allow,
-                "rules/events",
-            ),
-            (
-                "POST",
-                "/api/v1/namespaces/other/events",
-                Effect::Deny,
-                "read-only/default",
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/secrets/s",
-                Effect::Deny,
-                "rules/no-secrets",
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/configmaps",
-                Effect::Allow,
-                "read-only/read-resources",
-            ),
-        ];
-        for (method, path, effect, rule) in cases {
-            assert_eq!(
-                decide(&p, method, path),
-                (effect, rule.into()),
-                "{method} {path}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_unknown_own_namespace_matches_nothing() {
-        let p = policy(r#"{"preset": "own-namespace"}"#);
-        for (method, path) in [
-            ("DELETE", "/api/v1/nodes/n1"),
-            ("GET", "/api/v1/secrets"),
-            ("GET", "/api/v1/namespaces/team-a/pods"),
-        ] {
-            let request = classify(method, path).unwrap();
-            assert_eq!(
-                p.decide(&request, "").effect,
-                Effect::Deny,
-                "{method} {path}"
-            );
-        }
-    }
-
-    #[test]
-    fn rbac_matching_details() {
-        let p = policy(
-            r#"{"default_action": "deny", "rules": [
-                {"name": "scale", "action": "allow", "verbs": ["update"], "apiGroups": ["apps"],
-                 "resources": ["*/scale"]},
-                {"name": "one-cm", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["configmaps"], "resourceNames": ["settings"]},
-                {"name": "pod-subresources", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["pods/*"]},
-                {"name": "health", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/healthz", "/livez/*"]}]}"#,
-        );
-        let cases = [
-            (
-                "PUT",
-                "/apis/apps/v1/namespaces/x/deployments/d/scale",
-                Effect::Allow,
-            ),
-            (
-                "PUT",
-                "/apis/apps/v1/namespaces/x/deployments/d",
-                Effect::Deny,
-            ),
-            (
-                "PUT",
-                "/apis/batch/v1/namespaces/x/jobs/j/scale",
-                Effect::Deny,
-            ),
-            (
-                "GET",
-                "/api/v1/namespaces/x/configmaps/settings",
-                Effect::Allow,
-            ),
-            ("GET", "/api/v1/namespaces/x/configmaps/other", Effect::Deny),
-            (
-                "GET",
-                "/api/v1/namespaces/x/configmaps?fieldSelector=metadata.name%3Dsettings",
-                Effect::Deny,
-            ),
-            ("GET", "/api/v1/namespaces/x/pods/p/log", Effect::Allow),
-            ("GET", "/api/v1/namespaces/x/pods/p", Effect::Deny),
-            ("GET", "/healthz", Effect::Allow),
-            ("GET", "/healthz/etcd", Effect::Deny),
-            ("GET", "/livez/ping", Effect::Allow),
-            ("POST", "/healthz", Effect::Deny),
-        ];
-        for (method, path, effect) in cases {
-            assert_eq!(decide(&p, method, path).0, effect, "{method} {path}");
-        }
-    }
-
-    #[test]
-    fn deny_rules_cannot_be_read_around() {
-        use Effect::{Allow, Deny};
-        let p = policy(
-            r#"{"default_action": "allow", "rules": [
-                {"name": "secret-cm", "action": "deny", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["configmaps"], "resourceNames": ["top-secret"], "namespaces": ["team-a"]},
-                {"name": "kube-system", "action": "deny", "verbs": ["*"], "apiGroups": ["*"],
-                 "resources": ["*"], "namespaces": ["kube-system"]},
-                {"name": "no-deleting-leases", "action": "deny", "verbs": ["delete"],
-                 "apiGroups": ["coordination.k8s.io"], "resources": ["leases"]},
-                {"name": "no-editing-quotas", "action": "deny", "verbs": ["update"],
-                 "apiGroups": [""], "resources": ["resourcequotas"], "namespaces": ["$self"]}]}"#,
-        );
-        let cm = "/api/v1/namespaces/team-a/configmaps";
-        let cases: &[(&str, &str, Effect, &str)] = &[
-            // What the rule names, and the other ways to read it.
-            ("GET", "/api/v1/namespaces/team-a/configmaps/top-secret", Deny, "the named object"),
-            ("HEAD", "/api/v1/namespaces/team-a/configmaps/top-secret", Deny, "HEAD is get"),
-            ("GET", cm, Deny, "a list returns it"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?watch=1", Deny, "a watch returns it"),
-            ("GET", "/api/v1/watch/namespaces/team-a/configmaps", Deny, "the old watch form"),
-            ("GET", "/api/v1/configmaps", Deny, "a list across all namespaces"),
-            ("GET", "/api/v1/watch/configmaps", Deny, "a watch across all namespaces"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dtop-secret", Deny, "pinned to it"),
-            ("GET", "/api/v1/configmaps?watch=1&fieldSelector=metadata.name%3Dtop-secret", Deny, "pinned, all namespaces"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dother&labelSelector=a%3Db", Deny, "not pinned once a label selector is set"),
-            // Requests that cannot reach it.
-            ("GET", "/api/v1/namespaces/team-a/configmaps/other", Allow, "another name"),
-            ("GET", "/api/v1/namespaces/team-a/configmaps?fieldSelector=metadata.name%3Dother", Allow, "pinned to another name"),
-            ("GET", "/api/v1/namespaces/team-b/configmaps", Allow, "another namespace"),
-            ("PATCH", "/api/v1/namespaces/team-a/configmaps/top-secret", Allow, "the rule denies reads only"),
-            ("DELETE", cm, Allow, "the rule denies reads only"),
-            ("POST", cm, Allow, "a create reads nothing"),
-            // A namespace deny reaches every request across all namespaces.
-            ("GET", "/api/v1/namespaces/kube-system/secrets", Deny, "the namespace"),
-            ("GET", "/api/v1/secrets", Deny, "all namespaces"),
-            ("GET", "/apis/apps/v1/deployments?watch=true", Deny, "all namespaces, watched"),
-            ("DELETE", "/api/v1/namespaces/kube-system/pods", Deny, "deletecollection in it"),
-            ("GET", "/api/v1/nodes", Deny, "podward cannot tell a cluster-scoped list from an all-namespaces one"),
-            ("GET", "/api/v1/nodes/n1", Allow, "a named object without a namespace is cluster-scoped"),
-            ("GET", "/api/v1/namespaces/default/secrets", Allow, "another namespace"),
-            // A denied verb denies its family.
-            ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/x/leases/l", Deny, "delete"),
-            ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/x/leases", Deny, "deletecollection"),
-            ("DELETE", "/apis/coordination.k8s.io/v1/leases", Deny, "deletecollection, all namespaces"),
-            ("PUT", "/apis/coordination.k8s.io/v1/namespaces/x/leases/l", Allow, "update is another family"),
-            ("PATCH", "/api/v1/namespaces/team-a/resourcequotas/q", Deny, "patch is update's family"),
-            ("PUT", "/api/v1/namespaces/team-a/resourcequotas/q", Deny, "update"),
-            ("GET", "/api/v1/namespaces/team-a/resourcequotas", Allow, "reads are another family"),
-        ];
-        for (method, path, effect, why) in cases {
-            assert_eq!(
-                decide(&p, method, path).0,
-                *effect,
-                "{method} {path}: {why}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_sessions_get_is_decided_as_get_and_as_create() {
-        use Effect::{Allow, Deny};
-        const WEBSOCKET: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
-        const SPDY: (&str, &str) = ("POST", "/api/v1/namespaces/team-a/pods/p/exec?command=sh");
-        const PORT_FORWARD: (&str, &str) = ("GET", "/api/v1/namespaces/team-a/pods/p/portforward");
-        // `default_action`, then rules of (name, action, verbs, resource).
-        let policy_of = |default: &str, rules: &[(&str, &str, &str, &str)]| {
-            let rules: Vec<String> = rules
-                .iter()
-                .map(|(name, action, verbs, resource)| {
-                    format!(
-                        r#"{{"name": "{name}", "action": "{action}", "verbs": [{verbs}],
-                             "apiGroups": [""], "resources": ["{resource}"]}}"#
-                    )
-                })
-                .collect();
-            let json = format!(
-                r#"{{"default_action": "{default}", "rules": [{}]}}"#,
-                rules.join(",")
-            );
-            policy(&json)
-        };
-        #[rustfmt::skip]
-        let cases = [
-            // A deny of either verb stops the WebSocket GET; the SPDY POST is a create alone.
-            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/c"),
-            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), SPDY, Deny, "rules/c"),
-            (policy_of("allow", &[("c", "deny", r#""create""#, "pods/exec")]), PORT_FORWARD, Allow, "rules/default"),
-            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/g"),
-            (policy_of("allow", &[("g", "deny", r#""get""#, "pods/exec")]), SPDY, Allow, "rules/default"),
-            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
-            (policy_of("allow", &[("a", "deny", r#""*""#, "pods/*")]), PORT_FORWARD, Deny, "rules/a"),
-            // An allow must allow both verbs.
-            (policy_of("deny", &[("g", "allow", r#""get""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
-            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), WEBSOCKET, Deny, "rules/default"),
-            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec")]), SPDY, Allow, "rules/c"),
-            (policy_of("deny", &[("gc", "allow", r#""get", "create""#, "pods/exec")]), WEBSOCKET, Allow, "rules/gc"),
-            (policy_of("deny", &[("a", "allow", r#""*""#, "pods/*")]), PORT_FORWARD, Allow, "rules/a"),
-            // Each verb is decided by its own first match: get's is the allow, create's the deny after it.
-            (policy_of("allow", &[("g", "allow", r#""get""#, "pods/exec"), ("a", "deny", r#""*""#, "pods/exec")]), WEBSOCKET, Deny, "rules/a"),
-            (policy_of("deny", &[("c", "allow", r#""create""#, "pods/exec"), ("g", "allow", r#""get""#, "pods/*")]), WEBSOCKET, Allow, "rules/c"),
-        ];
-        for (policy, (method, path), effect, rule) in cases {
-            assert_eq!(
-                decide(&policy, method, path),
-                (effect, rule.to_string()),
-                "{method} {path} under {policy:?}"
-            );
-        }
-        // The presets' denies name every verb; own-namespace allows both in its namespace.
-        for (preset, effect) in [
-            ("kubectl-proxy", Deny),
-            ("read-only", Deny),
-            ("own-namespace", Allow),
-        ] {
-            let p = policy(&format!(r#"{{"preset": "{preset}"}}"#));
-            assert_eq!(decide(&p, WEBSOCKET.0, WEBSOCKET.1).0, effect, "{preset}");
-        }
-    }
-
-    #[test]
-    fn allow_rules_keep_rbac_meaning() {
-        let p = policy(
-            r#"{"default_action": "deny", "rules": [
-                {"name": "one-cm", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                 "resources": ["configmaps"], "resourceNames": ["settings"], "namespaces": ["team-a"]}]}"#,
-        );
-        for (method, path, effect) in [
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/configmaps/settings",
-                Effect::Allow,
-            ),
-            ("GET", "/api/v1/namespaces/team-a/configmaps", Effect::Deny),
-            ("GET", "/api/v1/configmaps/settings", Effect::Deny),
-            (
-                "GET",
-                "/api/v1/namespaces/team-a/configmaps?watch=1",
-                Effect::Deny,
-            ),
-        ] {
-            assert_eq!(decide(&p, method, path).0, effect, "{method} {path}");
-        }
-    }
-
-    #[test]
-    fn kubectl_proxy_preset_stops_the_exec_equivalents() {
-        let p = policy(r#"{"preset": "kubectl-proxy"}"#);
-        for (method, path, rule) in [
-            (
-                "PATCH",
-                "/api/v1/namespaces/x/pods/p/ephemeralcontainers",
-                "no-exec-equivalents",
-            ),
-            (
-                "PUT",
-                "/api/v1/namespaces/x/pods/p/ephemeralcontainers",
-                "no-exec-equivalents",
-            ),
-            (
-                "POST",
-                "/api/v1/nodes/n1/proxy/exec/ns/pod/c",
-                "no-exec-equivalents",
-            ),
-            (
-                "GET",
-                "/api/v1/nodes/n1/proxy/runningpods/",
-                "no-exec-equivalents",
-            ),
-            (
-                "POST",
-                "/api/v1/proxy/nodes/n1/exec/ns/pod/c",
-                "no-node-proxy",
-            ),
-        ] {
-            assert_eq!(
-                decide(&p, method, path),
-                (Effect::Deny, format!("kubectl-proxy/{rule}")),
-                "{method} {path}"
-            );
-        }
-        assert_eq!(
-            decide(&p, "GET", "/api/v1/namespaces/x/pods/p/proxy/metrics").0,
-            Effect::Allow
-        );
-    }
-
-    #[test]
-    fn bad_policies_name_the_field() {
-        let cases = [
-            (r#"{"preset": "nope"}"#, "policy.preset"),
-            (
-                r#"{"rules": [{"name": "", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["*"]}]}"#,
-                "policy.rules[0].name",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": [], "nonResourceURLs": ["*"]}]}"#,
-                "policy.rules[0].verbs",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["fetch"], "apiGroups": [""], "resources": ["pods"]}]}"#,
-                "policy.rules[0].verbs",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "resources": ["pods"]}]}"#,
-                "policy.rules[0].apiGroups",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"]}]}"#,
-                "policy.rules[0].resources",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["x"]}]}"#,
-                "policy.rules[0].nonResourceURLs",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/x"], "namespaces": ["a"]}]}"#,
-                "policy.rules[0].namespaces",
-            ),
-            (
-                r#"{"rules": [
-                {"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/x"]},
-                {"name": "a", "action": "deny", "verbs": ["get"], "nonResourceURLs": ["/y"]}]}"#,
-                "policy.rules",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["create"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["x"]}]}"#,
-                "policy.rules[0].resourceNames",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["update"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["$self"]}]}"#,
-                "policy.rules[0].resourceNames",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["Pods"]}]}"#,
-                "policy.rules[0].resources",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": ["Apps"], "resources": ["pods"]}]}"#,
-                "policy.rules[0].apiGroups",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["Kube_System"]}]}"#,
-                "policy.rules[0].namespaces",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "deny", "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": [""]}]}"#,
-                "policy.rules[0].resourceNames",
-            ),
-            (
-                r#"{"rules": [{"name": "a", "action": "allow", "verbs": ["get"], "nonResourceURLs": ["/a*b"]}]}"#,
-                "policy.rules[0].nonResourceURLs",
-            ),
-        ];
-        for (json, field) in cases {
-            assert_eq!(
-                Policy::build(&config(json)).unwrap_err().field,
-                field,
-                "{json}"
-            );
-        }
     }
 
     #[test]

@@ -249,13 +249,19 @@ def grant(kube, namespace: str, service_account: str, rules: list, name: str | N
 def real_pod(tmp_path, kube, namespace) -> ClusterPod:
     """The example pod in its own namespace of the real API server: ServiceAccount `app` with APP_RULES, the
     Pod object (Pending: no kubelet), and a TokenRequest token bound to it, laid out kubelet-style."""
-    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": namespace}})
-    grant(kube, namespace, "app", APP_RULES)
+    return cluster_pod(tmp_path, kube, namespace, "app", "curl-with-ambassador")
+
+
+def cluster_pod(tmp_path, kube, namespace: str, service_account: str, name: str) -> ClusterPod:
+    """A pod of the real API server, as real_pod makes it, with its own service account and pod name."""
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": service_account, "namespace": namespace}})
+    grant(kube, namespace, service_account, APP_RULES)
     pod_object = kube.create({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "curl-with-ambassador", "namespace": namespace, "labels": DEFAULT_LABELS,
+        "metadata": {"name": name, "namespace": namespace, "labels": DEFAULT_LABELS,
                      "annotations": DEFAULT_ANNOTATIONS},
-        "spec": {"serviceAccountName": "app", "nodeName": NODE_NAME, "automountServiceAccountToken": False,
+        "spec": {"serviceAccountName": service_account, "nodeName": NODE_NAME, "automountServiceAccountToken": False,
                  "containers": [{"name": "main", "image": "curlimages/curl:8.11.1"}]},
     })
     pod = ClusterPod(tmp_path / "pod", kube, pod_object)

@@ -2096,7 +2096,7 @@ fn config_read_as_written(document: Value) -> TestCaseResult {
 
 fn policy_config() -> BoxedStrategy<PolicyConfig> {
     let rule = (
-        "[a-c]{1,2}",
+        ("[a-c]{1,2}", prop::bool::weighted(0.25)),
         any::<bool>(),
         any::<bool>(),
         vec(select(VERBS.as_slice()), 1..3),
@@ -2124,11 +2124,23 @@ fn policy_config() -> BoxedStrategy<PolicyConfig> {
         ),
     )
         .prop_map(
-            |(name, allow, resource_rule, verbs, groups, resources, names, namespaces, urls)| {
+            |(
+                (name, dry_run),
+                allow,
+                resource_rule,
+                verbs,
+                groups,
+                resources,
+                names,
+                namespaces,
+                urls,
+            )| {
                 let list = |items: Vec<&str>| items.into_iter().map(String::from).collect();
                 Rule {
                     name,
                     action: if allow { Effect::Allow } else { Effect::Deny },
+                    // An allow rule in dry-run is refused at build.
+                    dry_run,
                     verbs: list(verbs),
                     api_groups: if resource_rule {
                         list(groups)
@@ -2162,11 +2174,13 @@ fn policy_config() -> BoxedStrategy<PolicyConfig> {
         prop::option::of(select(PRESETS).prop_map(|(name, _)| name.to_string())),
         vec(rule, 0..4),
         prop::option::of(prop_oneof![Just(Effect::Allow), Just(Effect::Deny)]),
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(preset, rules, default_action)| PolicyConfig {
+        .prop_map(|(preset, rules, default_action, dry_run)| PolicyConfig {
             preset,
             rules,
             default_action,
+            dry_run,
         })
         .boxed()
 }
@@ -2215,6 +2229,39 @@ fn policy_decisions_are_deterministic_and_presets_hold() {
                     policy.rule_refs().any(|r| r == first.rule)
                         || first.rule.as_str().ends_with("/default")
                 );
+                // Dry-run: named only where the enforced decision allows and the
+                // candidate denies, by the candidate's rule; nothing else changes.
+                let candidate = policy.candidate(&info, &own);
+                match first.dry_run {
+                    Some(rule) => {
+                        tally.hit("dry-run denial");
+                        prop_assert_eq!(first.effect, Effect::Allow);
+                        prop_assert_eq!((candidate.effect, candidate.rule), (Effect::Deny, rule));
+                        prop_assert!(policy.dry_run_refs().any(|r| r == rule));
+                    }
+                    None if !config.dry_run => prop_assert!(
+                        candidate.effect == first.effect || first.effect == Effect::Deny
+                    ),
+                    None => {}
+                }
+                if !policy.has_dry_run() {
+                    prop_assert_eq!(
+                        (candidate.effect, candidate.rule),
+                        (first.effect, first.rule)
+                    );
+                }
+                if config.dry_run {
+                    let baseline = &presets[0].1;
+                    prop_assert_eq!(presets[0].0, "kubectl-proxy");
+                    let enforced = baseline.decide(&info, &own);
+                    prop_assert_eq!((first.effect, first.rule), (enforced.effect, enforced.rule));
+                }
+            } else if config
+                .rules
+                .iter()
+                .any(|r| r.dry_run && r.action == Effect::Allow)
+            {
+                tally.hit("allow in dry-run refused");
             }
             let write = matches!(
                 info.verb,
@@ -2270,6 +2317,8 @@ fn policy_decisions_are_deterministic_and_presets_hold() {
     );
     tally.at_least("built", 10);
     tally.at_least("allowed by a preset", 10);
+    tally.at_least("dry-run denial", 1);
+    tally.at_least("allow in dry-run refused", 2);
 }
 
 // ---------------------------------------------------------------------------
