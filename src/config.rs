@@ -3,7 +3,7 @@
 //! error names the field at fault.
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
-use crate::headers::header_name_problem;
+use crate::headers::{header_name_problem, HeaderNames};
 use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET};
 use crate::prelude::*;
 use crate::status::Quoted;
@@ -28,6 +28,9 @@ pub struct Config {
     pub allow_impersonation: bool,
     pub namespace_env: String,
     pub policy: PolicySource,
+    /// Derived from the fields above: the names of the app's headers that
+    /// never go upstream ([`crate::filter::dropped_headers`]).
+    pub dropped_headers: HeaderNames,
 }
 
 /// Where the policy comes from.
@@ -245,7 +248,7 @@ impl Config {
             })?),
         };
         top.finish()?;
-        let config = Config {
+        let mut config = Config {
             file_source,
             refresh_interval_ms,
             startup_wait_ms,
@@ -257,7 +260,9 @@ impl Config {
             allow_impersonation,
             namespace_env,
             policy,
+            dropped_headers: HeaderNames::default(),
         };
+        config.dropped_headers = crate::filter::dropped_headers(&config);
         config.check_files_are_mapped(json)?;
         Ok(config)
     }

@@ -100,6 +100,15 @@ pub struct Engine<S, K> {
     requests: Vec<(S, Held<K>)>,
     series: RequestSeries,
     counts: Counts,
+    scratch: Scratch,
+}
+
+/// Buffers the request path reuses: once they have grown to fit, a
+/// forwarded request allocates nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    headers: HeaderList,
+    user_agent: Vec<u8>,
 }
 
 impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
@@ -126,6 +135,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             requests: Vec::new(),
             series: RequestSeries::default(),
             counts,
+            scratch: Scratch::default(),
         })
     }
 
@@ -159,15 +169,28 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         now_ms: u64,
         host: &mut H,
     ) -> Answer {
-        let Some(headers) = host.request_headers() else {
+        let Some(headers) = self.read_headers(host) else {
             return Answer {
                 step: self.unreadable_headers(),
                 read: Vec::new(),
             };
         };
+        let answer = self.answer(stream, now_ms, host, &headers);
+        self.scratch.headers = headers;
+        answer
+    }
+
+    /// What a request with these headers gets.
+    fn answer<H: RequestHost<Waker = K>>(
+        &mut self,
+        stream: S,
+        now_ms: u64,
+        host: &mut H,
+        headers: &HeaderList,
+    ) -> Answer {
         #[cfg(feature = "crash-drill")]
-        crash_drill(&headers);
-        if filter::is_readiness_probe(&headers) {
+        crash_drill(headers);
+        if filter::is_readiness_probe(headers) {
             // A probe starts the reading if no request has yet, and is told
             // at once whether a request would be served now.
             let read = self.start_reading(now_ms);
@@ -179,7 +202,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         }
         if self.pod.prepared().is_some() {
             return Answer {
-                step: self.serve(stream, &headers, now_ms, host),
+                step: self.serve(stream, headers, now_ms, host),
                 read: Vec::new(),
             };
         }
@@ -221,10 +244,12 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
                 .push((stream, Held::Waiting { give_up_at, waker }));
             return Step::Wait;
         }
-        match host.request_headers() {
-            Some(headers) => self.serve(stream, &headers, now_ms, host),
-            None => self.unreadable_headers(),
-        }
+        let Some(headers) = self.read_headers(host) else {
+            return self.unreadable_headers();
+        };
+        let step = self.serve(stream, &headers, now_ms, host);
+        self.scratch.headers = headers;
+        step
     }
 
     /// A read the engine asked for finished: the file's content, or why there
@@ -329,6 +354,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             now_ms / 1000,
             &mut self.series,
             &mut self.counts,
+            &mut self.scratch.user_agent,
         );
         // Known before the host replies: a reply can end the stream at once.
         if let Some(series) = series {
@@ -338,6 +364,18 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             Some(status) => Step::Reply(status.local_reply()),
             None => Step::Forward,
         }
+    }
+
+    /// The request's headers, in the scratch list (handed back to it after
+    /// use); `None` if the host would not hand them over.
+    fn read_headers<H: RequestHost>(&mut self, host: &mut H) -> Option<HeaderList> {
+        let mut headers = core::mem::take(&mut self.scratch.headers);
+        headers.clear();
+        if host.request_headers(&mut headers) {
+            return Some(headers);
+        }
+        self.scratch.headers = headers;
+        None
     }
 
     fn unreadable_headers(&mut self) -> Step {

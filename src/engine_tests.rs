@@ -27,8 +27,11 @@ struct MockRequest {
 
 impl RequestHost for MockRequest {
     type Waker = u32;
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        (!self.unreadable).then(|| self.headers.clone())
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+        for (name, value) in self.headers.iter() {
+            into.push(name, value);
+        }
+        !self.unreadable
     }
     fn remove_header(&mut self, name: &[u8]) -> bool {
         let kept = self.headers.iter().filter(|(n, _)| *n != name);

@@ -145,8 +145,15 @@ impl ProxyWasm for FakeProxyWasm {
     fn environment(&self) -> Vec<(String, String)> {
         env()
     }
-    fn request_headers(&self) -> Option<HeaderList> {
-        self.contexts.borrow().get(&self.effective.get()).cloned()
+    fn request_headers(&self, into: &mut HeaderList) -> bool {
+        let contexts = self.contexts.borrow();
+        let Some(headers) = contexts.get(&self.effective.get()) else {
+            return false;
+        };
+        headers
+            .iter()
+            .for_each(|(name, value)| into.push(name, value));
+        true
     }
     fn add_request_header(&self, name: &[u8], value: &[u8]) -> bool {
         let mut contexts = self.contexts.borrow_mut();
@@ -423,8 +430,15 @@ impl EnvoyHost for FakeEnvoy {
     fn schedule_flush(&self) {
         self.flush_asked.store(true, Ordering::Relaxed);
     }
-    fn request_headers(&self, filter: u64) -> Option<HeaderList> {
-        self.requests.lock().unwrap().get(&filter).cloned()
+    fn request_headers(&self, filter: u64, into: &mut HeaderList) -> bool {
+        let requests = self.requests.lock().unwrap();
+        let Some(headers) = requests.get(&filter) else {
+            return false;
+        };
+        headers
+            .iter()
+            .for_each(|(name, value)| into.push(name, value));
+        true
     }
     fn remove_header(&self, filter: u64, name: &[u8]) -> bool {
         let mut requests = self.requests.lock().unwrap();

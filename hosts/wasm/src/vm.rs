@@ -57,8 +57,8 @@ struct Request<'a, A> {
 impl<A: ProxyWasm> RequestHost for Request<'_, A> {
     type Waker = u32;
 
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        self.abi.request_headers()
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+        self.abi.request_headers(into)
     }
 
     fn remove_header(&mut self, name: &[u8]) -> bool {
