@@ -467,3 +467,28 @@ fn refusals_are_recorded_for_the_access_log() {
     assert!(script.request(1).records.is_empty());
     assert!(script.request(2).records[0].contains("policy_denied"));
 }
+
+#[test]
+fn counts_are_flushed_when_some_wait_and_at_most_once_an_interval() {
+    let mut script = Script::new("");
+    // The series the configuration tells wait to be exported at zero.
+    assert!(script.engine.flush_due(10_000));
+    script.counted(NO_TOKEN);
+    assert!(
+        !script.engine.flush_due(10_000 + FLUSH_INTERVAL_MS),
+        "none waiting"
+    );
+    script.write_pod_files();
+    assert_eq!(script.arrive(1, "GET", PODS), Step::Wait);
+    script.finish_reads();
+    assert_eq!(script.woken(1), [&Step::Forward]);
+    script.end(1, 200);
+    script.counted(NO_TOKEN);
+    assert_eq!(script.arrive(2, "GET", PODS), Step::Forward);
+    script.end(2, 200);
+    let now = 10_000 + FLUSH_INTERVAL_MS;
+    assert!(script.engine.flush_due(now), "a request counted");
+    assert!(!script.engine.flush_due(now + 1), "told once");
+    assert!(!script.engine.flush_due(now + FLUSH_INTERVAL_MS - 1));
+    assert!(script.engine.flush_due(now + FLUSH_INTERVAL_MS));
+}

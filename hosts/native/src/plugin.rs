@@ -124,7 +124,7 @@ impl<A: EnvoyHost> Shared<A> {
             let wake = engine.on_read_done(&read, result, now, &self.host);
             self.wake(&engine, &wake);
         }
-        if lock(&self.engine).has_metrics() {
+        if lock(&self.engine).flush_due(now) {
             self.host.schedule_flush();
         }
     }

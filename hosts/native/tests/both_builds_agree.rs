@@ -14,6 +14,7 @@
 //! build aliased the stream and lost the count).
 
 use podward::config::Config;
+use podward::engine::FLUSH_INTERVAL_MS;
 use podward::headers::HeaderList;
 use podward::host::{Level, Log};
 use podward::status::LocalReply;
@@ -648,10 +649,13 @@ fn both(config: &str, script: &[Event]) -> (BTreeMap<u64, Outcome>, Metrics) {
                 Finish(id) => build.finish(id),
             }
         }
-        // Let the counts reach Envoy: the wasm build flushes on its tick, and
-        // hands over a tick's reads at the next one.
+        // Let the counts reach Envoy. The wasm build flushes on its tick (at
+        // most once a flush interval) and counts a tick's reads by the next
+        // one; the native build reads within the tick. So the last tick comes
+        // a flush interval after one that read and flushed, before the next
+        // read is due (the scripts read every 1000 ms).
         build.tick(3_600_000);
-        build.tick(3_600_001);
+        build.tick(3_600_000 + FLUSH_INTERVAL_MS);
         let outcomes: BTreeMap<u64, Outcome> =
             ids.iter().map(|id| (*id, build.outcome(*id))).collect();
         // The token's age depends on when each build last ticked with a

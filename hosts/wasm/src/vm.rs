@@ -136,7 +136,9 @@ impl<A: ProxyWasm> Vm<A> {
         };
         self.wake(root, tick.wake);
         self.start_reads(root, tick.read);
-        self.flush_metrics(root);
+        if self.with_engine(root, |engine| engine.flush_due(now)) == Some(true) {
+            self.flush_metrics(root);
+        }
     }
 
     pub fn on_request_headers(&self, context: u32) -> Action {
