@@ -40,6 +40,8 @@ from upstream import MADE_UP_PREFIX, PODS_PATH, pod_list_json  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ONLY = os.environ.get("BENCH_ONLY")
+# BENCH_ONLY=instructions BENCH_CONFIGS=C0,C,F: only those configurations are counted.
+CONFIGS = [key for key in os.environ.get("BENCH_CONFIGS", "").split(",") if key] or None
 SCHEMA = 3
 # The forwarded requests' callgrind files of the last run, for callgrind_annotate (not committed).
 CALLGRIND_DUMPS = REPO / "bench" / "out" / "callgrind"
@@ -106,8 +108,7 @@ def phases_alone(work: pathlib.Path, plan: phases.Plan, names: list[str]) -> Non
         testbed = Testbed(work)
         testbed.learn_identity()
         run = phases.Run(testbed, plan, Quiet(plan.quiet_budget_s))
-        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS)
-        data["api_connections"] = phases.api_connections(work)
+        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS, CONFIGS)
     if "connections" in names:
         data["api_connections"] = phases.api_connections(work)
     ONLY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -158,8 +159,7 @@ def main() -> None:
         run = phases.Run(testbed, plan, quiet)
         data["upstream_reference"] = phases.upstream_reference(run)
         data["runs"] = phases.main_runs(run)
-        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS)
-        data["api_connections"] = phases.api_connections(work)
+        data["instructions"] = phases.instructions(run, CALLGRIND_DUMPS, CONFIGS)
         data["startup"] = phases.startup_runs(run)
         data["flood"] = phases.flood(run)
         data["rotation"] = phases.rotation_runs(run)

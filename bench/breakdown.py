@@ -14,8 +14,8 @@ podward's costs. Two ways in, both from counts under callgrind (instructions.py)
   * by difference: variants that each add or remove one thing podward does: podward without its identity
     headers or User-Agent, with an access record on every request, without Envoy's local-reply mappers (the
     refused request's Status rewriting); C0 plus one of podward's host calls (the `probes` build of the minimal
-    filter: the whole header map read into the VM, the response-code property at stream end, a counter, an
-    access record).
+    filter: the whole header map read into the VM, the response-code property or the `:status` header at
+    stream end, a counter, an access record).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tools import build_minimal_filter, ensure_tools  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "breakdown.md"
 ROWS = REPO / "bench" / "out" / "breakdown.json"  # the counts, with where their callgrind files are
-PROBES = ("read-headers", "response-code", "counter", "record")
+PROBES = ("read-headers", "response-code", "status", "counter", "record")
 
 
 def probing(names: tuple) -> Configuration:
@@ -202,6 +202,7 @@ def host_call_section(base: dict) -> list[str]:
         for address in set(of("C0+" + probe)) - set(c0):
             names[address] = {"read-headers": "proxy_get_header_map_pairs (the whole request map)",
                               "response-code": "proxy_get_property (response.code)",
+                              "status": "proxy_get_header_map_value (:status, in the log phase)",
                               "counter": "proxy_increment_metric",
                               "record": "proxy_set_property (the access record)"}[probe]
     rows = []

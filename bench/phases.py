@@ -132,10 +132,12 @@ def main_runs(run: Run) -> list[dict]:
     return rows
 
 
-def instructions(run: Run, keep_dumps) -> dict:
+def instructions(run: Run, keep_dumps, keys: list[str] | None = None) -> dict:
     """Instructions per forwarded request, refused request and watch event, and per idle second, under
-    callgrind (instructions.py); `keep_dumps`: where the forwarded requests' callgrind files are kept."""
-    return instruction_counts(run.testbed, measurable(), run.plan, keep_dumps)
+    callgrind (instructions.py); `keep_dumps`: where the forwarded requests' callgrind files are kept; `keys`:
+    only these configurations."""
+    configs = [config for config in measurable() if keys is None or config.key in keys]
+    return instruction_counts(run.testbed, configs, run.plan, keep_dumps)
 
 
 CONNECTIONS_TEST = "tests/test_real_connections.py"

@@ -112,8 +112,11 @@ struct CopyingHost<'a> {
 
 impl RequestHost for CopyingHost<'_> {
     type Waker = ();
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        Some(self.headers.clone())
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+        for (name, value) in self.headers.iter() {
+            into.push(name, value);
+        }
+        true
     }
     fn remove_header(&mut self, name: &[u8]) -> bool {
         self.edits += name.len();
@@ -194,8 +197,17 @@ fn main() {
         let base = client_headers(method, path);
         let (config, policy, identity): (&Config, &Policy, &Identity) =
             (&config, policy, &identity);
+        let mut user_agent = Vec::new();
         move || match handle(config, policy, identity, NOW_S, &base).decision {
-            Decision::Forward(rewrite) => rewrite.edits(&base).additions.len(),
+            Decision::Forward(rewrite) => {
+                let mut edits = 0;
+                rewrite.edit(&base, &mut user_agent, |edit| {
+                    black_box(edit);
+                    edits += 1;
+                    true
+                });
+                edits
+            }
             Decision::Reply(status) => status.to_json().len(),
         }
     };

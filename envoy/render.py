@@ -567,7 +567,7 @@ ENVOY_REPLIES = {
 }
 # podward answers with a Status (application/json) already; only Envoy's own
 # text replies are rewritten. CEL sees the reply's headers as they would be sent.
-NOT_YET_A_STATUS = "!('content-type' in response.headers && response.headers['content-type'] == 'application/json')"
+IS_A_STATUS = "'content-type' in response.headers && response.headers['content-type'] == 'application/json'"
 
 
 def _when(expression: str) -> dict:
@@ -594,12 +594,14 @@ def _status_reply(when: dict, reason: str, message: str, retry: bool = False, re
 def local_replies(not_found: str, unreachable: str = "podward could not reach the API server") -> dict:
     """Every answer Envoy makes itself, as a Kubernetes Status that kubectl prints well.
 
-    First match wins: the API server unreachable, the overload manager
+    First match wins. A reply that already is a Status (podward's) is left as
+    it is, by the first mapper: one CEL check for each of podward's refusals,
+    not one per mapper. Then the API server unreachable, the overload manager
     shedding load, a crashed podward VM, Envoy's backstop timeout, then each
-    status code, then whatever is left. Replies that already are a Status
-    (podward's) are never rewritten.
+    status code, then whatever is left.
     """
     mappers = [
+        {"filter": _when(IS_A_STATUS)},
         # Nothing was forwarded: safe to retry, which client-go does by itself on a Retry-After.
         _status_reply({"response_flag_filter": {"flags": ["UO"]}}, "ServiceUnavailable",
                       "the podward sidecar has as many requests in flight as it allows (to the API server: "
@@ -609,26 +611,26 @@ def local_replies(not_found: str, unreachable: str = "podward could not reach th
         _status_reply({"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}}, "ServiceUnavailable",
                       f"{unreachable}: %LOCAL_REPLY_BODY% (Envoy response flags "
                       "%RESPONSE_FLAGS%)", retry=True),
-        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'overload'"), "ServiceUnavailable",
+        _status_reply(_when("response.code_details == 'overload'"), "ServiceUnavailable",
                       "the podward sidecar is overloaded; retry", retry=True),
-        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'wasm_fail_stream'"),
+        _status_reply(_when("response.code_details == 'wasm_fail_stream'"),
                       "ServiceUnavailable", "podward failed on this request and is restarting; retry", retry=True),
         # request_timeout: 408 while the body is still arriving, 504 for a whole request still held.
-        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code_details == 'request_overall_timeout'"),
+        _status_reply(_when("response.code_details == 'request_overall_timeout'"),
                       "Timeout", "the podward sidecar did not pass the request on in time: it was not fully "
                       "received, or held too long (request_overall_timeout); retry", retry=True),
     ]
     replies = {**ENVOY_REPLIES, 404: ("NotFound", not_found)}
     mappers += [
-        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code == {code}"), reason,
+        _status_reply(_when(f"response.code == {code}"), reason,
                       f"the podward sidecar refused this request: {meaning} (%RESPONSE_CODE_DETAILS%)",
                       retry=code == 503)
         for code, (reason, meaning) in sorted(replies.items())
     ]
     mappers += [
-        _status_reply(_when(f"{NOT_YET_A_STATUS} && response.code >= 500"), "InternalError",
+        _status_reply(_when("response.code >= 500"), "InternalError",
                       "the podward sidecar failed on this request (%RESPONSE_CODE_DETAILS%)"),
-        _status_reply(_when(NOT_YET_A_STATUS), "BadRequest",
+        _status_reply(_when("true"), "BadRequest",
                       "the podward sidecar refused this request (%RESPONSE_CODE_DETAILS%)"),
     ]
     return {"mappers": mappers}

@@ -3,7 +3,7 @@
 //! error names the field at fault.
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
-use crate::headers::header_name_problem;
+use crate::headers::{header_name_problem, HeaderNames};
 use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET};
 use crate::prelude::*;
 use crate::status::Quoted;
@@ -41,6 +41,9 @@ pub struct Config {
     pub policy: PolicySource,
     /// What `$sidecar` means in the policy (see [`SIDECAR_CONFIGMAP_ENV`]).
     pub sidecar_configmaps: Vec<String>,
+    /// Derived from the fields above: the names of the app's headers that
+    /// never go upstream ([`crate::filter::dropped_headers`]).
+    pub dropped_headers: HeaderNames,
 }
 
 /// Where the policy comes from.
@@ -279,7 +282,7 @@ impl Config {
             )?),
         };
         top.finish()?;
-        let config = Config {
+        let mut config = Config {
             file_source,
             refresh_interval_ms,
             startup_wait_ms,
@@ -292,7 +295,9 @@ impl Config {
             namespace_env,
             policy,
             sidecar_configmaps,
+            dropped_headers: HeaderNames::default(),
         };
+        config.dropped_headers = crate::filter::dropped_headers(&config);
         config.check_files_are_mapped(json)?;
         Ok(config)
     }

@@ -114,6 +114,23 @@ pub struct Engine<S, K> {
     requests: Vec<(S, Held<K>)>,
     series: RequestSeries,
     counts: Counts,
+    /// When the host was last told to flush the counts.
+    flushed_at_ms: Option<u64>,
+    scratch: Scratch,
+}
+
+/// How often, at most, a host hands the counts to Envoy: each flush costs a
+/// host call per series that changed, and a scrape reads them seconds apart.
+/// (On every 100 ms tick, flushing cost a busy sidecar more than 1k
+/// instructions a request.)
+pub const FLUSH_INTERVAL_MS: u64 = 500;
+
+/// Buffers the request path reuses: once they have grown to fit, a
+/// forwarded request allocates nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    headers: HeaderList,
+    user_agent: Vec<u8>,
 }
 
 impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
@@ -140,6 +157,8 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             requests: Vec::new(),
             series: RequestSeries::default(),
             counts,
+            flushed_at_ms: None,
+            scratch: Scratch::default(),
         })
     }
 
@@ -179,15 +198,28 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         now_ms: u64,
         host: &mut H,
     ) -> Answer {
-        let Some(headers) = host.request_headers() else {
+        let Some(headers) = self.read_headers(host) else {
             return Answer {
                 step: self.unreadable_headers(),
                 read: Vec::new(),
             };
         };
+        let answer = self.answer(stream, now_ms, host, &headers);
+        self.scratch.headers = headers;
+        answer
+    }
+
+    /// What a request with these headers gets.
+    fn answer<H: RequestHost<Waker = K>>(
+        &mut self,
+        stream: S,
+        now_ms: u64,
+        host: &mut H,
+        headers: &HeaderList,
+    ) -> Answer {
         #[cfg(feature = "crash-drill")]
-        crash_drill(&headers);
-        if filter::is_readiness_probe(&headers) {
+        crash_drill(headers);
+        if filter::is_readiness_probe(headers) {
             // A probe starts the reading if no request has yet, and is told
             // at once whether a request would be served now.
             let read = self.start_reading(now_ms);
@@ -199,7 +231,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         }
         if self.pod.prepared().is_some() {
             return Answer {
-                step: self.serve(stream, &headers, now_ms, host),
+                step: self.serve(stream, headers, now_ms, host),
                 read: Vec::new(),
             };
         }
@@ -241,10 +273,12 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
                 .push((stream, Held::Waiting { give_up_at, waker }));
             return Step::Wait;
         }
-        match host.request_headers() {
-            Some(headers) => self.serve(stream, &headers, now_ms, host),
-            None => self.unreadable_headers(),
-        }
+        let Some(headers) = self.read_headers(host) else {
+            return self.unreadable_headers();
+        };
+        let step = self.serve(stream, &headers, now_ms, host);
+        self.scratch.headers = headers;
+        step
     }
 
     /// A read the engine asked for finished: the file's content, or why there
@@ -323,9 +357,18 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
         }
     }
 
-    /// Whether counts wait to be handed to the host.
-    pub fn has_metrics(&self) -> bool {
-        !self.counts.is_empty() || self.series.has_pending()
+    /// Whether the host is to hand the counts to Envoy now
+    /// ([`Engine::flush_metrics`]): some are waiting, and the last time it was
+    /// told to was [`FLUSH_INTERVAL_MS`] ago or more (this counts as telling).
+    pub fn flush_due(&mut self, now_ms: u64) -> bool {
+        let waiting = !self.counts.is_empty() || self.series.has_pending();
+        let due = self
+            .flushed_at_ms
+            .is_none_or(|at| now_ms >= at.saturating_add(FLUSH_INTERVAL_MS));
+        if waiting && due {
+            self.flushed_at_ms = Some(now_ms);
+        }
+        waiting && due
     }
 
     /// Hands every count gathered since the last flush to `sink`.
@@ -352,6 +395,7 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             now_ms / 1000,
             &mut self.series,
             &mut self.counts,
+            &mut self.scratch.user_agent,
         );
         // Known before the host replies: a reply can end the stream at once.
         if let Some(series) = series {
@@ -381,6 +425,18 @@ impl<S: Copy + PartialEq, K: Copy> Engine<S, K> {
             wake.push(waker);
         }
         wake
+    }
+
+    /// The request's headers, in the scratch list (handed back to it after
+    /// use); `None` if the host would not hand them over.
+    fn read_headers<H: RequestHost>(&mut self, host: &mut H) -> Option<HeaderList> {
+        let mut headers = core::mem::take(&mut self.scratch.headers);
+        headers.clear();
+        if host.request_headers(&mut headers) {
+            return Some(headers);
+        }
+        self.scratch.headers = headers;
+        None
     }
 
     fn unreadable_headers(&mut self) -> Step {

@@ -27,8 +27,11 @@ struct MockRequest {
 
 impl RequestHost for MockRequest {
     type Waker = u32;
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        (!self.unreadable).then(|| self.headers.clone())
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+        for (name, value) in self.headers.iter() {
+            into.push(name, value);
+        }
+        !self.unreadable
     }
     fn remove_header(&mut self, name: &[u8]) -> bool {
         let kept = self.headers.iter().filter(|(n, _)| *n != name);
@@ -577,4 +580,29 @@ fn a_policy_file_in_dry_run_forwards_counts_and_is_enforced_by_deleting_dry_run(
         script.counted("rule=.=rules/default;.;podward_policy_denied_total"),
         1
     );
+}
+
+#[test]
+fn counts_are_flushed_when_some_wait_and_at_most_once_an_interval() {
+    let mut script = Script::new("");
+    // The series the configuration tells wait to be exported at zero.
+    assert!(script.engine.flush_due(10_000));
+    script.counted(NO_TOKEN);
+    assert!(
+        !script.engine.flush_due(10_000 + FLUSH_INTERVAL_MS),
+        "none waiting"
+    );
+    script.write_pod_files();
+    assert_eq!(script.arrive(1, "GET", PODS), Step::Wait);
+    script.finish_reads();
+    assert_eq!(script.woken(1), [&Step::Forward]);
+    script.end(1, 200);
+    script.counted(NO_TOKEN);
+    assert_eq!(script.arrive(2, "GET", PODS), Step::Forward);
+    script.end(2, 200);
+    let now = 10_000 + FLUSH_INTERVAL_MS;
+    assert!(script.engine.flush_due(now), "a request counted");
+    assert!(!script.engine.flush_due(now + 1), "told once");
+    assert!(!script.engine.flush_due(now + FLUSH_INTERVAL_MS - 1));
+    assert!(script.engine.flush_due(now + FLUSH_INTERVAL_MS));
 }

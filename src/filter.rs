@@ -4,7 +4,7 @@
 //! calls each host (proxy-wasm, a native module, a test's mock) provides.
 
 use crate::config::{AccessRecord, ClientAuthorization, Config};
-use crate::headers::HeaderList;
+use crate::headers::{HeaderList, HeaderNames};
 use crate::host::RequestHost;
 use crate::identity::Identity;
 use crate::metrics::{Counter, Counts, Refusal, RequestSeries};
@@ -23,6 +23,28 @@ pub struct Prepared {
     pub policy: Arc<Policy>,
 }
 
+/// The names of the app's headers that never go upstream under `config`:
+/// podward sets them, or the app may not send them (besides
+/// [`UNTRUSTED_PREFIXES`] and, unless allowed, impersonation).
+pub fn dropped_headers(config: &Config) -> HeaderNames {
+    let replaced = (config.token.client_authorization == ClientAuthorization::Replace)
+        .then_some(&b"authorization"[..]);
+    let user_agent = config.user_agent.then_some(&b"user-agent"[..]);
+    // Every configured identity header, whether or not podward has a value
+    // for it: the app cannot fill one in.
+    let identity = config.identity_headers.iter().map(|h| h.header.as_bytes());
+    let mut dropped = HeaderNames::default();
+    let names = UNTRUSTED_NAMES
+        .iter()
+        .copied()
+        .chain(replaced)
+        .chain(user_agent);
+    for name in names.chain(identity) {
+        dropped.insert(name);
+    }
+    dropped
+}
+
 /// What the request path decided.
 #[derive(Debug, Clone)]
 pub enum Decision<'r> {
@@ -30,14 +52,18 @@ pub enum Decision<'r> {
     Reply(Status),
 }
 
-/// How a forwarded request's headers differ from the app's. The values are
-/// borrowed from the prepared identity: forwarding copies no header value.
+/// How a forwarded request's headers differ from the app's. Every value
+/// comes from the prepared identity (the User-Agent also from the app's):
+/// forwarding copies no header value and allocates nothing.
 #[derive(Debug, Clone)]
 pub struct Rewrite<'r> {
     config: &'r Config,
-    /// Set by podward, replacing whatever the app sent under these names.
-    set: Vec<(&'r str, &'r [u8])>,
-    user_agent: Option<Vec<u8>>,
+    identity: &'r Identity,
+    /// podward sends the pod's token (else the app's own goes upstream).
+    authorization: bool,
+    /// The app's User-Agent, empty if it sent none; read only when podward
+    /// appends the pod to it.
+    client_agent: &'r [u8],
 }
 
 /// Headers the app may not send upstream under any configuration: Envoy's
@@ -48,61 +74,72 @@ const UNTRUSTED_PREFIXES: &[&[u8]] = &[b"x-envoy-"];
 const UNTRUSTED_NAMES: &[&[u8]] = &[b"x-forwarded-for", b"x-real-ip", b"forwarded"];
 const IMPERSONATE_PREFIX: &[u8] = b"impersonate-";
 
+/// One change a host makes to the app's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit<'a> {
+    /// Remove every value of this name.
+    Remove(&'a [u8]),
+    /// Add one value.
+    Add(&'a [u8], &'a [u8]),
+}
+
 impl Rewrite<'_> {
     /// Whether the app's header `name` is left out of the forwarded request:
     /// podward sets it, or the app may not send it.
     pub fn drops(&self, name: &[u8]) -> bool {
-        let config = self.config;
-        (name == b"authorization" && config.token.client_authorization == ClientAuthorization::Replace)
-            || (name == b"user-agent" && self.user_agent.is_some())
-            // Every configured identity header, whether or not podward has a
-            // value for it: the app cannot fill one in.
-            || config.identity_headers.iter().any(|h| h.header.as_bytes() == name)
-            || (!config.allow_impersonation && name.starts_with(IMPERSONATE_PREFIX))
-            || UNTRUSTED_NAMES.contains(&name)
-            || UNTRUSTED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        self.config.dropped_headers.contains(name)
+            || (!self.config.allow_impersonation && name.starts_with(IMPERSONATE_PREFIX))
+            || UNTRUSTED_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
     }
 
-    /// The edits that turn the app's headers into the forwarded ones: every
-    /// name to remove (once each), then every header to add. A host makes
-    /// them one call each, which costs Envoy less than replacing the map.
-    pub fn edits<'a>(&'a self, original: &'a HeaderList) -> Edits<'a> {
-        let mut removals: Vec<&[u8]> = Vec::with_capacity(4);
-        for (name, _) in original.iter() {
-            if self.drops(name) && !removals.contains(&name) {
-                removals.push(name);
+    /// Hands `apply` the edits that turn the app's headers into the
+    /// forwarded ones: every name to remove (once each), then every header to
+    /// add; a host makes them one call each, which costs Envoy less than
+    /// replacing the map. Stops at the first edit `apply` refuses (false).
+    /// `user_agent` is where the User-Agent value is put together.
+    pub fn edit(
+        &self,
+        original: &HeaderList,
+        user_agent: &mut Vec<u8>,
+        mut apply: impl FnMut(Edit<'_>) -> bool,
+    ) -> bool {
+        for (at, (name, _)) in original.iter().enumerate() {
+            let removed_before = || original.iter().take(at).any(|(earlier, _)| earlier == name);
+            if self.drops(name) && !removed_before() && !apply(Edit::Remove(name)) {
+                return false;
             }
         }
-        let mut additions = Vec::with_capacity(self.set.len() + 1);
-        additions.extend(self.additions());
-        Edits {
-            removals,
-            additions,
+        let identity = self.identity;
+        if self.authorization
+            && !apply(Edit::Add(
+                b"authorization",
+                identity.token.authorization().as_bytes(),
+            ))
+        {
+            return false;
         }
+        // An empty value (a pod without annotations) is left out: Envoy's
+        // dynamic-module API cannot send an empty header, and both builds
+        // must send the same.
+        for (name, value) in &identity.headers {
+            if !value.is_empty() && !apply(Edit::Add(name.as_bytes(), value.as_bytes())) {
+                return false;
+            }
+        }
+        let Some(suffix) = &identity.user_agent_suffix else {
+            return true;
+        };
+        let client = self.client_agent;
+        user_agent.clear();
+        user_agent.extend_from_slice(client);
+        if !client.is_empty() {
+            user_agent.push(b' ');
+        }
+        user_agent.extend_from_slice(suffix.as_bytes());
+        apply(Edit::Add(b"user-agent", user_agent))
     }
-
-    /// What podward sets. An empty value (a pod without annotations) is left
-    /// out: Envoy's dynamic-module API cannot send an empty header, and both
-    /// builds must send the same.
-    fn additions(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.set
-            .iter()
-            .filter(|(_, value)| !value.is_empty())
-            .map(|(name, value)| (name.as_bytes(), *value))
-            .chain(
-                self.user_agent
-                    .as_deref()
-                    .map(|agent| (&b"user-agent"[..], agent)),
-            )
-    }
-}
-
-/// [`Rewrite::edits`]: remove every value of each name in `removals`, then
-/// add each of `additions`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Edits<'a> {
-    pub removals: Vec<&'a [u8]>,
-    pub additions: Vec<(&'a [u8], &'a [u8])>,
 }
 
 /// What podward made of a request, for metrics and the access log.
@@ -183,6 +220,8 @@ pub struct Served {
 
 /// One request, start to finish, given the app's headers: decide, then
 /// edit the headers for forwarding, or say what to reply.
+/// `user_agent`: a buffer the User-Agent is put together in.
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     host: &mut impl RequestHost,
     headers: &HeaderList,
@@ -191,6 +230,7 @@ pub fn serve(
     now_s: u64,
     series: &mut RequestSeries,
     counts: &mut Counts,
+    user_agent: &mut Vec<u8>,
 ) -> Served {
     let handled = handle(config, &prepared.policy, &prepared.identity, now_s, headers);
     let series = handled
@@ -208,7 +248,7 @@ pub fn serve(
     }
     let (refusal, status) = match handled.decision {
         Decision::Forward(rewrite) => {
-            if edit(host, &rewrite, headers) {
+            if edit(host, &rewrite, headers, user_agent) {
                 return Served {
                     reply: None,
                     series,
@@ -232,15 +272,18 @@ pub fn serve(
     }
 }
 
-/// Makes the rewrite's edits through the host, one call each (cheaper for
-/// Envoy than replacing the map); false if the host refused one.
-fn edit(host: &mut impl RequestHost, rewrite: &Rewrite, original: &HeaderList) -> bool {
-    let edits = rewrite.edits(original);
-    edits.removals.iter().all(|name| host.remove_header(name))
-        && edits
-            .additions
-            .iter()
-            .all(|(name, value)| host.add_header(name, value))
+/// Makes the rewrite's edits through the host, one call each; false if the
+/// host refused one.
+fn edit(
+    host: &mut impl RequestHost,
+    rewrite: &Rewrite,
+    original: &HeaderList,
+    user_agent: &mut Vec<u8>,
+) -> bool {
+    rewrite.edit(original, user_agent, |edit| match edit {
+        Edit::Remove(name) => host.remove_header(name),
+        Edit::Add(name, value) => host.add_header(name, value),
+    })
 }
 
 /// The path podward answers itself with its readiness, for a probe: the
@@ -332,30 +375,15 @@ pub fn handle<'r>(
     let keep_client_credentials = config.token.client_authorization
         == ClientAuthorization::Preserve
         && headers.get("authorization").is_some();
-    let mut set = Vec::with_capacity(identity.headers.len() + 1);
-    if !keep_client_credentials {
-        set.push(("authorization", identity.token.authorization().as_bytes()));
-    }
-    set.extend(
-        identity
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes())),
-    );
-    let user_agent = identity.user_agent_suffix.as_ref().map(|suffix| {
-        let client = headers.get("user-agent").unwrap_or_default();
-        let mut agent = Vec::with_capacity(client.len() + 1 + suffix.len());
-        agent.extend_from_slice(client);
-        if !agent.is_empty() {
-            agent.push(b' ');
-        }
-        agent.extend_from_slice(suffix.as_bytes());
-        agent
-    });
+    let client_agent = match identity.user_agent_suffix {
+        Some(_) => headers.get("user-agent").unwrap_or_default(),
+        None => &[],
+    };
     let rewrite = Rewrite {
         config,
-        set,
-        user_agent,
+        identity,
+        authorization: !keep_client_credentials,
+        client_agent,
     };
     Handled {
         decision: Decision::Forward(rewrite),
@@ -467,13 +495,33 @@ mod tests {
         forward(handled.decision, request)
     }
 
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// The rewrite's edits in order: the names removed, the headers added.
+    fn edits(rewrite: &Rewrite, original: &HeaderList) -> (Vec<Vec<u8>>, Pairs) {
+        let (mut removals, mut additions) = (Vec::new(), Vec::new());
+        let done = rewrite.edit(original, &mut Vec::new(), |edit| {
+            match edit {
+                Edit::Remove(name) => {
+                    assert!(additions.is_empty(), "every removal comes first");
+                    removals.push(name.to_vec());
+                }
+                Edit::Add(name, value) => additions.push((name.to_vec(), value.to_vec())),
+            }
+            true
+        });
+        assert!(done);
+        (removals, additions)
+    }
+
     /// The request as a host holds it after making the rewrite's edits.
     fn applied(rewrite: &Rewrite, original: &HeaderList) -> HeaderList {
-        let edits = rewrite.edits(original);
+        let (removals, additions) = edits(rewrite, original);
         let kept = original
             .iter()
-            .filter(|(name, _)| !edits.removals.contains(name));
-        HeaderList::from_pairs(kept.chain(edits.additions.iter().copied()))
+            .filter(|(name, _)| !removals.iter().any(|removed| removed == name));
+        let added = additions.iter().map(|(n, v)| (n.as_slice(), v.as_slice()));
+        HeaderList::from_pairs(kept.chain(added))
     }
 
     fn forward(decision: Decision, request: &mut HeaderList) -> Option<Status> {
@@ -585,9 +633,8 @@ mod tests {
         };
         let forwarded = applied(&rewrite, &request);
         assert_eq!(forwarded.get("x-pod-team"), None);
-        assert!(!rewrite
-            .edits(&request)
-            .additions
+        assert!(!edits(&rewrite, &request)
+            .1
             .iter()
             .any(|(_, v)| v.is_empty()));
     }
@@ -647,6 +694,35 @@ mod tests {
     }
 
     #[test]
+    fn the_dropped_names_follow_the_configuration() {
+        let dropped = |json: &str, name: &[u8]| {
+            let config = Config::parse(json.as_bytes()).unwrap();
+            config.dropped_headers.contains(name)
+        };
+        let always = [&b"x-forwarded-for"[..], b"x-real-ip", b"forwarded"];
+        for name in
+            always
+                .iter()
+                .chain(&[&b"authorization"[..], b"user-agent", b"x-pod-annotations"])
+        {
+            assert!(dropped("", name), "{name:?}");
+        }
+        let preserve = r#"{"token": {"client_authorization": "preserve"}, "user_agent": false,
+            "identity_headers": [{"header": "x-team", "env": "TEAM"}]}"#;
+        for name in always.iter().chain(&[&b"x-team"[..]]) {
+            assert!(dropped(preserve, name), "{name:?}");
+        }
+        for name in [
+            &b"authorization"[..],
+            b"user-agent",
+            b"x-pod-name",
+            b"accept",
+        ] {
+            assert!(!dropped(preserve, name), "{name:?}");
+        }
+    }
+
+    #[test]
     fn edits_remove_each_dropped_name_once_then_set() {
         let config = Config::parse(b"").unwrap();
         let identity = identity(&config, "pod-token");
@@ -665,19 +741,16 @@ mod tests {
         let Decision::Forward(rewrite) = handled.decision else {
             panic!("forwarded")
         };
-        let edits = rewrite.edits(&request);
+        let (removals, additions) = edits(&rewrite, &request);
+        assert_eq!(removals, [&b"impersonate-group"[..], b"authorization"]);
         assert_eq!(
-            edits.removals,
-            [&b"impersonate-group"[..], b"authorization"]
+            additions.first(),
+            Some(&(b"authorization".to_vec(), b"Bearer pod-token".to_vec()))
         );
-        assert_eq!(
-            edits.additions.first(),
-            Some(&(&b"authorization"[..], &b"Bearer pod-token"[..]))
-        );
-        let (name, agent) = edits.additions.last().unwrap();
-        assert_eq!(*name, b"user-agent");
+        let (name, agent) = additions.last().unwrap();
+        assert_eq!(name, b"user-agent");
         assert!(agent.starts_with(b"podward/"));
-        assert_eq!(edits.additions.len(), 1 + identity.headers.len() + 1);
+        assert_eq!(additions.len(), 1 + identity.headers.len() + 1);
     }
 
     #[test]
@@ -866,8 +939,11 @@ mod tests {
 
     impl RequestHost for MockHost {
         type Waker = ();
-        fn request_headers(&mut self) -> Option<HeaderList> {
-            Some(self.headers.clone())
+        fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+            for (name, value) in self.headers.iter() {
+                into.push(name, value);
+            }
+            true
         }
         fn remove_header(&mut self, name: &[u8]) -> bool {
             self.edited = true;
@@ -914,6 +990,7 @@ mod tests {
             0,
             &mut series,
             &mut counts,
+            &mut Vec::new(),
         );
         let mut counted = Vec::new();
         counts.drain(&mut |sample| counted.push(sample.tagged_name()));

@@ -93,8 +93,38 @@ impl HeaderList {
     /// Reads proxy-wasm's serialisation of a header map (see
     /// [`encode_proxy_wasm_map`]) in place. `None` if it is malformed.
     pub fn from_proxy_wasm_map(bytes: Vec<u8>) -> Option<HeaderList> {
+        let mut list = HeaderList::default();
+        list.read_proxy_wasm_map(|buffer| {
+            *buffer = bytes;
+            true
+        })
+        .then_some(list)
+    }
+
+    /// Empties the list; its storage stays for the next request.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+    }
+
+    /// Replaces the list with the map that `write` puts into the list's own
+    /// buffer (emptied first) in proxy-wasm's serialisation: a host writes
+    /// straight into it, so that reading a request's headers allocates nothing
+    /// once the buffer has grown to fit. False, and the list empty, if `write`
+    /// fails or the bytes are malformed.
+    pub fn read_proxy_wasm_map(&mut self, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        self.clear();
+        if write(&mut self.bytes) && self.index_proxy_wasm_map().is_some() {
+            return true;
+        }
+        self.clear();
+        false
+    }
+
+    fn index_proxy_wasm_map(&mut self) -> Option<()> {
+        let bytes = &self.bytes;
         if bytes.is_empty() {
-            return Some(HeaderList::default());
+            return Some(());
         }
         let word = |at: usize| -> Option<usize> {
             let word = bytes.get(at..at.checked_add(4)?)?;
@@ -102,7 +132,7 @@ impl HeaderList {
         };
         let count = word(0)?;
         let mut data_at = count.checked_mul(8)?.checked_add(4)?;
-        let mut entries = Vec::with_capacity(count.min(bytes.len() / 10));
+        self.entries.reserve(count.min(bytes.len() / 10));
         for index in 0..count {
             let sizes_at = 4 + index * 8;
             let name = data_at..data_at.checked_add(word(sizes_at)?)?;
@@ -112,9 +142,9 @@ impl HeaderList {
             if data_at > bytes.len() {
                 return None;
             }
-            entries.push((name, value));
+            self.entries.push((name, value));
         }
-        Some(HeaderList { bytes, entries })
+        Some(())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -147,6 +177,37 @@ impl PartialEq for HeaderList {
 }
 
 impl Eq for HeaderList {}
+
+/// A set of header names, asked about for every header of every request:
+/// most names differ in length from all of the set's, and are passed over
+/// without a byte compared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// Bit `n` set: some name is `n` bytes long (a longer one sets bit 63).
+    lengths: u64,
+    names: Vec<Vec<u8>>,
+}
+
+impl HeaderNames {
+    pub fn insert(&mut self, name: &[u8]) {
+        if !self.contains(name) {
+            self.lengths |= length_bit(name);
+            self.names.push(name.to_vec());
+        }
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.lengths & length_bit(name) != 0
+            && self
+                .names
+                .iter()
+                .any(|known| known.len() == name.len() && known.as_slice() == name)
+    }
+}
+
+fn length_bit(name: &[u8]) -> u64 {
+    1 << name.len().min(63)
+}
 
 /// proxy-wasm's serialisation of a header map: the number of pairs, each
 /// pair's name and value lengths (all u32, little-endian), then each name and
@@ -285,6 +346,59 @@ mod tests {
         assert_eq!(list.get_str("a"), Some("1"));
         assert_eq!(list.get("missing"), None);
         assert_eq!(list.iter().count(), 3);
+    }
+
+    #[test]
+    fn a_set_of_header_names_finds_each_name_and_only_those() {
+        let mut names = HeaderNames::default();
+        let long = [b'x'; 70];
+        for name in [&b"x-pod-name"[..], b"te", b"x-pod-name", &long] {
+            names.insert(name);
+        }
+        assert_eq!(names.names.len(), 3, "each name once");
+        for (name, known) in [
+            (&b"x-pod-name"[..], true),
+            (b"te", true),
+            (&long, true),
+            (&long[1..], false),
+            (b"x-pod-nam", false),
+            (b"x-pod-namf", false),
+            (b"", false),
+            (b"X-Pod-Name", false),
+        ] {
+            assert_eq!(names.contains(name), known, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_list_read_again_keeps_its_storage_and_forgets_the_old_headers() {
+        let first = encode_proxy_wasm_map(&[(b":path", b"/api/v1/pods"), (b"accept", b"*/*")]);
+        let second = encode_proxy_wasm_map(&[(b":path", b"/api")]);
+        let mut list = HeaderList::default();
+        assert!(list.read_proxy_wasm_map(|buffer| {
+            buffer.extend_from_slice(&first);
+            true
+        }));
+        assert_eq!(list.get("accept"), Some(&b"*/*"[..]));
+        let capacity = list.bytes.capacity();
+        assert!(list.read_proxy_wasm_map(|buffer| {
+            assert!(buffer.is_empty(), "handed over empty");
+            buffer.extend_from_slice(&second);
+            true
+        }));
+        assert_eq!(
+            list.iter().collect::<Vec<_>>(),
+            [(&b":path"[..], &b"/api"[..])]
+        );
+        assert_eq!(list.bytes.capacity(), capacity);
+        // A failed or malformed read leaves the list empty.
+        assert!(!list.read_proxy_wasm_map(|_| false));
+        assert_eq!(list.iter().count(), 0);
+        assert!(!list.read_proxy_wasm_map(|buffer| {
+            buffer.extend_from_slice(&first[..first.len() - 1]);
+            true
+        }));
+        assert_eq!(list.iter().count(), 0);
     }
 
     #[test]

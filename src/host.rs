@@ -12,9 +12,10 @@ pub trait RequestHost {
     /// What the host gives the engine to hold a request by, and hands back
     /// to the host when the request may be woken.
     type Waker;
-    /// The request's headers, every byte kept; `None` if the host would not
+    /// Puts the request's headers, every byte kept, into `into` (empty, its
+    /// storage kept from the request before); false if the host would not
     /// hand them over.
-    fn request_headers(&mut self) -> Option<HeaderList>;
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool;
     /// Removes every value of `name`; false if the host refused.
     fn remove_header(&mut self, name: &[u8]) -> bool;
     /// Adds one value of `name`; false if the host refused.

@@ -348,14 +348,26 @@ fn split_checked_target(path_and_query: &str) -> Result<(&str, &str), Unclassifi
     if query.len() > MAX_QUERY_LEN {
         return Err(Unclassifiable::QueryTooLong);
     }
-    for byte in path.bytes() {
+    // One pass over the path, for its characters and for its segments: `//`
+    // and `.` or `..` segments are refused after any character is.
+    let is_dots = |segment: &[u8]| segment == b"." || segment == b"..";
+    let (mut empty_segment, mut dot_segment) = (false, false);
+    let mut segment_start = 0;
+    for (at, byte) in path.bytes().enumerate() {
         match byte {
+            b'/' => {
+                let segment = path.as_bytes().get(segment_start..at).unwrap_or_default();
+                empty_segment |= at > 0 && segment.is_empty();
+                dot_segment |= is_dots(segment);
+                segment_start = at + 1;
+            }
             b'%' => return Err(Unclassifiable::PercentEncodedPath),
             b'#' | b'\\' => return Err(Unclassifiable::ForbiddenCharacter),
             _ if !byte.is_ascii_graphic() => return Err(Unclassifiable::ForbiddenCharacter),
             _ => {}
         }
     }
+    dot_segment |= is_dots(path.as_bytes().get(segment_start..).unwrap_or_default());
     for byte in query.bytes() {
         match byte {
             b';' => return Err(Unclassifiable::SemicolonInQuery),
@@ -364,13 +376,10 @@ fn split_checked_target(path_and_query: &str) -> Result<(&str, &str), Unclassifi
             _ => {}
         }
     }
-    if path.contains("//") {
+    if empty_segment {
         return Err(Unclassifiable::EmptySegment);
     }
-    if path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
+    if dot_segment {
         return Err(Unclassifiable::DotSegment);
     }
     Ok((path, query))
@@ -426,6 +435,9 @@ mod query {
     /// The first value of `key` Go keeps, decoded: Go drops a pair whose key or
     /// value has a malformed escape, so a later pair may supply the value.
     pub(super) fn first_value<'a>(query: &'a str, key: &str) -> Option<Cow<'a, [u8]>> {
+        if query.is_empty() {
+            return None;
+        }
         query
             .split('&')
             .filter(|pair| !pair.is_empty())

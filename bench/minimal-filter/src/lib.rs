@@ -101,6 +101,8 @@ mod probes {
         read_headers: bool,
         /// The response code property at the end of the stream.
         response_code: bool,
+        /// The response's `:status` header at the end of the stream, as podward reads it.
+        status: bool,
         /// A counter incremented per request (defined once).
         counter: Option<u32>,
         /// An access record set as filter state.
@@ -117,6 +119,7 @@ mod probes {
                 match name.trim() {
                     "read-headers" => probes.read_headers = true,
                     "response-code" => probes.response_code = true,
+                    "status" => probes.status = true,
                     "counter" => {
                         probes.counter =
                             hostcalls::define_metric(MetricType::Counter, "minimal_probe").ok()
@@ -140,6 +143,9 @@ mod probes {
         pub fn on_log(&self, request: &dyn HttpContext) {
             if self.response_code {
                 core::hint::black_box(request.get_property(vec!["response", "code"]));
+            }
+            if self.status {
+                core::hint::black_box(request.get_http_response_header_bytes(":status"));
             }
             if let Some(id) = self.counter {
                 let _ = hostcalls::increment_metric(id, 1);

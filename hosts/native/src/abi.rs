@@ -109,6 +109,9 @@ const REQUEST_HEADERS: u32 = 0;
 const METRICS_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_attribute_id` of `response.code`.
 const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
+/// Request headers read without allocating; a request with more takes a
+/// vector (Envoy's limit is `max_headers_count`, envoy/render.py).
+const HEADERS_ON_STACK: usize = 32;
 /// Continue, for the body, trailer and response hooks.
 const CONTINUE: u32 = 0;
 
@@ -368,28 +371,52 @@ impl EnvoyHost for Envoy {
         };
     }
 
-    fn request_headers(&self, filter: FilterPtr) -> Option<HeaderList> {
-        // SAFETY: on the stream's worker, inside a hook; the buffers stay
-        // valid until the map changes, and they are copied before that.
-        unsafe {
-            let count =
-                envoy_dynamic_module_callback_http_get_headers_size(filter.0, REQUEST_HEADERS);
-            let mut raw = vec![Header::EMPTY; count];
-            if !envoy_dynamic_module_callback_http_get_headers(
+    fn request_headers(&self, filter: FilterPtr, into: &mut HeaderList) -> bool {
+        // Envoy's array of (pointer, length) pairs: on the stack for a usual
+        // request, so that reading one allocates nothing.
+        let mut on_stack = [Header::EMPTY; HEADERS_ON_STACK];
+        let mut on_heap = Vec::new();
+        // SAFETY: on the stream's worker, inside a hook.
+        let count = unsafe {
+            envoy_dynamic_module_callback_http_get_headers_size(filter.0, REQUEST_HEADERS)
+        };
+        let raw = match on_stack.get_mut(..count) {
+            Some(raw) => raw,
+            None => {
+                on_heap.resize(count, Header::EMPTY);
+                &mut on_heap[..]
+            }
+        };
+        // SAFETY: Envoy writes `count` headers into `raw`, which holds as many.
+        if !unsafe {
+            envoy_dynamic_module_callback_http_get_headers(
                 filter.0,
                 REQUEST_HEADERS,
                 raw.as_mut_ptr(),
-            ) {
-                return None;
-            }
-            let buffer = |ptr, length| EnvoyBuffer { ptr, length }.bytes();
-            Some(HeaderList::from_pairs(raw.iter().map(|h| {
-                (
-                    buffer(h.name, h.name_length),
-                    buffer(h.value, h.value_length),
-                )
-            })))
+            )
+        } {
+            return false;
         }
+        for header in raw.iter() {
+            // SAFETY: the buffers stay valid until the map changes, and
+            // they are copied before that.
+            let (name, value) = unsafe {
+                (
+                    EnvoyBuffer {
+                        ptr: header.name,
+                        length: header.name_length,
+                    }
+                    .bytes(),
+                    EnvoyBuffer {
+                        ptr: header.value,
+                        length: header.value_length,
+                    }
+                    .bytes(),
+                )
+            };
+            into.push(name, value);
+        }
+        true
     }
 
     fn remove_header(&self, filter: FilterPtr, name: &[u8]) -> bool {

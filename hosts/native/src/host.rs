@@ -27,8 +27,9 @@ pub trait EnvoyHost: Log + Send + Sync + 'static {
     /// From any thread: runs the config's scheduled hook on the main thread.
     fn schedule_flush(&self);
 
-    /// The request's headers, every byte kept.
-    fn request_headers(&self, filter: Self::Filter) -> Option<HeaderList>;
+    /// Puts the request's headers, every byte kept, into `into`; false if
+    /// Envoy would not hand them over.
+    fn request_headers(&self, filter: Self::Filter, into: &mut HeaderList) -> bool;
     /// Removes every value of `name`.
     fn remove_header(&self, filter: Self::Filter, name: &[u8]) -> bool;
     /// Appends one value of `name`.

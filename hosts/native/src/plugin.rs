@@ -122,7 +122,7 @@ impl<A: EnvoyHost> Shared<A> {
             };
             lock(&self.engine).on_read_done(&read, result, now, &self.host);
         }
-        if lock(&self.engine).has_metrics() {
+        if lock(&self.engine).flush_due(now) {
             self.host.schedule_flush();
         }
     }
@@ -245,8 +245,8 @@ struct Request<'a, A: EnvoyHost>(&'a Stream<A>);
 impl<A: EnvoyHost> RequestHost for Request<'_, A> {
     type Waker = A::Scheduler;
 
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        self.0.shared.host.request_headers(self.0.filter)
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+        self.0.shared.host.request_headers(self.0.filter, into)
     }
 
     fn remove_header(&mut self, name: &[u8]) -> bool {

@@ -17,6 +17,7 @@
 
 use podward::config::Config;
 use podward::engine::BATCH_TICK_MS;
+use podward::engine::FLUSH_INTERVAL_MS;
 use podward::headers::HeaderList;
 use podward::host::{Level, Log};
 use podward::status::LocalReply;
@@ -102,6 +103,9 @@ trait Build {
     fn finish(&mut self, id: u64);
     /// How soon the host ticks next, as the engine asked.
     fn tick_period_ms(&self) -> u64;
+    /// Whether the reads a tick starts answer after it (proxy-wasm's
+    /// `dispatch_http_call`), not within it.
+    fn counts_reads_a_tick_late(&self) -> bool;
     fn outcome(&self, id: u64) -> Outcome;
     fn metrics(&mut self) -> Metrics;
 }
@@ -209,8 +213,15 @@ impl ProxyWasm for FakeProxyWasm {
     fn environment(&self) -> Vec<(String, String)> {
         env()
     }
-    fn request_headers(&self) -> Option<HeaderList> {
-        self.contexts.borrow().get(&self.effective.get()).cloned()
+    fn request_headers(&self, into: &mut HeaderList) -> bool {
+        let contexts = self.contexts.borrow();
+        let Some(headers) = contexts.get(&self.effective.get()) else {
+            return false;
+        };
+        headers
+            .iter()
+            .for_each(|(name, value)| into.push(name, value));
+        true
     }
     fn add_request_header(&self, name: &[u8], value: &[u8]) -> bool {
         let mut contexts = self.contexts.borrow_mut();
@@ -373,6 +384,9 @@ impl Build for WasmBuild {
     fn finish(&mut self, id: u64) {
         self.end(context(id));
     }
+    fn counts_reads_a_tick_late(&self) -> bool {
+        true
+    }
     fn tick_period_ms(&self) -> u64 {
         self.fake().tick_period_ms.get()
     }
@@ -489,8 +503,15 @@ impl EnvoyHost for FakeEnvoy {
     fn schedule_flush(&self) {
         self.flush_asked.store(true, Ordering::Relaxed);
     }
-    fn request_headers(&self, filter: u64) -> Option<HeaderList> {
-        self.requests.lock().unwrap().get(&filter).cloned()
+    fn request_headers(&self, filter: u64, into: &mut HeaderList) -> bool {
+        let requests = self.requests.lock().unwrap();
+        let Some(headers) = requests.get(&filter) else {
+            return false;
+        };
+        headers
+            .iter()
+            .for_each(|(name, value)| into.push(name, value));
+        true
     }
     fn remove_header(&self, filter: u64, name: &[u8]) -> bool {
         let mut requests = self.requests.lock().unwrap();
@@ -633,6 +654,9 @@ impl Build for NativeBuild {
     fn finish(&mut self, id: u64) {
         complete_and_destroy(id);
     }
+    fn counts_reads_a_tick_late(&self) -> bool {
+        false
+    }
     fn tick_period_ms(&self) -> u64 {
         let shared = self.shared.as_ref().expect("configured");
         u64::try_from(shared.tick_interval().as_millis()).unwrap()
@@ -717,10 +741,18 @@ fn both(config: &str, script: &[Event]) -> (BTreeMap<u64, Outcome>, Metrics) {
                 Finish(id) => build.finish(id),
             }
         }
-        // Let the counts reach Envoy: the wasm build flushes on its tick, and
-        // hands over a tick's reads at the next one.
+        // Let the counts reach Envoy. Both builds flush on their tick (at
+        // most once a flush interval). The native build reads within the
+        // tick; the wasm build's reads answer after it, so their counts reach
+        // Envoy with the next flush: it ticks once more, a flush interval on.
+        // That tick's own reads answer after its flush, so both builds hand
+        // over the reads of the same ticks, whatever the retry pace.
+        let last = 3_600_000 + FLUSH_INTERVAL_MS;
         build.tick(3_600_000);
-        build.tick(3_600_001);
+        build.tick(last);
+        if build.counts_reads_a_tick_late() {
+            build.tick(last + FLUSH_INTERVAL_MS);
+        }
         let outcomes: BTreeMap<u64, Outcome> =
             ids.iter().map(|id| (*id, build.outcome(*id))).collect();
         // The token's age depends on when each build last ticked with a

@@ -18,6 +18,7 @@ mod module {
     use alloc::string::{String, ToString};
     use alloc::vec;
     use alloc::vec::Vec;
+    use core::cell::{Cell, RefCell};
     use core::ptr::{null, null_mut, NonNull};
     use podward::headers::{encode_proxy_wasm_map, HeaderList};
     use podward::host::{Level, Log};
@@ -54,9 +55,11 @@ mod module {
 
     #[derive(Clone, Copy)]
     #[repr(u32)]
+    /// Which header map a call is about.
     enum MapType {
-        RequestHeaders = 0,
-        HttpCallResponseHeaders = 6,
+        Request = 0,
+        Response = 2,
+        HttpCallResponse = 6,
     }
 
     #[derive(Clone, Copy)]
@@ -83,6 +86,13 @@ mod module {
             size: *mut usize,
         ) -> u32;
         fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> u32;
+        fn proxy_get_header_map_value(
+            map: MapType,
+            name: *const u8,
+            name_size: usize,
+            data: *mut *mut u8,
+            size: *mut usize,
+        ) -> u32;
         fn proxy_add_header_map_value(
             map: MapType,
             name: *const u8,
@@ -91,12 +101,6 @@ mod module {
             value_size: usize,
         ) -> u32;
         fn proxy_remove_header_map_value(map: MapType, name: *const u8, name_size: usize) -> u32;
-        fn proxy_get_property(
-            path: *const u8,
-            path_size: usize,
-            data: *mut *mut u8,
-            size: *mut usize,
-        ) -> u32;
         fn proxy_set_property(
             path: *const u8,
             path_size: usize,
@@ -138,12 +142,24 @@ mod module {
     }
 
     /// The host writes into memory it asks the module for. Each allocation is
-    /// a boxed byte slice of exactly `size`, taken back by [`owned`].
+    /// a boxed byte slice of exactly `size`, taken back by [`owned`], unless
+    /// a call lent a buffer for it ([`fetch_into`]).
     #[no_mangle]
     pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+        if let Some(mut lent) = LENT.0.take() {
+            lent.resize(size, 0);
+            let data = lent.as_mut_ptr();
+            LANDED.0.set(Some(lent));
+            return data;
+        }
         let buffer: Box<[u8]> = vec![0; size].into_boxed_slice();
         Box::into_raw(buffer).cast::<u8>()
     }
+
+    /// The buffer lent for the host's next allocation, and where it is kept
+    /// once the host has allocated it.
+    static LENT: SingleThreaded<Cell<Option<Vec<u8>>>> = SingleThreaded(Cell::new(None));
+    static LANDED: SingleThreaded<Cell<Option<Vec<u8>>>> = SingleThreaded(Cell::new(None));
 
     /// Marks the module as speaking ABI 0.2.1.
     #[no_mangle]
@@ -165,6 +181,37 @@ mod module {
         (call(&mut data, &mut size) == OK).then(|| owned(data, size))
     }
 
+    /// Like [`fetch_buffer`], into `buffer`: it is lent to the host for the
+    /// allocation the call makes, so that a call made on every request (its
+    /// headers, its response code) allocates nothing once `buffer` has grown
+    /// to fit. False unless the call succeeds.
+    fn fetch_into(
+        buffer: &mut Vec<u8>,
+        call: impl FnOnce(*mut *mut u8, *mut usize) -> u32,
+    ) -> bool {
+        buffer.clear();
+        LENT.0.set(Some(core::mem::take(buffer)));
+        let (mut data, mut size) = (null_mut(), 0);
+        let status = call(&mut data, &mut size);
+        let landed = LANDED.0.take();
+        let unused = LENT.0.take();
+        match landed {
+            Some(landed) if landed.as_ptr() == data.cast_const() && landed.len() == size => {
+                *buffer = landed;
+            }
+            // The host allocated nothing (an empty answer or a failure), or
+            // something else than what it was lent (never seen).
+            landed => {
+                *buffer = landed.or(unused).unwrap_or_default();
+                buffer.clear();
+                if status == OK {
+                    buffer.extend_from_slice(&owned(data, size));
+                }
+            }
+        }
+        status == OK
+    }
+
     fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
         // SAFETY: the host writes a pointer and length it allocated through us.
         fetch_buffer(|data, len| unsafe { proxy_get_buffer_bytes(kind, 0, size, data, len) })
@@ -177,6 +224,9 @@ mod module {
             fetch_buffer(|data, len| unsafe { proxy_get_header_map_pairs(map, data, len) })?;
         HeaderList::from_proxy_wasm_map(bytes)
     }
+
+    /// Where a response's `:status` is read into, on every request.
+    static STATUS: SingleThreaded<RefCell<Vec<u8>>> = SingleThreaded(RefCell::new(Vec::new()));
 
     /// A property path's parts are joined by NUL bytes.
     fn property_path(path: &[&str]) -> Vec<u8> {
@@ -239,12 +289,18 @@ mod module {
                 .collect()
         }
 
-        fn request_headers(&self) -> Option<HeaderList> {
-            header_map(MapType::RequestHeaders)
+        fn request_headers(&self, into: &mut HeaderList) -> bool {
+            let map = MapType::Request;
+            into.read_proxy_wasm_map(|buffer| {
+                // SAFETY: as in `buffer`.
+                fetch_into(buffer, |data, len| unsafe {
+                    proxy_get_header_map_pairs(map, data, len)
+                })
+            })
         }
 
         fn add_request_header(&self, name: &[u8], value: &[u8]) -> bool {
-            let map = MapType::RequestHeaders;
+            let map = MapType::Request;
             // SAFETY: the host copies both buffers during the call.
             let status = unsafe {
                 proxy_add_header_map_value(
@@ -259,7 +315,7 @@ mod module {
         }
 
         fn remove_request_header(&self, name: &[u8]) -> bool {
-            let map = MapType::RequestHeaders;
+            let map = MapType::Request;
             // SAFETY: the host reads `name` during the call.
             unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) == OK }
         }
@@ -271,14 +327,28 @@ mod module {
         }
 
         fn response_code(&self) -> u64 {
-            let path = property_path(&["response", "code"]);
-            // SAFETY: as in `buffer`; the host reads `path` during the call.
-            let code = fetch_buffer(|data, len| unsafe {
-                proxy_get_property(path.as_ptr(), path.len(), data, len)
+            // The `:status` header, which Envoy hands over in the log phase
+            // too: a tenth of the `response.code` property's cost.
+            let name = b":status";
+            let map = MapType::Response;
+            let mut status = STATUS.0.borrow_mut();
+            // SAFETY: as in `buffer`; the host reads `name` during the call.
+            let found = fetch_into(&mut status, |data, len| unsafe {
+                proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, len)
             });
-            // Envoy hands integer properties over as 8 little-endian bytes.
-            code.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-                .map_or(0, u64::from_le_bytes)
+            if !found {
+                return 0;
+            }
+            // Three ASCII digits, as Envoy sends it.
+            status
+                .iter()
+                .try_fold(0u64, |code, &digit| {
+                    digit
+                        .is_ascii_digit()
+                        .then(|| code * 10 + u64::from(digit - b'0'))
+                })
+                .filter(|_| status.len() == 3)
+                .unwrap_or(0)
         }
 
         fn send_local_response(&self, reply: &LocalReply) -> bool {
@@ -343,7 +413,7 @@ mod module {
         }
 
         fn http_call_response(&self, body_size: usize) -> (Option<Vec<u8>>, Vec<u8>) {
-            let headers = header_map(MapType::HttpCallResponseHeaders);
+            let headers = header_map(MapType::HttpCallResponse);
             let status = headers.and_then(|headers| headers.get(":status").map(<[u8]>::to_vec));
             let body = buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
             (status, body)
@@ -418,10 +488,8 @@ mod module {
         VM.0.on_log(context_id);
     }
 
-    #[no_mangle]
-    pub extern "C" fn proxy_on_done(_: u32) -> bool {
-        true
-    }
+    // No `proxy_on_done`: the host takes a missing one as done, without a
+    // call into the VM per request.
 
     #[no_mangle]
     pub extern "C" fn proxy_on_delete(context_id: u32) {

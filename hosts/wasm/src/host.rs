@@ -17,14 +17,16 @@ pub trait ProxyWasm: Log {
     fn plugin_configuration(&self, size: usize) -> Vec<u8>;
     /// The VM's environment (Envoy's `host_env_keys`), as `(name, value)`.
     fn environment(&self) -> Vec<(String, String)>;
-    /// The request's headers, every byte kept.
-    fn request_headers(&self) -> Option<HeaderList>;
+    /// Puts the request's headers, every byte kept, into `into`; false if
+    /// the host would not hand them over.
+    fn request_headers(&self, into: &mut HeaderList) -> bool;
     /// Adds one value of `name`, beside any already there.
     fn add_request_header(&self, name: &[u8], value: &[u8]) -> bool;
     /// Removes every value of `name`.
     fn remove_request_header(&self, name: &[u8]) -> bool;
     fn set_property(&self, path: &[&str], value: &[u8]);
-    /// The response code of the request that is ending; 0 if there was none.
+    /// The response code of the request that is ending, from its response's
+    /// `:status`; 0 if there was none.
     fn response_code(&self) -> u64;
     /// Answers the request; it goes no further. Can run `proxy_on_log` at once.
     fn send_local_response(&self, reply: &LocalReply) -> bool;

@@ -59,8 +59,8 @@ struct Request<'a, A> {
 impl<A: ProxyWasm> RequestHost for Request<'_, A> {
     type Waker = u32;
 
-    fn request_headers(&mut self) -> Option<HeaderList> {
-        self.abi.request_headers()
+    fn request_headers(&mut self, into: &mut HeaderList) -> bool {
+        self.abi.request_headers(into)
     }
 
     fn remove_header(&mut self, name: &[u8]) -> bool {
@@ -140,7 +140,9 @@ impl<A: ProxyWasm> Vm<A> {
         self.wake(root, tick.wake);
         self.start_reads(root, tick.read);
         self.schedule_ticks(root);
-        self.flush_metrics(root);
+        if self.with_engine(root, |engine| engine.flush_due(now)) == Some(true) {
+            self.flush_metrics(root);
+        }
     }
 
     pub fn on_request_headers(&self, context: u32) -> Action {
