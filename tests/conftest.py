@@ -22,15 +22,17 @@ import time
 
 import pytest
 
-from harness import e2e
-from harness.apiserver import StandInApiServer
-from harness.cluster import HOW_TO_GET_ONE, KUBECONFIG_VARIABLE, Cluster, cluster_problem
-from harness.envoy import NATIVE, WASM, Envoy, local_settings
-from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
-from harness.pki import make_pki
-from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPod
+from podward import manifests
+from podward.local.apiserver import StandInApiServer
+from podward.local.envoy_process import Envoy, NATIVE, WASM, local_settings
+from podward.local.kubelet import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, LocalPod
+from podward.local.pki import make_pki
 
-import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
+from harness import e2e
+from harness.cluster import HOW_TO_GET_ONE, KUBECONFIG_VARIABLE, Cluster, cluster_problem
+from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
+from harness.pod import ClusterPod
+
 
 REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"
 REQUIRE_NODE = os.environ.get("PODWARD_REQUIRE_NODE") == "1"

@@ -22,11 +22,14 @@ import time
 
 import pytest
 
+from podward.bootstrap import API_CONNECT_TIMEOUT, HTTP2_LIMITS, MAX_API_CONNECTIONS, MAX_DOWNSTREAM_CONNECTIONS
+from podward.constants import METRICS_PATH, READY_PATH
+from podward.local.envoy_process import Envoy, local_settings
+from podward.local.kubelet import LocalPod
+
 from conftest import assert_status, request, served_again
-from harness.envoy import Envoy, local_settings, render
 from harness.flood import MADE_UP_PREFIX
 from harness.h2c import h2c_requests
-from harness.pod import LocalPod
 
 EXEC = "/api/v1/namespaces/default/pods/demo-0/exec"
 # What the API server would route to an interactive session in a container (its routes are case-sensitive).
@@ -671,9 +674,9 @@ def test_admin_endpoint_from_the_app(sidecar, apiserver, endpoint):
         # else a 404 Status; nothing reaches the API server.
         apiserver.clear_requests()
         [answer] = exchange(envoy.settings.metrics_port, http1(method, endpoint))
-        if (method, endpoint) == ("GET", render.METRICS_PATH):
+        if (method, endpoint) == ("GET", METRICS_PATH):
             assert answer.status == 200 and b"# TYPE envoy_" in answer.body
-        elif (method, endpoint) == ("GET", render.READY_PATH):
+        elif (method, endpoint) == ("GET", READY_PATH):
             assert answer.status == 200 and json.loads(answer.body)["status"] == "Success"
         else:
             assert answer.status == 404 and answer.status_object()["reason"] == "NotFound"
@@ -715,7 +718,7 @@ def test_a_thousand_connections_at_once_then_the_sidecar_still_serves(sidecar, a
     envoy, pod = sidecar
     opened = []
     try:
-        for _ in range(render.MAX_DOWNSTREAM_CONNECTIONS + 200):
+        for _ in range(MAX_DOWNSTREAM_CONNECTIONS + 200):
             opened.append(socket.create_connection(("127.0.0.1", envoy.settings.listen_port), timeout=5))
     finally:
         for connection in opened:
@@ -749,7 +752,7 @@ def test_made_up_resources_do_not_grow_the_metrics_past_their_cap(sidecar, apise
 
 def test_a_stream_flood_over_one_h2c_connection_is_capped_and_served(sidecar, apiserver):
     envoy, pod = sidecar
-    cap = render.HTTP2_LIMITS["max_concurrent_streams"]
+    cap = HTTP2_LIMITS["max_concurrent_streams"]
     answers = h2c_requests(envoy.settings.listen_port, [("GET", "/api/v1/namespaces/default/pods")] * 4 * cap)
     # The streams past the cap are refused at once (the client sent them before reading the SETTINGS).
     assert answers == [200] * cap + ["reset REFUSED_STREAM"] * 3 * cap
@@ -782,18 +785,18 @@ def hold_watches(port: int, count: int) -> list:
 def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(pod, start_envoy, apiserver):
     # On main the pool's queue held it until a watch ended: no answer for 45 s, or half an hour.
     envoy = start_envoy(pod)
-    watches = hold_watches(envoy.settings.listen_port, render.MAX_API_CONNECTIONS)
+    watches = hold_watches(envoy.settings.listen_port, MAX_API_CONNECTIONS)
     try:
         apiserver.clear_requests()
         for method, path, body in [("GET", "/api/v1/namespaces/default/pods", None),
                                    ("POST", CONFIGMAPS, b'{"metadata": {"name": "past-the-pool"}}'),
                                    ("GET", WATCH, None)]:
             started = time.monotonic()
-            response = request(envoy, method, path, body=body, timeout=2 * float(render.API_CONNECT_TIMEOUT[:-1]))
+            response = request(envoy, method, path, body=body, timeout=2 * float(API_CONNECT_TIMEOUT[:-1]))
             seconds = time.monotonic() - started
             status = assert_status(response, 503, "ServiceUnavailable")
             assert response.headers["retry-after"] == "1" and status["details"] == {"retryAfterSeconds": 1}
-            assert f"{render.MAX_API_CONNECTIONS} at once" in status["message"]
+            assert f"{MAX_API_CONNECTIONS} at once" in status["message"]
             # At once: the pool opens a spare connection for it, rather than queue it behind the watches.
             assert seconds < 2, seconds
         # Nothing of them was forwarded, so retrying is safe: client-go does so by itself on Retry-After.

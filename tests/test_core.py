@@ -10,6 +10,7 @@ import urllib.parse
 
 import pytest
 
+
 from conftest import assert_status, request
 
 def test_token_and_downward_headers_arrive_upstream(podward, pod, apiserver):
@@ -117,7 +118,8 @@ def test_an_expired_token_is_refused_with_the_cause(pod, start_envoy, apiserver)
 )
 def test_a_bad_config_stops_envoy_and_names_the_field(pod, tmp_path, apiserver, pki, plugin_config, field,
                                                       podward_build):
-    from harness.envoy import Envoy, local_settings
+    from podward.local.envoy_process import Envoy
+    from podward.local.envoy_process import local_settings
 
     settings = local_settings(pod, apiserver.port, pki.ca_cert, plugin_config, build=podward_build)
     envoy = Envoy(settings, tmp_path / "bad", env=pod.env)
@@ -157,7 +159,9 @@ def test_the_token_never_reaches_the_log_even_at_debug(pod, start_envoy, apiserv
 
 
 def test_an_unreachable_api_server_gives_a_503_status(pod, tmp_path, pki, podward_build):
-    from harness.envoy import Envoy, free_port, local_settings
+    from podward.local.envoy_process import Envoy
+    from podward.local.envoy_process import free_port
+    from podward.local.envoy_process import local_settings
 
     settings = local_settings(pod, free_port(), pki.ca_cert, build=podward_build)
     envoy = Envoy(settings, tmp_path / "down", env=pod.env).start()

@@ -17,8 +17,9 @@ import time
 
 import pytest
 
+from podward.constants import REPO
+
 from conftest import assert_status, request, served_again
-from harness.envoy import REPO
 
 CRASH_DRILL = REPO / "dist" / "test" / "podward-crash-drill.wasm"
 NATIVE_CRASH_DRILL = REPO / "dist" / "test" / "libpodward-crash-drill.so"

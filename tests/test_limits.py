@@ -24,11 +24,14 @@ import websocket
 from kubernetes import client
 from kubernetes.stream import portforward
 
+from podward.bootstrap import REQUEST_HEADERS_TIMEOUT, bootstrap
+from podward.constants import MEMORY_LIMIT_MIB, REQUEST_TIMEOUT_MARGIN_MS, STARTUP_WAIT_MS
+from podward.local.apiserver import TICK_ANNOTATION
+from podward.local.remotecommand import V5_CHANNEL
+from podward.settings import Settings
+
 from conftest import assert_status, request, served_again
-from harness.apiserver import TICK_ANNOTATION
-from harness.envoy import render
 from harness.flood import MADE_UP_PREFIX, PeakRss, flood, memory_kib
-from harness.remotecommand import V5_CHANNEL
 from harness.figures import record_figures
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
@@ -57,19 +60,19 @@ def timed(envoy, method: str, path: str, **kwargs) -> tuple:
 
 @pytest.mark.parametrize("plugin_config, expected", [({}, "6s"), ({"startup_wait_ms": 1500}, "2.5s")])
 def test_request_timeout_is_podwards_wait_plus_a_second(plugin_config, expected):
-    bootstrap = render.bootstrap(render.Settings(plugin_config=plugin_config))
-    assert app_manager(bootstrap)["request_timeout"] == expected
-    assert render.STARTUP_WAIT_MS + render.REQUEST_TIMEOUT_MARGIN_MS == 6000
+    config = bootstrap(Settings(plugin_config=plugin_config))
+    assert app_manager(config)["request_timeout"] == expected
+    assert STARTUP_WAIT_MS + REQUEST_TIMEOUT_MARGIN_MS == 6000
 
 
 def test_podward_gives_up_on_a_token_before_envoys_backstop_fires(pod, start_envoy, apiserver):
     # The shipped relation, with podward's default wait (the default is src/config.rs's, so this also
-    # checks that render.STARTUP_WAIT_MS still matches it): podward's own 503 comes first.
+    # checks that STARTUP_WAIT_MS still matches it): podward's own 503 comes first.
     pod.write_service_account(None)
     envoy = start_envoy(pod)
     response, seconds = timed(envoy, "GET", "/api/v1/namespaces/default/pods")
     assert "no service-account token" in assert_status(response, 503, "ServiceUnavailable")["message"]
-    assert render.STARTUP_WAIT_MS / 1000 - 0.5 < seconds < render.STARTUP_WAIT_MS / 1000 + 0.9
+    assert STARTUP_WAIT_MS / 1000 - 0.5 < seconds < STARTUP_WAIT_MS / 1000 + 0.9
     assert apiserver.requests == []
 
 
@@ -104,7 +107,7 @@ def test_a_body_sent_while_the_request_waits_for_the_token_arrives_whole(pod, st
     response, seconds = timed(envoy, "POST", "/api/v1/namespaces/default/configmaps", body=body,
                               headers={"Content-Type": "application/json"})
     assert response.status == 201, response.body[:300]
-    assert 1.0 < seconds < render.STARTUP_WAIT_MS / 1000
+    assert 1.0 < seconds < STARTUP_WAIT_MS / 1000
     [received] = [r for r in apiserver.requests if r.method == "POST"]
     assert received.body == body and received.token == pod.token
 
@@ -248,7 +251,7 @@ def test_headers_trickled_in_are_cut_with_a_408_status(podward, apiserver):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), answer
     assert json.loads(body)["reason"] == "Timeout"
-    assert seconds < float(render.REQUEST_HEADERS_TIMEOUT.rstrip("s")) + 1.5
+    assert seconds < float(REQUEST_HEADERS_TIMEOUT.rstrip("s")) + 1.5
     assert apiserver.requests == []
 
 
@@ -331,14 +334,14 @@ def test_a_flood_stays_well_under_the_memory_limit_and_the_sidecar_serves_afterw
     finally:
         peak = sampler.stop()
     after = memory_kib(pid)
-    limit = render.MEMORY_LIMIT_MIB * MIB
+    limit = MEMORY_LIMIT_MIB * MIB
     figures = {"seconds": FLOOD_SECONDS, "slowloris": SLOWLORIS, "askers": ASKERS,
                "made_up_resources_asked": result.resources_asked, "answers": dict(result.statuses),
                "slowloris_connections": result.slowloris_connections, "slowloris_cut": result.slowloris_cut,
                "connections_refused": result.connections_refused, "stalled": result.stalled,
                "rss_idle_mib": round(idle["VmRSS"] / 1024, 1), "rss_peak_mib": round(peak / MIB, 1),
                "rss_after_mib": round(after["VmRSS"] / 1024, 1), "anon_idle_mib": round(idle["RssAnon"] / 1024, 1),
-               "anon_after_mib": round(after["RssAnon"] / 1024, 1), "limit_mib": render.MEMORY_LIMIT_MIB,
+               "anon_after_mib": round(after["RssAnon"] / 1024, 1), "limit_mib": MEMORY_LIMIT_MIB,
                "rss_samples": sampler.samples}
     record_figures("limits", podward.settings.build, "flood", figures)
 

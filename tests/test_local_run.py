@@ -1,9 +1,8 @@
-"""`./build.sh run` (harness.local) as a user runs it: it serves, it says where metrics are, SIGTERM or Ctrl-C
+"""`./build.sh run` (podward.local.example) as a user runs it: it serves, it says where metrics are, SIGTERM or Ctrl-C
 stops everything it started and removes its directory, and a taken port is reported, not half-started."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import signal
@@ -14,26 +13,27 @@ import time
 
 import pytest
 
-from harness.envoy import REPO, free_port
+from podward.constants import REPO
+from podward.local.envoy_process import free_port
+
 
 START_TIMEOUT_S = 60
 
 
 def start_local_run(port: int, metrics_port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.local", "--port", str(port), "--metrics-port",
-                             str(metrics_port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "tests")}, text=True)
+    return subprocess.Popen([sys.executable, "-m", "podward.local.example", "--port", str(port), "--metrics-port",
+                             str(metrics_port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def read_banner(process: subprocess.Popen) -> str:
     lines, deadline = [], time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         line = process.stdout.readline()
-        assert line, f"harness.local ended early: {process.stderr.read()}"
+        assert line, f"podward.local.example ended early: {process.stderr.read()}"
         lines.append(line)
         if line.startswith("Ctrl-C"):
             return "".join(lines)
-    raise AssertionError("harness.local did not start in time")
+    raise AssertionError("podward.local.example did not start in time")
 
 
 def listening(port: int) -> bool:
@@ -53,7 +53,7 @@ def process_gone(pid: int) -> bool:
 
 
 def run_directories() -> set:
-    """harness.local's directories (tempfile.mkdtemp(prefix="podward-")) in /tmp now."""
+    """podward.local.example's directories (tempfile.mkdtemp(prefix="podward-")) in /tmp now."""
     return {path for path in pathlib.Path("/tmp").glob("podward-*") if re.fullmatch(r"podward-[a-z0-9_]{8}", path.name)}
 
 

@@ -16,8 +16,9 @@ import urllib.parse
 import kubernetes.client
 import pytest
 
+from podward.local.apiserver import request_attributes
+
 from conftest import assert_status, request
-from harness.apiserver import request_attributes
 from harness.envtest import ADMIN_USER
 from harness.figures import record_figures
 from harness.flood import PeakRss, rss_bytes

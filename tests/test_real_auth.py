@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from podward.local.jwt import claims_of
+
 from conftest import assert_status, grant, request
 from harness.envtest import credential_id, received_at
-from harness.jwt import claims_of
 from test_observability import metric, wait_for
 
 pytestmark = pytest.mark.envtest

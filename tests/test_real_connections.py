@@ -13,8 +13,9 @@ import subprocess
 
 import pytest
 
+from podward.local.envoy_process import free_port
+
 from harness.connections import PeakSampler, Watches, live_go_memory, request_load
-from harness.envoy import free_port
 from harness.figures import record_figures
 from test_real_watch import configmap_watches
 from test_traffic import stop_process, wait_until

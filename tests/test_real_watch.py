@@ -19,7 +19,8 @@ import time
 import pytest
 from kubernetes import client, watch
 
-from harness.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
+from podward.local.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
+
 from harness.figures import record_figures
 from test_traffic import (LineReader, in_flight, python_client, stop_process, wait_for_envoy_to_drop_every_stream,
                           wait_until)

@@ -1,6 +1,6 @@
-"""Graceful shutdown: the sidecar container runs Envoy under render.ENTRYPOINT, which on SIGTERM turns the drain
+"""Graceful shutdown: the sidecar container runs Envoy under ENTRYPOINT, which on SIGTERM turns the drain
 file to 1 (Envoy then refuses new connections and closes kept-alive ones after their current request), waits
-render.DRAIN_SECONDS, and passes SIGTERM on. Here the test is the kubelet: it starts the entrypoint as the
+DRAIN_SECONDS, and passes SIGTERM on. Here the test is the kubelet: it starts the entrypoint as the
 container's command and sends it SIGTERM while a kubectl watch (client-go), a Python-client watch, two slow
 uploads and a burst on kept-alive connections are under way.
 
@@ -21,7 +21,11 @@ import time
 
 from kubernetes import client, watch
 
-from harness.envoy import render
+from podward.bootstrap import DRAIN_MONITOR, bootstrap
+from podward.constants import ADMIN_DIR
+from podward.pod import DRAIN_SECONDS, ENTRYPOINT, ENVOY_PATH, example_pod, sidecar_container
+from podward.settings import shipped_settings
+
 from harness.figures import record_figures
 from test_attacks import http1, parse_answers
 
@@ -136,11 +140,11 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
         connection.close()
     burst_done = time.monotonic() - sigterm
     finished, cut_short = finishing.join(30), stalled.join(30)
-    exit_code = envoy.process.wait(timeout=render.DRAIN_SECONDS + 5)
+    exit_code = envoy.process.wait(timeout=DRAIN_SECONDS + 5)
     exited = time.monotonic() - sigterm
     kubectl_out, kubectl_err = kubectl.communicate(timeout=10)
     python_end = python_watch.join(10)
-    figures = {"drain_seconds": render.DRAIN_SECONDS, "refused_new_connections_after_s": round(refused_after, 2),
+    figures = {"drain_seconds": DRAIN_SECONDS, "refused_new_connections_after_s": round(refused_after, 2),
                "burst_of_50_answered_after_s": round(burst_done, 2),
                "upload_completed_after_s": round(finishing.ended - sigterm, 2),
                "unfinished_upload_answered_after_s": round(stalled.ended - sigterm, 2),
@@ -152,7 +156,7 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
 
     # Envoy stopped accepting at once, and stopped itself once the drain was over, not before.
     assert refused_after < 1, figures
-    assert render.DRAIN_SECONDS - 0.5 < exited < render.DRAIN_SECONDS + 2 and exit_code == 0, figures
+    assert DRAIN_SECONDS - 0.5 < exited < DRAIN_SECONDS + 2 and exit_code == 0, figures
     # Every request in flight got its answer: the burst, each closing its connection.
     assert [answer and answer.status for answer in burst] == [200] * BURST, figures
     assert all(answer.headers.get("connection") == "close" for answer in burst), figures
@@ -166,20 +170,20 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
     # the watch, not as an error (it would re-watch); the Python client, stricter about the missing last chunk,
     # raises (README, "Shutdown").
     assert kubectl.returncode == 0 and "error" not in kubectl_err.lower(), figures
-    assert python_watch.ended - sigterm > render.DRAIN_SECONDS - 0.5, figures
+    assert python_watch.ended - sigterm > DRAIN_SECONDS - 0.5, figures
 
 
 def test_the_drain_outlasts_request_timeout_and_fits_the_default_grace_period():
-    settings = render.shipped_settings()
-    assert render.DRAIN_SECONDS > settings.request_timeout_ms / 1000
-    pod = render.example_pod()
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= render.DRAIN_SECONDS + 2
-    sidecar = render.sidecar_container()
-    assert sidecar["command"][:3] == ["/bin/sh", "-c", render.ENTRYPOINT]
-    assert sidecar["command"][4:] == [settings.drain_file, str(render.DRAIN_SECONDS), render.ENVOY_PATH]
-    monitors = render.bootstrap(settings)["overload_manager"]["resource_monitors"]
-    assert {"name": render.DRAIN_MONITOR, "typed_config": {
+    settings = shipped_settings()
+    assert DRAIN_SECONDS > settings.request_timeout_ms / 1000
+    pod = example_pod()
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= DRAIN_SECONDS + 2
+    sidecar = sidecar_container()
+    assert sidecar["command"][:3] == ["/bin/sh", "-c", ENTRYPOINT]
+    assert sidecar["command"][4:] == [settings.drain_file, str(DRAIN_SECONDS), ENVOY_PATH]
+    monitors = bootstrap(settings)["overload_manager"]["resource_monitors"]
+    assert {"name": DRAIN_MONITOR, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
         "filename": settings.drain_file}} in monitors
     # Only the sidecar mounts the directory the drain file is in: the app cannot drain the sidecar.
-    assert pathlib.PurePath(settings.drain_file).parent == pathlib.PurePath(render.ADMIN_DIR)
+    assert pathlib.PurePath(settings.drain_file).parent == pathlib.PurePath(ADMIN_DIR)

@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from harness.apiserver import SENT_AT_ANNOTATION, StandInApiServer
-from harness.jwt import claims_of, make_token
-from harness.kubelet import AtomicDir, format_map, go_quote
-from harness.pki import make_pki
+from podward.local.apiserver import SENT_AT_ANNOTATION, StandInApiServer
+from podward.local.jwt import claims_of, make_token
+from podward.local.kubelet import AtomicDir, format_map, go_quote
+from podward.local.pki import make_pki
+
 
 SA_USER = "system:serviceaccount:default:default"
 

@@ -29,9 +29,10 @@ import websocket  # websocket-client, which the kubernetes client depends on
 from kubernetes import client
 from kubernetes.stream import portforward, stream
 
+from podward.bootstrap import API_CLUSTER, UPGRADE_CLUSTER
+from podward.local.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, V4_CHANNEL, V5_CHANNEL
+
 from conftest import assert_status, request
-from harness.envoy import render
-from harness.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, V4_CHANNEL, V5_CHANNEL
 from harness.figures import record_figures
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
@@ -51,7 +52,7 @@ def wait_until(condition, what: str, timeout: float = 5.0):
 def in_flight(envoy) -> tuple:
     """Requests in flight from the app and towards the API server (either cluster), and upgraded connections."""
     stats = envoy.stats()
-    upstream = sum(stats[f"cluster.{name}.upstream_rq_active"] for name in (render.API_CLUSTER, render.UPGRADE_CLUSTER))
+    upstream = sum(stats[f"cluster.{name}.upstream_rq_active"] for name in (API_CLUSTER, UPGRADE_CLUSTER))
     return (stats["http.podward.downstream_rq_active"], upstream, stats["http.podward.downstream_cx_upgrades_active"])
 
 
@@ -422,7 +423,7 @@ def test_closing_a_websocket_mid_command_ends_it_upstream(interactive, apiserver
     assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"\x01typed\n")
     assert in_flight(interactive) == (1, 1, 1)
     # The upgrade went over the HTTP/1.1 cluster, which kube-apiserver requires for it.
-    assert interactive.stats()[f"cluster.{render.UPGRADE_CLUSTER}.upstream_rq_active"] == 1
+    assert interactive.stats()[f"cluster.{UPGRADE_CLUSTER}.upstream_rq_active"] == 1
     ws.close()
     seen = the_session(apiserver, "exec")
     wait_until(seen.ended.is_set, "the stand-in to see the exec end")

@@ -19,7 +19,10 @@ import pytest
 import urllib3
 from kubernetes import watch
 
-from harness.envoy import render
+from podward.bootstrap import bootstrap
+from podward.constants import APP_SOCKET, APP_SOCKET_MODE, READY_PATH
+from podward.settings import shipped_settings
+
 from test_attacks import listening_ports, parse_answers
 from test_real_watch import Ticker
 
@@ -72,10 +75,10 @@ def python_client_over_socket(envoy) -> kubernetes.client.ApiClient:
 
 
 def test_the_socket_and_the_port_are_one_listener():
-    [listener] = [l for l in render.bootstrap(render.shipped_settings())["static_resources"]["listeners"]
+    [listener] = [l for l in bootstrap(shipped_settings())["static_resources"]["listeners"]
                   if l["name"] == "podward"]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8001}
-    assert listener["additional_addresses"] == [{"address": {"pipe": {"path": render.APP_SOCKET, "mode": 0o660}}}]
+    assert listener["additional_addresses"] == [{"address": {"pipe": {"path": APP_SOCKET, "mode": 0o660}}}]
 
 
 @pytest.mark.envtest
@@ -151,7 +154,7 @@ def test_the_socket_alone(pod, start_envoy, apiserver):
     denied = curl(envoy, "/api/v1/namespaces/default/pods/demo-0/exec", "-X", "POST")
     assert json.loads(denied.stdout)["reason"] == "Forbidden"
     # The startup probe reaches podward over the socket when there is no port.
-    probe = subprocess.run(["curl", "-s", f"http://127.0.0.1:{envoy.settings.metrics_port}{render.READY_PATH}"],
+    probe = subprocess.run(["curl", "-s", f"http://127.0.0.1:{envoy.settings.metrics_port}{READY_PATH}"],
                            capture_output=True, text=True, timeout=30)
     assert json.loads(probe.stdout)["status"] == "Success"
 
@@ -176,7 +179,7 @@ def test_the_socket_mode_admits_the_pod_s_fs_group_only(pod, start_envoy, fs_gro
     directory, group = fs_group_dir
     envoy = start_envoy(pod, app_socket=str(directory / "api.sock"))
     info = os.stat(envoy.settings.app_socket)
-    assert (oct(info.st_mode & 0o777), info.st_gid) == (oct(render.APP_SOCKET_MODE), group)
+    assert (oct(info.st_mode & 0o777), info.st_gid) == (oct(APP_SOCKET_MODE), group)
     nobody = 65534
     # In the pod's group (as every container of a pod with an fsGroup is): served.
     member = curl(envoy, "/api", "-w", "%{http_code}", "-o", "/dev/null", user=nobody, groups=[group])

@@ -35,8 +35,9 @@ import uuid
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness.envoy import free_port
-from harness.pki import Pki, make_pki
+from podward.local.envoy_process import free_port
+from podward.local.pki import Pki, make_pki
+
 
 ASSETS_VARIABLE = "KUBEBUILDER_ASSETS"
 BINARIES = ("kube-apiserver", "etcd")
