@@ -79,7 +79,8 @@ def describe_machine(testbed: Testbed) -> dict:
             "libpodward_so": file_size(NATIVE_MODULE),
         },
         # The ConfigMap `podward` of each build, as ./build.sh wrote it (README, "Which build").
-        "configmaps": {build: file_size(REPO / "dist" / configmap) for build, configmap in MODULE_CONFIGMAP_FILES.items()},
+        "configmaps": {build: file_size(REPO / "dist" / configmap)
+                       for build, configmap in MODULE_CONFIGMAP_FILES.items()},
         "podlist_bytes": len(pod_list_json()),
         "git": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "load_average_at_start": os.getloadavg(),

@@ -205,7 +205,8 @@ def main(argv: list | None = None) -> int:
     generate.add_argument("--deploy-dir", type=pathlib.Path, default=DEPLOY_DIR,
                           help="where the committed configs and manifests go (default: deploy/)")
     generate.add_argument("--wasm", type=pathlib.Path, default=BUILT_MODULES["wasm"],
-                          help="the built podward.wasm: the Istio plugin carries its sha256 (default dist/podward.wasm)")
+                          help="the built podward.wasm: the Istio plugin carries its sha256 (default "
+                               "dist/podward.wasm)")
     generate.add_argument("--dist", type=pathlib.Path,
                           help="also write the ConfigMaps of the builds given by --wasm and --native here, and "
                                "dist/kustomize")

@@ -18,12 +18,13 @@ leave it out, so that each renders as it stands, and their copies in dist/kustom
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
 from podward.constants import CONCURRENCY, ENV_KEYS, ENVOY_IMAGE, POLICY_CONFIGMAP
 from podward.pod import (SIDECAR, SIDECAR_FS_GROUP, TOKEN_EXPIRATION_SECONDS, app_socket_mount, configmap,
-                         example_pod, policy_configmap, sidecar_container, sidecar_volumes)
+                         example_pod, policy_configmap, sidecar_command, sidecar_container, sidecar_volumes)
 from podward.settings import Settings
 
 APP = example_pod()["metadata"]["name"]
@@ -166,6 +167,9 @@ AUTOMOUNTED_TOKEN_PREFIX = "kube-api-access-"
 # `policyConfigMap` (the policy, which the namespace's team owns and changes live).
 INJECTION_PARAMS = {
     "image": ENVOY_IMAGE,
+    # "false" for an image without /bin/sh: Envoy runs without the drain entrypoint (pod.sidecar_command), and
+    # the configMap's bootstrap must then be one without a drain file (`render.py configmap --no-drain`).
+    "drain": "true",
     "configMap": CONFIGMAP_NAME,
     "policyConfigMap": POLICY_CONFIGMAP,
     "concurrency": CONCURRENCY,
@@ -175,6 +179,14 @@ INJECTION_PARAMS = {
 
 class Cel(str):
     """A CEL expression where the sidecar's manifest has a value (pod.sidecar_container's arguments)."""
+
+
+@dataclasses.dataclass
+class CelChoice:
+    """`condition ? when_true : when_false` in CEL, where the manifest has a value; each side a manifest value."""
+    condition: str
+    when_true: object
+    when_false: object
 
 
 # Fields whose values are maps with keys of the user's choosing, not objects with fields.
@@ -187,6 +199,9 @@ def to_cel(value, type_name: str, indent: int = 0) -> str:
     line would be long, so that the policy reads like the manifest it builds."""
     if isinstance(value, Cel):
         return str(value)
+    if isinstance(value, CelChoice):
+        return (f"{value.condition} ? {to_cel(value.when_true, type_name, indent)} : "
+                f"{to_cel(value.when_false, type_name, indent)}")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, str)):
@@ -234,8 +249,9 @@ def injection_mutations() -> list:
     literal of constructed objects made kube-apiserver 1.36.2 panic, so each list is added empty, then
     appended to item by item."""
     params = {key: Cel(f"string(params.data[{json.dumps(key)}])") for key in INJECTION_PARAMS}
-    sidecar = sidecar_container(app_container=Cel("object.spec.containers[0].name"),
-                                       image=params["image"], concurrency=params["concurrency"])
+    command = CelChoice(f'{params["drain"]} == "false"', sidecar_command(drain=False), sidecar_command())
+    sidecar = sidecar_container(app_container=Cel("object.spec.containers[0].name"), image=params["image"],
+                                concurrency=params["concurrency"], command=command)
     volumes = sidecar_volumes(
         configmap=params["configMap"], policy_configmap=params["policyConfigMap"],
         token_expiration_seconds=Cel('int(params.data["tokenExpirationSeconds"])'))

@@ -68,9 +68,20 @@ def restricted(run_as_user) -> dict:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrency=CONCURRENCY) -> dict:
+def sidecar_command(drain: bool = True) -> list:
+    """The sidecar container's command: Envoy under ENTRYPOINT, which drains it on SIGTERM and needs /bin/sh; or,
+    `drain=False`, Envoy alone, for an image without a shell (distroless), whose bootstrap then has no drain
+    file to read either (Settings.drain, `render.py config --no-drain`)."""
+    if not drain:
+        return [ENVOY_PATH]
+    return ["/bin/sh", "-c", ENTRYPOINT, SIDECAR, f"{ADMIN_DIR}/{DRAIN_FILE_NAME}", str(DRAIN_SECONDS), ENVOY_PATH]
+
+
+def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrency=CONCURRENCY,
+                      command: list | None = None) -> dict:
     """Envoy and podward as a native sidecar, as every shipped manifest adds it (the example pod, the kustomize
-    component, the MutatingAdmissionPolicy). The arguments may be CEL expressions (manifests.Cel) there."""
+    component, the MutatingAdmissionPolicy). The arguments may be CEL expressions (manifests.Cel) there;
+    `command` is sidecar_command()'s unless given."""
     env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in POD_FIELD_ENV.items()]
     env += [
         {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": app_container, "resource": resource,
@@ -82,10 +93,9 @@ def sidecar_container(app_container=APP_CONTAINER, image=ENVOY_IMAGE, concurrenc
         "image": image,
         # A native sidecar: starts before the app containers, runs as long as the pod.
         "restartPolicy": "Always",
-        # Envoy, drained on SIGTERM (ENTRYPOINT). The kubelet stops a native sidecar only after the app
-        # containers have exited, within the pod's terminationGracePeriodSeconds (README, "Shutdown").
-        "command": ["/bin/sh", "-c", ENTRYPOINT, SIDECAR, f"{ADMIN_DIR}/{DRAIN_FILE_NAME}", str(DRAIN_SECONDS),
-                    ENVOY_PATH],
+        # The kubelet stops a native sidecar only after the app containers have exited, within the pod's
+        # terminationGracePeriodSeconds (README, "Shutdown").
+        "command": sidecar_command() if command is None else command,
         # No hot restart: a sidecar is restarted by the kubelet, not in place.
         "args": ["-c", f"{PODWARD_DIR}/envoy.yaml", "--concurrency", concurrency, "--log-level", "info",
                  "--disable-hot-restart"],

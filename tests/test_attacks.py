@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from podward.bootstrap import API_CONNECT_TIMEOUT, HTTP2_LIMITS, MAX_API_CONNECTIONS, MAX_DOWNSTREAM_CONNECTIONS
+from podward.bootstrap import (API_CLUSTER, API_CONNECT_TIMEOUT, HTTP2_LIMITS, MAX_API_CONNECTIONS,
+                               MAX_DOWNSTREAM_CONNECTIONS, UPGRADE_CLUSTER)
 from podward.constants import METRICS_PATH, READY_PATH
 from podward.local.envoy_process import Envoy, local_settings
 from podward.local.kubelet import LocalPod
@@ -30,6 +31,7 @@ from podward.local.kubelet import LocalPod
 from conftest import assert_status, request, served_again
 from harness.flood import MADE_UP_PREFIX
 from harness.h2c import h2c_requests
+from harness.waiting import wait_for
 
 EXEC = "/api/v1/namespaces/default/pods/demo-0/exec"
 # What the API server would route to an interactive session in a container (its routes are case-sensitive).
@@ -119,6 +121,16 @@ def http1(method: str, path: str, headers: dict | None = None, body: bytes = b""
 
 def upstream(apiserver) -> list:
     return [(r.method, r.path) for r in apiserver.requests]
+
+
+def upstream_settled(envoy, apiserver) -> bool:
+    """Everything Envoy sent the stand-in is recorded: Envoy has no request upstream, and the stand-in holds no
+    more connections than Envoy keeps (it records what came on a connection once Envoy has closed it)."""
+    stats = envoy.stats()
+    clusters = (API_CLUSTER, UPGRADE_CLUSTER)
+    in_flight = sum(stats[f"cluster.{cluster}.upstream_rq_active"] for cluster in clusters)
+    kept = sum(stats[f"cluster.{cluster}.upstream_cx_active"] for cluster in clusters)
+    return in_flight == 0 and apiserver.open_connections <= kept
 
 
 def assert_every_upstream_request_carried_the_token(apiserver, pod):
@@ -264,13 +276,18 @@ def trapping_module(tmp_path_factory) -> str:
 def test_a_crashing_filter_answers_a_503_status_and_forwards_nothing(pod, tmp_path, pki, apiserver, trapping_module):
     settings = dataclasses.replace(local_settings(pod, apiserver.port, pki.ca_cert), wasm_path=trapping_module)
     envoy = Envoy(settings, tmp_path / "trapping", env=pod.env).start()
+
+    def refused_until_a_rebuilt_vm_traps_too() -> bool:
+        """One request: a 503 Status whether the VM traps, was trapped (FAIL_RELOAD's back-off), or was
+        rebuilt and trapped again; done once a rebuilt VM has answered one."""
+        status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/pods"), 503, "ServiceUnavailable")
+        assert "podward failed on this request" in status["message"]
+        assert status["details"] == {"retryAfterSeconds": 1}
+        return envoy.stats()["wasm.podward.vm_reload_success"] >= 1
+
     try:
-        for _ in range(3):  # the crash, then requests to the reloaded (and again trapping) VM
-            response = request(envoy, "GET", "/api/v1/namespaces/default/pods")
-            status = assert_status(response, 503, "ServiceUnavailable")
-            assert "podward failed on this request" in status["message"]
-            assert status["details"] == {"retryAfterSeconds": 1}
-            time.sleep(0.5)
+        wait_for(refused_until_a_rebuilt_vm_traps_too, 15, "Envoy rebuilding the trapped VM")
+        assert apiserver.requests == []
     finally:
         envoy.stop()
     assert apiserver.requests == []
@@ -344,7 +361,9 @@ def test_smuggling(sidecar, apiserver, name, data, codes, reached):
         if answer.status >= 400:  # the sidecar's or the API server's: a Status either way
             answer.status_object()
     if reached == CUT_SHORT:
-        time.sleep(1)  # the API server records the request once it gives up reading it; not after clear_requests
+        # The API server records such a request only once it gives up reading it.
+        wait_for(lambda: upstream_settled(envoy, apiserver), what="the stand-in to let go of every connection "
+                 "Envoy closed")
         assert all(r.status is None or r.status >= 400 for r in apiserver.requests), upstream(apiserver)
         assert len(apiserver.requests) <= 1
     else:
@@ -580,24 +599,31 @@ def test_exec_equivalent_is_denied_by_default(sidecar, apiserver, method, path, 
 # === 10. Configs that would fail open or closed are refused at load, naming the field ==============================
 
 @pytest.mark.parametrize("plugin_config, field", [
-    pytest.param({"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                                        "resources": ["pods"], "namespaces": ["$Self"]}]}}, "namespaces"),
-    pytest.param({"policy": {"rules": [{"name": "r", "action": "deny", "verbs": ["*"], "apiGroups": [""],
-                                        "resources": ["pods/exec/x"]}]}}, "resources"),
-    pytest.param({"accept_hosts": ["localhost:8001"]}, "accept_hosts"),
-    pytest.param({"token": {"expiry_skew_seconds": 2 ** 64 - 1}}, "expiry_skew_seconds"),
+    # Mistakes that would otherwise be read as something else.
+    ({"refresh_interval_ms": "1s"}, "refresh_interval_ms"),
+    ({"token": {"paht": "/x"}}, "token"),
+    ({"identity_headers": [{"header": "Bad Header", "env": "POD_NAME"}]}, "identity_headers[0].header"),
+    ({"policy": {"preset": "no-such-preset"}}, "policy.preset"),
+    # Configs that would fail open or closed.
+    ({"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["get"], "apiGroups": [""],
+                            "resources": ["pods"], "namespaces": ["$Self"]}]}}, "policy.rules[0].namespaces"),
+    ({"policy": {"rules": [{"name": "r", "action": "deny", "verbs": ["*"], "apiGroups": [""],
+                            "resources": ["pods/exec/x"]}]}}, "policy.rules[0].resources"),
+    ({"accept_hosts": ["localhost:8001"]}, "accept_hosts[0]"),
+    ({"token": {"expiry_skew_seconds": 2 ** 64 - 1}}, "token.expiry_skew_seconds"),
     ({"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["fetch"], "apiGroups": [""],
-                            "resources": ["pods"]}]}}, "verbs"),
-    ({"policy": {"default_action": "maybe"}}, "default_action"),
-], ids=["dollar-Self", "resource-with-two-slashes", "host-with-port", "huge-expiry-skew", "unknown-verb",
-        "unknown-default-action"])
-def test_a_config_that_would_fail_open_or_closed_is_refused(pod, tmp_path, apiserver, pki, plugin_config, field,
-                                                            podward_build):
+                            "resources": ["pods"]}]}}, "policy.rules[0].verbs"),
+    ({"policy": {"default_action": "maybe"}}, "policy.default_action"),
+], ids=["duration-as-text", "misspelt-field", "bad-header-name", "unknown-preset", "dollar-Self",
+        "resource-with-two-slashes", "host-with-port", "huge-expiry-skew", "unknown-verb", "unknown-default-action"])
+def test_a_bad_config_stops_envoy_and_names_the_field(pod, tmp_path, apiserver, pki, plugin_config, field,
+                                                      podward_build):
     settings = local_settings(pod, apiserver.port, pki.ca_cert, plugin_config, build=podward_build)
     envoy = Envoy(settings, tmp_path / "bad", env=pod.env)
     assert envoy.run_to_exit() != 0
     errors = [line for line in envoy.log().splitlines() if "invalid podward config" in line]
-    assert errors and field in errors[0], envoy.log()[-2000:]
+    assert errors, envoy.log()[-3000:]
+    assert f"field `{field}`" in errors[0]
 
 
 # === 11. Admin: nothing the app reaches changes the sidecar or reads more than metrics ============================
@@ -693,7 +719,8 @@ def test_after_every_admin_attempt_the_sidecar_is_unchanged_and_no_log_line_carr
     assert len(tried) == 2 * 2 * len(ADMIN_ENDPOINTS + MORE_HARM)
     # Requests after the attempts, with a fresh token: would be logged if any debug level had been set.
     apiserver.accept(pod.issue_token())
-    time.sleep(1.5)
+    wait_for(lambda: request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+             and apiserver.requests[-1].token == pod.token, what="podward sending the fresh token")
     for _ in range(3):
         assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
     assert envoy.admin("/logging") == levels_before
@@ -807,14 +834,16 @@ def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "HOME": str(home)})
         # kubectl's first try is refused (the stand-in saw nothing yet); then one watch ends and a retry is served.
-        deadline = time.monotonic() + 5
-        while not [r for r in apiserver.requests if r.path.startswith("/api/v1/namespaces/default/pods")]:
-            if kubectl.poll() is not None or time.monotonic() > deadline:
-                break
-            if envoy.stats().get("cluster.kubernetes.upstream_rq_active_overflow", 0) >= 4:
-                watches.pop().close()
-                break
-            time.sleep(0.05)
+
+        def refused_or_done() -> str | None:
+            if kubectl.poll() is not None:
+                return "kubectl ended"
+            if [r for r in apiserver.requests if r.path.startswith("/api/v1/namespaces/default/pods")]:
+                return "served"
+            return "refused" if envoy.stats().get("cluster.kubernetes.upstream_rq_active_overflow", 0) >= 4 else None
+
+        if wait_for(refused_or_done, what="kubectl's first try refused at the pool") == "refused":
+            watches.pop().close()
         out, err = kubectl.communicate(timeout=30)
     finally:
         for watch in watches:

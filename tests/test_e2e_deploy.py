@@ -24,7 +24,8 @@ from podward.manifests import POLICY_CONFIGMAP_FILE
 from podward.pod import ENVOY_UID, SIDECAR
 
 from harness import e2e
-from harness.cluster import container_status, kubectl_binary, timestamp, wait_until
+from harness.cluster import container_status, kubectl_binary, timestamp
+from harness.waiting import wait_for
 from harness.e2e import CASES, PATHS
 from harness.figures import record_figures
 
@@ -253,7 +254,7 @@ class PodWatch:
         return events
 
     def until_deleted(self, timeout: float) -> list:
-        events = wait_until(lambda: (events := self.events()) and events[-1]["type"] == "DELETED" and events,
+        events = wait_for(lambda: (events := self.events()) and events[-1]["type"] == "DELETED" and events,
                             timeout, "the pod's DELETED event", 0.2)
         self.process.terminate()
         self.process.wait(timeout=30)
@@ -333,7 +334,7 @@ def test_the_apps_first_call_succeeds_right_after_pod_creation(cluster, build):
             logs = cluster.kubectl("logs", "-n", namespace, pod["metadata"]["name"], "-c", "main", "--timestamps",
                                    check=False).stdout
             return next((line.split(" ", 1) for line in logs.splitlines() if "first call" in line), None)
-        stamp, line = wait_until(answered, e2e.READY_TIMEOUT_S, f"{deployed.id}: the app's first call", 0.1)
+        stamp, line = wait_for(answered, e2e.READY_TIMEOUT_S, f"{deployed.id}: the app's first call", 0.1)
         assert line == "first call answered after 0 failed tries"
         log, ready = e2e.logged_ready(cluster, deployed, deployed.ready_pod(cluster))
         figures.append({"created_to_first_call_s": round(timestamp(stamp) - deployed.created, 2),

@@ -33,6 +33,8 @@ from podward.settings import Settings
 from conftest import assert_status, request, served_again
 from harness.flood import MADE_UP_PREFIX, PeakRss, flood, memory_kib
 from harness.figures import record_figures
+from harness.waiting import wait_for
+from test_observability import metric
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 # The backstop, shortened for these tests so that streams can outlive it several times over quickly.
@@ -87,9 +89,7 @@ def test_a_request_the_filter_never_releases_gets_a_504_status_at_request_timeou
     assert SHORT_REQUEST_TIMEOUT_S - 0.1 < seconds < SHORT_REQUEST_TIMEOUT_S + 1
     assert apiserver.requests == []
     apiserver.accept(pod.issue_token())
-    deadline = time.monotonic() + 5
-    while request(envoy, "GET", "/api/v1/namespaces/default/pods").status != 200:
-        assert time.monotonic() < deadline, "the sidecar did not serve once the token arrived"
+    served_again(envoy)
     assert apiserver.requests[-1].token == pod.token
 
 
@@ -119,7 +119,8 @@ def test_a_body_trickled_past_request_timeout_gets_a_408_status(pod, start_envoy
         connection.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: localhost\r\n"
                            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                            b'{"metadata": {"name": "trickled"')
-        time.sleep(SHORT_REQUEST_TIMEOUT_S + 0.5)
+        # The rest never comes: the answer is Envoy's, once request_timeout has passed.
+        connection.settimeout(SHORT_REQUEST_TIMEOUT_S + 5)
         answer = connection.recv(65536)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
@@ -188,7 +189,7 @@ def test_request_timeout_does_not_cut_a_websocket_exec(pod, start_envoy, apiserv
     for line in (b"before\n", b"after the timeout\n"):
         ws.send_binary(b"\x00" + line)
         echoed.append(ws.recv_data()[1])
-        time.sleep(OUTLIVE_S / 2)
+        time.sleep(OUTLIVE_S / 2)  # deliberate: the stream must outlive request_timeout, which would cut it
     ws.close()
     assert echoed == [b"\x01before\n", b"\x01after the timeout\n"]
 
@@ -206,7 +207,7 @@ def test_request_timeout_does_not_cut_a_spdy_exec(pod, start_envoy, apiserver, t
             kubectl.stdin.write(line)
             kubectl.stdin.flush()
             echoed.append(kubectl.stdout.readline())
-            time.sleep(OUTLIVE_S / 2)
+            time.sleep(OUTLIVE_S / 2)  # deliberate: the stream must outlive request_timeout, which would cut it
         kubectl.stdin.close()
         assert kubectl.wait(timeout=10) == 0, kubectl.stderr.read()
     finally:
@@ -227,7 +228,7 @@ def test_request_timeout_does_not_cut_a_websocket_port_forward(pod, start_envoy,
         for message in (b"before\n", b"after the timeout\n"):
             remote.sendall(message)
             received.append(remote.recv(1024))
-            time.sleep(OUTLIVE_S / 2)
+            time.sleep(OUTLIVE_S / 2)  # deliberate: the stream must outlive request_timeout, which would cut it
         remote.close()
     assert received == [b"before\n", b"after the timeout\n"]
 
@@ -260,11 +261,12 @@ def test_overload_refuses_new_requests_with_a_503_status(pod, start_envoy, apise
         bootstrap["overload_manager"]["resource_monitors"][0]["typed_config"]["max_heap_size_bytes"] = 1
 
     envoy = start_envoy(pod, adjust=one_byte_heap)
-    deadline = time.monotonic() + 5
-    while (response := request(envoy, "GET", "/api/v1/namespaces/default/pods")).status == 200:
-        assert time.monotonic() < deadline, "the overload manager never acted"
-        time.sleep(0.3)
-    status = assert_status(response, 503, "ServiceUnavailable")
+
+    def refused():
+        response = request(envoy, "GET", "/api/v1/namespaces/default/pods")
+        return response if response.status != 200 else None
+
+    status = assert_status(wait_for(refused, what="the overload manager acting"), 503, "ServiceUnavailable")
     assert "overloaded" in status["message"] and status["details"] == {"retryAfterSeconds": 1}
     apiserver.clear_requests()
     assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 503
@@ -280,17 +282,20 @@ def test_connections_beyond_the_limit_are_closed_but_metrics_and_token_refresh_g
         monitor["typed_config"]["max_active_downstream_connections"] = limit
 
     envoy = start_envoy(pod, adjust=few_connections)
+    # Served once, so that podward reads the pod's files from now on (the wasm build starts at the first request).
+    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
     active = f"listener.127.0.0.1_{envoy.settings.listen_port}.downstream_cx_active"
     held = []
     try:
         # Up to the limit exactly; a slot may be held a moment longer by the harness's readiness probe.
-        for _ in range(3 * limit):
+        def at_the_limit() -> bool:
             if envoy.stats()[active] == limit:
-                break
+                return True
+            assert len(held) < 3 * limit
             held.append(socket.create_connection(("127.0.0.1", envoy.settings.listen_port)))
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert envoy.stats()[active] == limit
+            return False
+
+        wait_for(at_the_limit, what=f"{limit} connections held")
         closed_unanswered = 0
         for _ in range(5):
             with socket.create_connection(("127.0.0.1", envoy.settings.listen_port), timeout=5) as extra:
@@ -302,14 +307,15 @@ def test_connections_beyond_the_limit_are_closed_but_metrics_and_token_refresh_g
         assert closed_unanswered == 5
         # Prometheus (and the kubelet) still get through, and podward still sees a rotated token.
         assert "envoy_" in envoy.prometheus()
+        refreshes = metric(envoy, "podward_token_refreshes_total{}")
         rotated = pod.issue_token()
         apiserver.accept(rotated)
-        time.sleep(2.5)
+        wait_for(lambda: metric(envoy, "podward_token_refreshes_total{}") > refreshes,
+                 what="podward reading the rotated token while every connection is taken")
     finally:
         for connection in held:
             connection.close()
-    time.sleep(0.5)
-    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+    served_again(envoy)
     assert apiserver.requests[-1].token == rotated
     overflow = f"listener.127.0.0.1_{envoy.settings.listen_port}.downstream_global_cx_overflow"
     assert envoy.stats()[overflow] >= 5

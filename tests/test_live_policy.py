@@ -22,7 +22,8 @@ from podward.pod import policy_configmap
 from conftest import assert_status, request
 from harness.figures import record_figures
 from harness.kubelet import ConfigMapVolume
-from test_observability import metric, wait_for
+from harness.waiting import wait_for
+from test_observability import metric
 
 pytestmark = pytest.mark.envtest
 
@@ -76,14 +77,17 @@ def create_configmap(envoy, namespace: str, prefix: str):
 
 def until_refused(envoy, namespace: str, since: float) -> float:
     """Seconds from `since` until a write gets podward's read-only refusal, trying every 50 ms."""
-    while time.monotonic() - since < ENFORCED_WITHIN_S:
+
+    def refused() -> bool:
         answer = create_configmap(envoy, namespace, "attempt-")
         if answer.status == 403:
             assert "read-only/default" in assert_status(answer, 403, "Forbidden")["message"]
-            return time.monotonic() - since
+            return True
         assert answer.status == 201, answer.body
-        time.sleep(0.05)
-    raise AssertionError(f"the read-only policy was not enforced within {ENFORCED_WITHIN_S}s")
+        return False
+
+    wait_for(refused, ENFORCED_WITHIN_S - (time.monotonic() - since), "the read-only policy enforced")
+    return time.monotonic() - since
 
 
 def test_kubectl_apply_of_a_new_policy_is_enforced_within_seconds(live_podward, real_pod, apply_policy,

@@ -129,7 +129,7 @@ def test_built_kustomize_tree_is_the_committed_one_plus_the_configmaps():
 
 
 def test_every_metric_tag_key_of_the_module_has_an_extraction_regex():
-    """The module folds tags into metric names; Envoy lifts out only those podward/constants.py knows (src/metrics.rs)."""
+    """The module folds tags into metric names; Envoy lifts out only those the bootstrap knows (src/metrics.rs)."""
     source = (REPO / "src" / "metrics.rs").read_text()
     [listed] = re.findall(r"pub const TAG_KEYS: &\[&str\] = &\[(.*?)\];", source, re.DOTALL)
     assert re.findall(r'"(\w+)"', listed) == METRIC_TAG_KEYS

@@ -21,6 +21,7 @@ from podward.pod import sidecar_container
 
 from conftest import assert_status, request
 from harness.figures import record_figures
+from harness.waiting import wait_for
 
 RUNS = 5
 KUBELET_RUNS = 3
@@ -44,7 +45,7 @@ def first_ready(envoy, started: float, period: float, timeout: float = 20) -> tu
     deadline = started + timeout
     next_probe = started
     while time.monotonic() < deadline:
-        time.sleep(max(0.0, next_probe - time.monotonic()))
+        time.sleep(max(0.0, next_probe - time.monotonic()))  # deliberate: the kubelet's probe cadence
         next_probe += period
         try:
             status, body = probe(envoy)
@@ -82,11 +83,9 @@ def test_not_ready_without_a_token_ready_once_it_arrives(pod, start_envoy, apise
 def test_not_ready_without_its_policy_file(pod, start_envoy):
     """The shipped plugin configuration reads the policy from its file: no file, not ready, saying so."""
     envoy = start_envoy(pod, SHIPPED_PLUGIN_CONFIG)
-    deadline = time.monotonic() + 5
     # The wasm build starts reading at the first probe; the token comes first.
-    while "no policy" not in (answer := probe(envoy))[1]["message"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    status, body = answer
+    status, body = wait_for(lambda: (answer := probe(envoy))[1]["message"].find("no policy") >= 0 and answer,
+                            what="the probe saying there is no policy")
     assert status == 503 and body["message"].startswith("podward has no policy to apply: /policy/policy.json: ")
     pod.write_policy({POLICY_KEY: json.dumps(DEFAULT_POLICY)})
     first_ready(envoy, time.monotonic(), period=0.05)

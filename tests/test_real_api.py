@@ -22,6 +22,7 @@ from conftest import assert_status, request
 from harness.envtest import ADMIN_USER
 from harness.figures import record_figures
 from harness.flood import PeakRss, rss_bytes
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.envtest
 
@@ -364,13 +365,16 @@ def send_probes(send, kube, namespace: str) -> dict:
     since = time.time()
     for index, (method, path) in enumerate(READINGS):
         send(index, method, path.format(ns=namespace))
-    deadline, readings = time.monotonic() + 10, {}
-    while time.monotonic() < deadline and len(readings) < len(READINGS):
+    readings = {}
+
+    def every_reading_audited() -> bool:
         for event in kube.audit_events(since):
             agent = event.get("userAgent", "").split(" ")[0]
             if agent.startswith("probe-"):
                 readings[int(agent.removeprefix("probe-"))] = api_server_reading(event)
-        time.sleep(0.1)
+        return len(readings) == len(READINGS)
+
+    wait_for(every_reading_audited, 10, "the API server's audit events of every reading")
     return readings
 
 

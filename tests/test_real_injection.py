@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import subprocess
-import time
 
 import pytest
 import yaml
@@ -22,9 +21,11 @@ import yaml
 from podward import manifests
 from podward.constants import DEFAULT_POLICY, ENVOY_IMAGE, POLICY_CONFIGMAP, POLICY_KEY, SERVICE_ACCOUNT_DIR
 from podward.manifests import MODULE_CONFIGMAP_FILES, POLICY_CONFIGMAP_FILE
-from podward.pod import SIDECAR, SIDECAR_FS_GROUP, app_socket_mount, restricted, sidecar_container, sidecar_volumes
+from podward.pod import (ENVOY_PATH, SIDECAR, SIDECAR_FS_GROUP, app_socket_mount, restricted, sidecar_container,
+                         sidecar_volumes)
 
-from test_manifests import (CONFIGMAP, DIST, DEPLOY_DIR, labelled, load_all, pod_template_spec, team_workloads,
+from harness.waiting import wait_for
+from test_manifests import (CONFIGMAP, DEPLOY_DIR, DIST, labelled, load_all, pod_template_spec, team_workloads,
                             with_component)
 from test_real_manifests import applied
 
@@ -64,10 +65,8 @@ def injection(kube, tmp_path_factory):
     kube.create({"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": probe, "labels": {manifests.NAMESPACE_LABEL: "enabled"}}})
     kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": probe}})
-    deadline = time.monotonic() + 30
-    while not initial_containers(dry_run_create(kube, probe, app_pod("probe"))):
-        assert time.monotonic() < deadline, "the MutatingAdmissionPolicy was not in force within 30s"
-        time.sleep(0.2)
+    wait_for(lambda: initial_containers(dry_run_create(kube, probe, app_pod("probe"))), 30,
+             "the MutatingAdmissionPolicy in force", interval=0.2)
     return run
 
 
@@ -229,15 +228,14 @@ def test_the_binding_is_limited_to_the_enabled_namespaces(kube, restricted_names
 def test_the_parameters_choose_the_image_and_configmaps(kube, team_namespace, injection):
     """The platform team's settings, changed in place; pods created afterwards follow them."""
     params = f"/api/v1/namespaces/{manifests.INJECTION_NAMESPACE}/configmaps/{manifests.INJECTION}"
-    changed = {"image": "registry.example/envoy:v1.40.0", "configMap": "podward-native",
-               "tokenExpirationSeconds": "1800"}
+    # A distroless image: no shell, so no drain entrypoint (README, "The sidecar image").
+    changed = {"image": "registry.example/envoy-distroless:v1.40.0", "configMap": "podward-native",
+               "tokenExpirationSeconds": "1800", "drain": "false"}
     kube.admin_ok("PATCH", params, {"data": changed}, {"Content-Type": "application/merge-patch+json"})
     try:
-        deadline = time.monotonic() + 30
-        while (pod := dry_run_create(kube, team_namespace, app_pod("params")))["spec"]["initContainers"][0][
-                "image"] != changed["image"]:
-            assert time.monotonic() < deadline, "the new parameters were not used within 30s"
-            time.sleep(0.2)
+        pod = wait_for(lambda: (created := dry_run_create(kube, team_namespace, app_pod("params")))["spec"][
+            "initContainers"][0]["image"] == changed["image"] and created, 30, "the new parameters used", 0.2)
+        assert pod["spec"]["initContainers"][0]["command"] == [ENVOY_PATH]
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes["podward"]["configMap"]["name"] == "podward-native"
         [token] = [s["serviceAccountToken"] for s in volumes["service-account"]["projected"]["sources"]
@@ -246,22 +244,17 @@ def test_the_parameters_choose_the_image_and_configmaps(kube, team_namespace, in
     finally:
         kube.admin_ok("PATCH", params, {"data": manifests.INJECTION_PARAMS},
                       {"Content-Type": "application/merge-patch+json"})
-    deadline = time.monotonic() + 30
-    while dry_run_create(kube, team_namespace, app_pod("params"))["spec"]["initContainers"][0]["image"] \
-            != ENVOY_IMAGE:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for(lambda: dry_run_create(kube, team_namespace, app_pod("params"))["spec"]["initContainers"][0]["image"]
+             == ENVOY_IMAGE, 30, "the parameters back", 0.2)
 
 
 def test_missing_parameters_refuse_the_pod_rather_than_create_it_without_podward(kube, team_namespace):
     params = f"/api/v1/namespaces/{manifests.INJECTION_NAMESPACE}/configmaps/{manifests.INJECTION}"
     kube.admin_ok("DELETE", params)
     try:
-        deadline = time.monotonic() + 30
-        while (answer := kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods?dryRun=All",
-                                    app_pod("no-params"))).status == 201:
-            assert time.monotonic() < deadline, "pods were still created without the parameters after 30s"
-            time.sleep(0.2)
+        answer = wait_for(lambda: (refused := kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods?dryRun=All",
+                                                         app_pod("no-params"))).status != 201 and refused, 30,
+                          "pods refused without the parameters", 0.2)
         assert answer.status == 403 and manifests.INJECTION in answer.json()["message"]
         # Pods that did not ask for podward are not held up.
         assert kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods?dryRun=All",
@@ -269,10 +262,8 @@ def test_missing_parameters_refuse_the_pod_rather_than_create_it_without_podward
     finally:
         [params_object] = [d for d in load_all(INJECTION.read_text()) if d["kind"] == "ConfigMap"]
         kube.create(params_object)
-    deadline = time.monotonic() + 30
-    while not initial_containers(dry_run_create(kube, team_namespace, app_pod("params-back"))):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for(lambda: initial_containers(dry_run_create(kube, team_namespace, app_pod("params-back"))), 30,
+             "the injection back with its parameters", 0.2)
 
 
 # --- The kustomize component, for clusters older than 1.36 -----------------------------------------------------

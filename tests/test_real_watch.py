@@ -22,8 +22,8 @@ from kubernetes import client, watch
 from podward.local.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
 
 from harness.figures import record_figures
-from test_traffic import (LineReader, in_flight, python_client, stop_process, wait_for_envoy_to_drop_every_stream,
-                          wait_until)
+from harness.waiting import wait_for
+from test_traffic import LineReader, in_flight, python_client, stop_process, wait_for_envoy_to_drop_every_stream
 
 pytestmark = pytest.mark.envtest
 
@@ -192,7 +192,7 @@ def test_fifty_watches_get_every_event_promptly_for_a_minute_then_close_cleanly(
 
     # The app hung up: Envoy lets go of both sides and the API server sees every watch end.
     wait_for_envoy_to_drop_every_stream(real_podward)
-    wait_until(lambda: configmap_watches(kube) == watches_before, "the API server to see the watches end")
+    wait_for(lambda: configmap_watches(kube) == watches_before, what="the API server to see the watches end")
 
 
 def test_watches_the_server_ends_get_the_terminating_chunk_and_stay_usable(real_podward, real_pod, kube):

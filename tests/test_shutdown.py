@@ -27,6 +27,7 @@ from podward.pod import DRAIN_SECONDS, ENTRYPOINT, ENVOY_PATH, example_pod, side
 from podward.settings import shipped_settings
 
 from harness.figures import record_figures
+from harness.waiting import wait_for
 from test_attacks import http1, parse_answers
 
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
@@ -44,7 +45,7 @@ def upload(port: int, name: str, pieces: int, pause: float):
                            f"Content-Length: {len(body)}\r\n\r\n".encode())
         for start in range(0, min(pieces, 6) * step, step):
             connection.sendall(body[start:start + step])
-            time.sleep(pause)
+            time.sleep(pause)  # deliberate: a client that sends its body slowly, in pieces
         return read_answer(connection)
 
 
@@ -115,21 +116,17 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
         connection.sendall(http1("GET", "/api"))
         assert read_answer(connection).status == 200
         kept_alive.append(connection)
-    deadline = time.monotonic() + 10
-    while len([r for r in apiserver.requests if r.query.get("watch")]) < 2:
-        assert time.monotonic() < deadline, "the watches did not start"
-        time.sleep(0.05)
+    wait_for(lambda: len([r for r in apiserver.requests if r.query.get("watch")]) >= 2, 10, "the watches started")
     # Two uploads under way: one whose body ends within the drain, one whose body never ends.
     build = envoy.settings.build
     finishing = Background(lambda: upload(port, f"sent-during-the-drain-{build}", pieces=6, pause=0.4))
     stalled = Background(lambda: upload(port, f"never-finished-{build}", pieces=3, pause=0.1))
-    time.sleep(0.5)
+    wait_for(lambda: envoy.stats()["http.podward.downstream_rq_active"] == 4, what="the two watches and the two "
+             "uploads in Envoy")
 
     sigterm = time.monotonic()
     envoy.process.send_signal(signal.SIGTERM)
-    while not refused(port):
-        assert time.monotonic() - sigterm < 2, "new connections were still accepted"
-        time.sleep(0.02)
+    wait_for(lambda: refused(port), 2, "new connections refused", interval=0.02)
     refused_after = time.monotonic() - sigterm
     # The burst: one more request on each kept-alive connection, all at once.
     for connection in kept_alive:

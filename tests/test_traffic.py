@@ -34,20 +34,12 @@ from podward.local.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, 
 
 from conftest import assert_status, request
 from harness.figures import record_figures
+from harness.waiting import wait_for
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 
 
 # --- Helpers ---------------------------------------------------------------------------------------------
-
-def wait_until(condition, what: str, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
 
 def in_flight(envoy) -> tuple:
     """Requests in flight from the app and towards the API server (either cluster), and upgraded connections."""
@@ -57,7 +49,7 @@ def in_flight(envoy) -> tuple:
 
 
 def wait_for_envoy_to_drop_every_stream(envoy):
-    wait_until(lambda: in_flight(envoy) == (0, 0, 0), "Envoy's active request and upgrade gauges to fall to 0")
+    wait_for(lambda: in_flight(envoy) == (0, 0, 0), what="Envoy's active request and upgrade gauges to fall to 0")
 
 
 def upstream(apiserver, method: str, path_fragment: str):
@@ -360,7 +352,7 @@ def test_kubectl_port_forward_is_allowed_by_the_default_policy(podward, pod, api
     assert (session.transport, session.protocol) == (transport, protocol)
     assert session.forwarded == {8080: b"connection 0\nconnection 1\nconnection 2\n"}
     assert_upgrade_carried_credentials(apiserver, pod, "portforward", upgrade)
-    wait_until(session.ended.is_set, "the stand-in to see the port-forward end")
+    wait_for(session.ended.is_set, what="the stand-in to see the port-forward end")
     wait_for_envoy_to_drop_every_stream(podward)
 
 
@@ -397,7 +389,7 @@ def test_websocket_exec_v5_echoes_stdin_and_ends_with_success(interactive, pod, 
     seen = the_session(apiserver, "exec")
     assert (seen.transport, seen.protocol, bytes(seen.stdin)) == ("websocket", V5_CHANNEL, b"first line\nsecond line\n")
     assert_upgrade_carried_credentials(apiserver, pod, "exec", "websocket")
-    wait_until(seen.ended.is_set, "the stand-in to see the exec end")
+    wait_for(seen.ended.is_set, what="the stand-in to see the exec end")
     wait_for_envoy_to_drop_every_stream(interactive)
 
 
@@ -426,7 +418,7 @@ def test_closing_a_websocket_mid_command_ends_it_upstream(interactive, apiserver
     assert interactive.stats()[f"cluster.{UPGRADE_CLUSTER}.upstream_rq_active"] == 1
     ws.close()
     seen = the_session(apiserver, "exec")
-    wait_until(seen.ended.is_set, "the stand-in to see the exec end")
+    wait_for(seen.ended.is_set, what="the stand-in to see the exec end")
     assert seen.resizes == [{"Width": 120, "Height": 40}] and seen.exit_code is None  # killed, not exited
     wait_for_envoy_to_drop_every_stream(interactive)
 
@@ -459,7 +451,7 @@ def test_websocket_port_forward_with_the_python_client(podward, pod, apiserver):
     seen = the_session(apiserver, "portforward")
     assert (seen.transport, seen.protocol, seen.forwarded) == ("websocket", V4_CHANNEL, {8080: b"over a websocket\n"})
     assert_upgrade_carried_credentials(apiserver, pod, "portforward", "websocket")
-    wait_until(seen.ended.is_set, "the stand-in to see the port-forward end")
+    wait_for(seen.ended.is_set, what="the stand-in to see the port-forward end")
 
 
 def upgrade_headers(upgrade: str) -> tuple:

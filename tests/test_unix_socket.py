@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 
 import kubernetes.client
 import pytest
@@ -23,6 +22,7 @@ from podward.bootstrap import bootstrap
 from podward.constants import APP_SOCKET, APP_SOCKET_MODE, READY_PATH
 from podward.settings import shipped_settings
 
+from harness.waiting import wait_for
 from test_attacks import listening_ports, parse_answers
 from test_real_watch import Ticker
 
@@ -136,11 +136,8 @@ def test_the_socket_answers_as_the_port_does(real_podward, real_pod):
             assert json.loads(over_socket.body)["kind"] == json.loads(over_tcp.body)["kind"] == "PodList", name
     # Both ways in are logged alike: each request twice in the access log (Envoy flushes it every second).
     expected = [code for _, code, _ in cases.values()] * 2
-    deadline = time.monotonic() + 5
-    while (logged := sorted(json.loads(line)["code"] for line in real_podward.log().splitlines()
-                            if line.startswith("{"))) != sorted(expected) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert logged == sorted(expected)
+    wait_for(lambda: sorted(json.loads(line)["code"] for line in real_podward.log().splitlines()
+                            if line.startswith("{")) == sorted(expected), what="both ways in logged alike")
 
 
 def test_the_socket_alone(pod, start_envoy, apiserver):

@@ -1475,6 +1475,13 @@ class StandInApiServer:
         scheme = "https" if self._http.ssl_context else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
+    @property
+    def open_connections(self) -> int:
+        """Connections the stand-in holds (TLS done), idle or in use; one is let go only once what came on it
+        is recorded."""
+        with self._http.sockets_lock:
+            return len(self._http.open_sockets)
+
     def start(self) -> "StandInApiServer":
         self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"standin-apiserver-{self.port}", daemon=True)

@@ -23,7 +23,8 @@ from podward.manifests import MODULE_CONFIGMAP_FILES
 from podward.pod import SIDECAR, TOKEN_EXPIRATION_SECONDS
 
 from harness import readme
-from harness.cluster import Cluster, NodeTools, container_status, kubectl_binary, pod_ready, wait_until
+from harness.cluster import Cluster, NodeTools, container_status, kubectl_binary, pod_ready
+from harness.waiting import wait_for
 
 
 APP_IMAGE = "curlimages/curl:8.11.1"
@@ -115,7 +116,7 @@ class Deployed:
             except AssertionError:
                 return None
             return pod if pod_ready(pod) else None
-        return wait_until(ready, READY_TIMEOUT_S, f"{self.id}: the pod Ready", interval=0.5)
+        return wait_for(ready, READY_TIMEOUT_S, f"{self.id}: the pod Ready", interval=0.5)
 
 
 def grant_pod_reading(cluster: Cluster, namespace: str, service_account: str = "default") -> None:
@@ -138,7 +139,7 @@ class Injection:
         self.cluster = cluster
         run(cluster, block(INJECT, 0, "deploy/inject/injection.yaml"), "wasm", None)
         self.probe_namespace = self.enable("probe", "wasm")
-        wait_until(lambda: self.dry_run_token_expiration() is not None, 60, "the MutatingAdmissionPolicy in force")
+        wait_for(lambda: self.dry_run_token_expiration() is not None, 60, "the MutatingAdmissionPolicy in force")
 
     def enable(self, purpose: str, build: str, labels: dict | None = None) -> str:
         namespace = self.cluster.namespace(purpose, labels)
@@ -160,7 +161,7 @@ class Injection:
         """README's parameter change; returns once the policy applies it to new pods."""
         [command] = block(INJECT, 4, "tokenExpirationSeconds")
         run(self.cluster, [command.replace('"600"', f'"{seconds}"')], "wasm", None)
-        wait_until(lambda: self.dry_run_token_expiration() == seconds, 60, f"tokenExpirationSeconds {seconds}")
+        wait_for(lambda: self.dry_run_token_expiration() == seconds, 60, f"tokenExpirationSeconds {seconds}")
 
 
 def install_injection(cluster: Cluster) -> Injection:
@@ -250,7 +251,7 @@ def logged_ready(cluster: Cluster, deployed: Deployed, pod: dict) -> tuple:
         log = sidecar_log(cluster, deployed, pod)
         ready = first_ready(log)
         return (log, ready) if ready else None
-    return wait_until(found, 30, f"{deployed.id}: podward's first 200 to the startup probe in its log", 1)
+    return wait_for(found, 30, f"{deployed.id}: podward's first 200 to the startup probe in its log", 1)
 
 
 def sidecar_id(pod: dict) -> str:
