@@ -790,41 +790,43 @@ def test_a_stream_flood_over_one_h2c_connection_is_capped_and_served(sidecar, ap
 
 # === 13. Every wait is bounded: the app holding every connection to the API server ================================
 
-WATCH = "/api/v1/namespaces/default/configmaps?watch=1"
+# A stream the API server keeps open, each holding one of the sidecar's requests to it: a followed log (the
+# stand-in's kubelet side; watches are the real server's).
+FOLLOWED_LOG = "/api/v1/namespaces/default/pods/demo-0/log?follow=true"
 
 
-def hold_watches(port: int, count: int) -> list:
-    """`count` watches through the sidecar, each holding one of its requests to the API server."""
-    watches = []
+def hold_streams(port: int, count: int) -> list:
+    """`count` followed logs through the sidecar, each holding one of its requests to the API server."""
+    streams = []
     try:
         for _ in range(count):
-            watch = socket.create_connection(("127.0.0.1", port), timeout=10)
-            watches.append(watch)
-            watch.sendall(http1("GET", WATCH))
-            assert watch.recv(100).startswith(b"HTTP/1.1 200 "), "a watch was not served"
+            stream = socket.create_connection(("127.0.0.1", port), timeout=10)
+            streams.append(stream)
+            stream.sendall(http1("GET", FOLLOWED_LOG))
+            assert stream.recv(100).startswith(b"HTTP/1.1 200 "), "a followed log was not served"
     except BaseException:
-        for watch in watches:
-            watch.close()
+        for stream in streams:
+            stream.close()
         raise
-    return watches
+    return streams
 
 
 def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(pod, start_envoy, apiserver):
     # On main the pool's queue held it until a watch ended: no answer for 45 s, or half an hour.
     envoy = start_envoy(pod)
-    watches = hold_watches(envoy.settings.listen_port, MAX_API_CONNECTIONS)
+    streams = hold_streams(envoy.settings.listen_port, MAX_API_CONNECTIONS)
     try:
         apiserver.clear_requests()
         for method, path, body in [("GET", "/api/v1/namespaces/default/pods", None),
                                    ("POST", CONFIGMAPS, b'{"metadata": {"name": "past-the-pool"}}'),
-                                   ("GET", WATCH, None)]:
+                                   ("GET", FOLLOWED_LOG, None)]:
             started = time.monotonic()
             response = request(envoy, method, path, body=body, timeout=2 * float(API_CONNECT_TIMEOUT[:-1]))
             seconds = time.monotonic() - started
             status = assert_status(response, 503, "ServiceUnavailable")
             assert response.headers["retry-after"] == "1" and status["details"] == {"retryAfterSeconds": 1}
             assert f"{MAX_API_CONNECTIONS} at once" in status["message"]
-            # At once: the pool opens a spare connection for it, rather than queue it behind the watches.
+            # At once: the pool opens a spare connection for it, rather than queue it behind the streams.
             assert seconds < 2, seconds
         # Nothing of them was forwarded, so retrying is safe: client-go does so by itself on Retry-After.
         assert apiserver.requests == [] and apiserver.get_object("configmaps", "default", "past-the-pool") is None
@@ -833,7 +835,7 @@ def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(
         kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "get", "pods", "-o", "name"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "HOME": str(home)})
-        # kubectl's first try is refused (the stand-in saw nothing yet); then one watch ends and a retry is served.
+        # kubectl's first try is refused (the stand-in saw nothing yet); then one stream ends and a retry is served.
 
         def refused_or_done() -> str | None:
             if kubectl.poll() is not None:
@@ -843,11 +845,11 @@ def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(
             return "refused" if envoy.stats().get("cluster.kubernetes.upstream_rq_active_overflow", 0) >= 4 else None
 
         if wait_for(refused_or_done, what="kubectl's first try refused at the pool") == "refused":
-            watches.pop().close()
+            streams.pop().close()
         out, err = kubectl.communicate(timeout=30)
     finally:
-        for watch in watches:
-            watch.close()
+        for stream in streams:
+            stream.close()
     assert kubectl.returncode == 0, err
     assert "pod/demo-0" in out
     served_again(envoy)

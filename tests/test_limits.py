@@ -26,7 +26,6 @@ from kubernetes.stream import portforward
 
 from podward.bootstrap import REQUEST_HEADERS_TIMEOUT, bootstrap
 from podward.constants import MEMORY_LIMIT_MIB, REQUEST_TIMEOUT_MARGIN_MS, STARTUP_WAIT_MS
-from podward.local.apiserver import TICK_ANNOTATION
 from podward.local.remotecommand import V5_CHANNEL
 from podward.settings import Settings
 
@@ -35,6 +34,7 @@ from harness.flood import MADE_UP_PREFIX, PeakRss, flood, memory_kib
 from harness.figures import record_figures
 from harness.waiting import wait_for
 from test_observability import metric
+from test_real_watch import TICK_ANNOTATION, Ticker
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 # The backstop, shortened for these tests so that streams can outlive it several times over quickly.
@@ -133,33 +133,31 @@ def test_a_body_trickled_past_request_timeout_gets_a_408_status(pod, start_envoy
 
 # --- ...and it leaves long streams alone ---------------------------------------------------------------
 
-def test_request_timeout_does_not_cut_a_watch(pod, start_envoy, apiserver):
-    envoy = start_envoy(pod, adjust=short_request_timeout)
-    stop_ticker = apiserver.start_ticker(0.2, name="long-watch")
-    try:
+@pytest.mark.envtest
+def test_request_timeout_does_not_cut_a_watch(real_pod, start_real_envoy, kube):
+    envoy = start_real_envoy(real_pod, adjust=short_request_timeout)
+    namespace = real_pod.namespace
+    with Ticker(kube, namespace, "long-watch", 0.2):
         connection = http.client.HTTPConnection("127.0.0.1", envoy.settings.listen_port, timeout=5)
-        connection.request("GET", "/api/v1/namespaces/default/configmaps?watch=1"
+        connection.request("GET", f"/api/v1/namespaces/{namespace}/configmaps?watch=1"
                                   "&fieldSelector=metadata.name%3Dlong-watch")
         response = connection.getresponse()
         ticks, started = [], time.monotonic()
-        while time.monotonic() - started < OUTLIVE_S:
+        while time.monotonic() - started < OUTLIVE_S:  # deliberate: the watch must outlive request_timeout
             event = json.loads(response.readline())
             ticks.append(event["object"]["metadata"].get("annotations", {}).get(TICK_ANNOTATION))
         connection.close()
-    finally:
-        stop_ticker()
     assert response.status == 200 and len(ticks) >= OUTLIVE_S / 0.2 - 3
 
 
-def test_request_timeout_does_not_cut_a_watch_over_h2c(pod, start_envoy, apiserver):
-    envoy = start_envoy(pod, adjust=short_request_timeout)
-    stop_ticker = apiserver.start_ticker(0.2, name="long-h2c-watch")
-    try:
+@pytest.mark.envtest
+def test_request_timeout_does_not_cut_a_watch_over_h2c(real_pod, start_real_envoy, kube):
+    envoy = start_real_envoy(real_pod, adjust=short_request_timeout)
+    namespace = real_pod.namespace
+    with Ticker(kube, namespace, "long-h2c-watch", 0.2):
         curl = subprocess.run(["curl", "-sSN", "--http2-prior-knowledge", "--max-time", str(OUTLIVE_S),
-                               envoy.url + "/api/v1/namespaces/default/configmaps?watch=1&"
+                               f"{envoy.url}/api/v1/namespaces/{namespace}/configmaps?watch=1&"
                                "fieldSelector=metadata.name%3Dlong-h2c-watch"], capture_output=True, timeout=30)
-    finally:
-        stop_ticker()
     # curl's exit code 28: our own --max-time ended it, not the sidecar.
     assert curl.returncode == 28, curl.stderr
     events = [json.loads(line) for line in curl.stdout.splitlines()]

@@ -19,7 +19,6 @@ import time
 import pytest
 from kubernetes import client, watch
 
-from podward.local.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
 
 from harness.figures import record_figures
 from harness.waiting import wait_for
@@ -32,9 +31,14 @@ pytestmark = pytest.mark.envtest
 MAX_EVENT_DELAY_S = 0.25
 
 
+# What each change of a Ticker carries: its number, and when it was sent.
+TICK_ANNOTATION = "podward.test/tick"
+SENT_AT_ANNOTATION = "podward.test/sent-at"
+
+
 class Ticker:
     """Changes ConfigMap `name` every `interval` seconds, as the admin, over one kept-alive connection; each
-    change carries its number and send time in annotations, like the stand-in's ticker."""
+    change carries its number and send time in annotations."""
 
     def __init__(self, kube, namespace: str, name: str, interval: float):
         self.kube, self.namespace, self.name, self.interval = kube, namespace, name, interval

@@ -1,8 +1,8 @@
 """Graceful shutdown: the sidecar container runs Envoy under ENTRYPOINT, which on SIGTERM turns the drain
 file to 1 (Envoy then refuses new connections and closes kept-alive ones after their current request), waits
 DRAIN_SECONDS, and passes SIGTERM on. Here the test is the kubelet: it starts the entrypoint as the
-container's command and sends it SIGTERM while a kubectl watch (client-go), a Python-client watch, two slow
-uploads and a burst on kept-alive connections are under way.
+container's command, in front of the real API server, and sends it SIGTERM while a kubectl watch (client-go), a
+Python-client watch, two slow uploads and a burst on kept-alive connections are under way.
 
 On main, Envoy exited 0.2 s (native) or 0.9 s (wasm) after SIGTERM: the uploads got a bare FIN. The timings
 go to /tmp/podward-figures/shutdown.json.
@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 from kubernetes import client, watch
 
 from podward.bootstrap import DRAIN_MONITOR, bootstrap
@@ -30,18 +31,17 @@ from harness.figures import record_figures
 from harness.waiting import wait_for
 from test_attacks import http1, parse_answers
 
-CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 BURST = 50
 
 
-def upload(port: int, name: str, pieces: int, pause: float):
+def upload(port: int, namespace: str, name: str, pieces: int, pause: float):
     """Creates a ConfigMap whose body arrives in pieces, one every `pause` seconds (all six of them, or only
     `pieces`); returns the sidecar's answer, or None if it closed the connection without one."""
     body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
                        "data": {"blob": "x" * 600}}).encode()
     step = -(-len(body) // 6)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {CONFIGMAPS} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"POST /api/v1/namespaces/{namespace}/configmaps HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                            f"Content-Length: {len(body)}\r\n\r\n".encode())
         for start in range(0, min(pieces, 6) * step, step):
             connection.sendall(body[start:start + step])
@@ -70,11 +70,11 @@ class Background:
         return self.result
 
 
-def python_client_watch(url: str, events: list):
+def python_client_watch(url: str, namespace: str, events: list):
     configuration = client.Configuration()
     configuration.host = url
     with client.ApiClient(configuration) as api_client:
-        for event in watch.Watch().stream(client.CoreV1Api(api_client).list_namespaced_config_map, "default",
+        for event in watch.Watch().stream(client.CoreV1Api(api_client).list_namespaced_config_map, namespace,
                                           timeout_seconds=600):
             events.append(event["type"])
     return "ended"
@@ -100,27 +100,30 @@ def refused(port: int) -> bool:
         return True
 
 
-def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserver, tmp_path):
-    envoy = start_envoy(pod, drain=True, entrypoint=True)
-    port = envoy.settings.listen_port
+@pytest.mark.envtest
+def test_sigterm_drains_in_flight_requests_then_stops(real_pod, start_real_envoy, kube, tmp_path):
+    envoy = start_real_envoy(real_pod, drain=True, entrypoint=True)
+    port, namespace = envoy.settings.listen_port, real_pod.namespace
     home = tmp_path / "home"
     home.mkdir()
-    kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "get", "configmaps", "-w"],
+    kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "-n", namespace, "get", "configmaps",
+                                "-w"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HOME": str(home)})
     python_events: list = []
-    python_watch = Background(lambda: python_client_watch(envoy.url, python_events))
+    python_watch = Background(lambda: python_client_watch(envoy.url, namespace, python_events))
     kept_alive = []
     for _ in range(BURST):
         connection = socket.create_connection(("127.0.0.1", port), timeout=15)
         connection.sendall(http1("GET", "/api"))
         assert read_answer(connection).status == 200
         kept_alive.append(connection)
-    wait_for(lambda: len([r for r in apiserver.requests if r.query.get("watch")]) >= 2, 10, "the watches started")
+    wait_for(lambda: envoy.stats()["cluster.kubernetes.upstream_rq_active"] == 2, 10,
+             "the two watches at the API server")
     # Two uploads under way: one whose body ends within the drain, one whose body never ends.
     build = envoy.settings.build
-    finishing = Background(lambda: upload(port, f"sent-during-the-drain-{build}", pieces=6, pause=0.4))
-    stalled = Background(lambda: upload(port, f"never-finished-{build}", pieces=3, pause=0.1))
+    finishing = Background(lambda: upload(port, namespace, f"sent-during-the-drain-{build}", pieces=6, pause=0.4))
+    stalled = Background(lambda: upload(port, namespace, f"never-finished-{build}", pieces=3, pause=0.1))
     wait_for(lambda: envoy.stats()["http.podward.downstream_rq_active"] == 4, what="the two watches and the two "
              "uploads in Envoy")
 
@@ -130,7 +133,7 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
     refused_after = time.monotonic() - sigterm
     # The burst: one more request on each kept-alive connection, all at once.
     for connection in kept_alive:
-        connection.sendall(http1("GET", "/api/v1/namespaces/default/pods"))
+        connection.sendall(http1("GET", f"/api/v1/namespaces/{namespace}/pods"))
     burst = []
     for connection in kept_alive:
         burst.append(read_answer(connection))
@@ -160,9 +163,10 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
     # The upload whose body arrived during the drain was created; the one that never finished got the
     # request_timeout's Timeout Status, both before Envoy stopped.
     assert finished.status == 201 and finished.headers["connection"] == "close", figures
-    assert apiserver.get_object("configmaps", "default", f"sent-during-the-drain-{build}") is not None
+    configmaps = f"/api/v1/namespaces/{namespace}/configmaps"
+    assert kube.admin("GET", f"{configmaps}/sent-during-the-drain-{build}").status == 200
     assert cut_short.status == 408 and cut_short.status_object()["reason"] == "Timeout", figures
-    assert apiserver.get_object("configmaps", "default", f"never-finished-{build}") is None
+    assert kube.admin("GET", f"{configmaps}/never-finished-{build}").status == 404
     # The watches lasted until Envoy stopped. client-go (kubectl) reads the end of the stream as the end of
     # the watch, not as an error (it would re-watch); the Python client, stricter about the missing last chunk,
     # raises (README, "Shutdown").

@@ -1,15 +1,14 @@
-"""A stand-in kube-apiserver: enough of the real one's wire behaviour for clients and proxies not to tell.
-
-Covers bearer-token authentication, RBAC-style denials, discovery, an in-memory object store with
-list/get/create/update/patch/delete, Table output for kubectl, chunked watches, pod logs, and exec/attach/
-port-forward over WebSocket or SPDY/3.1 (remotecommand.py). Every request is recorded so tests can see
-exactly what reached "the cluster"; upgraded connections are also kept as `sessions`.
+"""A stand-in kube-apiserver, for what a real one cannot serve here: what needs a kubelet (exec, attach and
+port-forward over WebSocket or SPDY/3.1, remotecommand.py; pod logs, followed) and a record of every request as
+it arrived, bodies and headers included, which a real server does not show; plus faults a real server will not
+make (tokens accepted, revoked or expired at will, denials, a wrong certificate). Objects live in a small store
+with create, get, list, update and delete, enough for clients to write and read back; patches, watches and
+Table output are the real API server's (tests/harness/envtest.py), which the tests use for them.
 
     server = StandInApiServer(certfile=pki.server_cert, keyfile=pki.server_key, token_file=path)
     server.start(); ...; server.stop()
 """
 
-import argparse
 import copy
 import dataclasses
 import datetime
@@ -22,19 +21,17 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from queue import Empty, Queue
 
 import yaml
 
 from podward.local.jwt import DEFAULT_AUDIENCE, claims_of
-from podward.local.remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, STREAM_PROTOCOL_HEADER, V4_CHANNEL,
-                            V5_CHANNEL, ExecOptions, SpdyConnection, StreamSession, TunnelledStream, WebSocket, negotiate,
-                            offered_protocols,
-                            serve_spdy_exec, serve_spdy_portforward, serve_websocket_exec,
-                            serve_websocket_portforward, websocket_accept)
+from podward.local.remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE,
+                                         STREAM_PROTOCOL_HEADER, V4_CHANNEL, V5_CHANNEL, ExecOptions, SpdyConnection,
+                                         StreamSession, TunnelledStream, WebSocket, negotiate, offered_protocols,
+                                         serve_spdy_exec, serve_spdy_portforward, serve_websocket_exec,
+                                         serve_websocket_portforward, websocket_accept)
 
 VERSION_INFO = {
     "major": "1", "minor": "30", "gitVersion": "v1.30.0",
@@ -46,16 +43,14 @@ VERSION_INFO = {
 OPENAPI_V2 = {"swagger": "2.0", "info": {"title": "Kubernetes", "version": VERSION_INFO["gitVersion"]},
               "paths": {}, "definitions": {}}
 OPENAPI_V2_PROTOBUF_TYPE = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
-SENT_AT_ANNOTATION = "standin/sent-at"
-TICK_ANNOTATION = "standin/tick"
 JSON = "application/json"
-WATCH_HISTORY = 5000         # events kept for watches that resume from a resourceVersion
-POLL_INTERVAL = 0.2          # how often idle streams check for a vanished client or a stopping server
+# How often a followed log gets a line, and a follower is checked for having gone.
 LOG_FOLLOW_INTERVAL = 0.2
 
 # --- API resources and discovery -------------------------------------------------------------------
 
-ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+# No patch and no watch: those are the real API server's to show (module docstring).
+ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "update"]
 
 
 @dataclass(frozen=True)
@@ -102,15 +97,15 @@ class ResourceType:
         return entries
 
 
-STATUS_VERBS = ("get", "patch", "update")
+STATUS_VERBS = ("get", "update")
 RESOURCE_TYPES = [
     ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     ResourceType("", "v1", "events", "Event", short_names=("ev",)),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",),
-                 verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+                 verbs=("create", "delete", "get", "list", "update"),
                  subresources=(("finalize", "Namespace", ("update",)), ("status", "Namespace", STATUS_VERBS))),
     ResourceType("", "v1", "nodes", "Node", namespaced=False, short_names=("no",),
-                 subresources=(("proxy", "NodeProxyOptions", ("create", "delete", "get", "patch", "update")),
+                 subresources=(("proxy", "NodeProxyOptions", ("create", "delete", "get", "update")),
                                ("status", "Node", STATUS_VERBS))),
     ResourceType("", "v1", "pods", "Pod", short_names=("po",), categories=("all",),
                  subresources=(("attach", "PodAttachOptions", ("create", "get")),
@@ -122,7 +117,7 @@ RESOURCE_TYPES = [
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",),
                  subresources=(("token", "TokenRequest", ("create",)),)),
     ResourceType("", "v1", "services", "Service", short_names=("svc",), categories=("all",),
-                 subresources=(("proxy", "ServiceProxyOptions", ("create", "delete", "get", "patch", "update")),
+                 subresources=(("proxy", "ServiceProxyOptions", ("create", "delete", "get", "update")),
                                ("status", "Service", STATUS_VERBS))),
     ResourceType("apps", "v1", "deployments", "Deployment", short_names=("deploy",), categories=("all",),
                  subresources=(("scale", "Scale", STATUS_VERBS), ("status", "Deployment", STATUS_VERBS))),
@@ -379,7 +374,7 @@ def _matches(terms: list, lookup) -> bool:
 
 @dataclass
 class Selection:
-    """Which objects of one resource a list or watch is about."""
+    """Which objects of one resource a list is about."""
     rtype: ResourceType
     namespace: str = ""
     labels: list = field(default_factory=list)
@@ -394,266 +389,6 @@ class Selection:
                 and _matches(self.fields, lambda key: _field_value(obj, key)))
 
 
-# --- Patches ---------------------------------------------------------------------------------------
-
-def merge_patch(target, patch):
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def strategic_merge_patch(target, patch):
-    """Merge patch plus the parts of strategic merge kubectl relies on: lists of named items (containers,
-    env, volumes...) merge by `name`, and `$patch`/`$setElementOrder`/`$retainKeys` directives are honoured
-    or dropped. Without Go struct tags this is an approximation of the real thing."""
-    if isinstance(patch, list):
-        return [strategic_merge_patch(None, item) for item in patch]
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    if patch.get("$patch") == "replace":
-        return strategic_merge_patch(None, {k: v for k, v in patch.items() if k != "$patch"})
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if key in ("$patch", "$retainKeys") or key.startswith("$setElementOrder/"):
-            continue
-        if key.startswith("$deleteFromPrimitiveList/"):
-            name = key.split("/", 1)[1]
-            result[name] = [x for x in result.get(name) or [] if x not in value]
-        elif value is None:
-            result.pop(key, None)
-        elif value and _is_named_list(value) and _is_named_list(result.get(key) or []):
-            result[key] = _merge_named_lists(result.get(key) or [], value)
-        else:
-            result[key] = strategic_merge_patch(result.get(key), value)
-    return result
-
-
-def _is_named_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
-
-
-def _merge_named_lists(current: list, patch: list) -> list:
-    merged = {item["name"]: item for item in current}
-    for item in patch:
-        if item.get("$patch") == "delete":
-            merged.pop(item["name"], None)
-        else:
-            merged[item["name"]] = strategic_merge_patch(merged.get(item["name"]), item)
-    return list(merged.values())
-
-
-def json_patch(document, operations):
-    """RFC 6902 JSON patch. Raises ValueError with a message like the API server's on failure."""
-    if not isinstance(operations, list):
-        raise ValueError("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
-    doc = copy.deepcopy(document)
-    for op in operations:
-        kind, path = op.get("op"), op.get("path")
-        if path is None:
-            raise ValueError(f"missing path in operation {op}")
-        if kind == "add":
-            doc = _pointer_set(doc, path, copy.deepcopy(op["value"]), insert=True)
-        elif kind == "remove":
-            doc, _ = _pointer_remove(doc, path)
-        elif kind == "replace":
-            _pointer_get(doc, path)
-            doc = _pointer_set(doc, path, copy.deepcopy(op["value"]), insert=False)
-        elif kind == "move":
-            doc, value = _pointer_remove(doc, op["from"])
-            doc = _pointer_set(doc, path, value, insert=True)
-        elif kind == "copy":
-            doc = _pointer_set(doc, path, copy.deepcopy(_pointer_get(doc, op["from"])), insert=True)
-        elif kind == "test":
-            if _pointer_get(doc, path) != op.get("value"):
-                raise ValueError(f"testing value {path} failed: test failed")
-        else:
-            raise ValueError(f"Unexpected kind: {kind}")
-    return doc
-
-
-def _pointer_tokens(path: str) -> list:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise ValueError(f"JSON pointer must start with /: {path}")
-    return [t.replace("~1", "/").replace("~0", "~") for t in path[1:].split("/")]
-
-
-def _pointer_get(doc, path):
-    value = doc
-    for token in _pointer_tokens(path):
-        value = _child(value, token, path)
-    return value
-
-
-def _child(container, token, path):
-    try:
-        if isinstance(container, list):
-            return container[int(token)]
-        return container[token]
-    except (KeyError, IndexError, ValueError, TypeError):
-        raise ValueError(f"doc is missing path: {path}") from None
-
-
-def _pointer_set(doc, path, value, insert: bool):
-    tokens = _pointer_tokens(path)
-    if not tokens:
-        return value
-    parent = _pointer_get(doc, "/" + "/".join(t.replace("~", "~0").replace("/", "~1") for t in tokens[:-1]))
-    last = tokens[-1]
-    if isinstance(parent, list):
-        index = len(parent) if last == "-" else int(last)
-        if index > len(parent) or index < 0:
-            raise ValueError(f"add operation does not apply: doc is missing path: {path}")
-        if insert:
-            parent.insert(index, value)
-        else:
-            parent[index] = value
-    elif isinstance(parent, dict):
-        parent[last] = value
-    else:
-        raise ValueError(f"doc is missing path: {path}")
-    return doc
-
-
-def _pointer_remove(doc, path):
-    tokens = _pointer_tokens(path)
-    parent = _pointer_get(doc, "/" + "/".join(t.replace("~", "~0").replace("/", "~1") for t in tokens[:-1]))
-    value = _child(parent, tokens[-1], path)
-    if isinstance(parent, list):
-        del parent[int(tokens[-1])]
-    else:
-        del parent[tokens[-1]]
-    return doc, value
-
-
-# --- Tables for kubectl ----------------------------------------------------------------------------
-
-_NAME_COLUMN = {"name": "Name", "type": "string", "format": "name",
-                "description": "Name must be unique within a namespace. Is required when creating resources, "
-                "although some resources may allow a client to request the generation of an appropriate name "
-                "automatically. Name is primarily intended for creation idempotence and configuration definition. "
-                "Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/"
-                "names#names", "priority": 0}
-
-
-def _column(name, description, type_="string", priority=0):
-    return {"name": name, "type": type_, "format": "", "description": description, "priority": priority}
-
-
-_AGE_COLUMN = _column("Age", "CreationTimestamp is a timestamp representing the server time when this object "
-                      "was created. It is not guaranteed to be set in happens-before order across separate "
-                      "operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.")
-
-
-def _pod_cells(pod, age):
-    statuses = pod.get("status", {}).get("containerStatuses") or []
-    containers = pod.get("spec", {}).get("containers") or []
-    ready = sum(1 for s in statuses if s.get("ready"))
-    restarts = sum(s.get("restartCount", 0) for s in statuses)
-    phase = "Terminating" if pod["metadata"].get("deletionTimestamp") else pod.get("status", {}).get("phase", "")
-    return [pod["metadata"]["name"], f"{ready}/{len(containers)}", phase, str(restarts), age,
-            pod.get("status", {}).get("podIP") or "<none>", pod.get("spec", {}).get("nodeName") or "<none>",
-            "<none>", "<none>"]
-
-
-TABLE_COLUMNS = {
-    "pods": ([_NAME_COLUMN,
-              _column("Ready", "The aggregate readiness state of this pod for accepting traffic."),
-              _column("Status", "The aggregate status of the containers in this pod."),
-              _column("Restarts", "The number of times the containers in this pod have been restarted and "
-                      "when the last container in this pod has restarted."),
-              _AGE_COLUMN,
-              _column("IP", "IP address allocated to the pod. Routable at least within the cluster. Empty if "
-                      "not yet allocated.", priority=1),
-              _column("Node", "NodeName indicates in which node this pod is scheduled.", priority=1),
-              _column("Nominated Node", "nominatedNodeName is set only when this pod preempts other pods on "
-                      "the node.", priority=1),
-              _column("Readiness Gates", "If specified, all readiness gates will be evaluated for pod "
-                      "readiness.", priority=1)],
-             _pod_cells),
-    "configmaps": ([_NAME_COLUMN, _column("Data", "Data contains the configuration data.", "integer"),
-                    _AGE_COLUMN],
-                   lambda cm, age: [cm["metadata"]["name"],
-                                    len(cm.get("data") or {}) + len(cm.get("binaryData") or {}), age]),
-    "services": ([_NAME_COLUMN, _column("Type", "type determines how the Service is exposed."),
-                  _column("Cluster-IP", "clusterIP is the IP address of the service."),
-                  _column("External-IP", "externalIPs is a list of IP addresses for which nodes in the cluster "
-                          "will also accept traffic for this service."),
-                  _column("Port(s)", "The list of ports that are exposed by this service."), _AGE_COLUMN],
-                 lambda svc, age: [svc["metadata"]["name"], svc.get("spec", {}).get("type", "ClusterIP"),
-                                   svc.get("spec", {}).get("clusterIP", "<none>"), "<none>",
-                                   ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}"
-                                            for p in svc.get("spec", {}).get("ports", [])) or "<none>", age]),
-    "namespaces": ([_NAME_COLUMN, _column("Status", "The status of the namespace"), _AGE_COLUMN],
-                   lambda ns, age: [ns["metadata"]["name"], ns.get("status", {}).get("phase", "Active"), age]),
-}
-_GENERIC_COLUMNS = ([_NAME_COLUMN, _AGE_COLUMN], lambda obj, age: [obj["metadata"]["name"], age])
-
-
-def wants_table(accept: str) -> bool:
-    return any("as=Table" in part for part in accept.split(","))
-
-
-def to_table(rtype: ResourceType, objects: list, resource_version: str, include_object: str) -> dict:
-    columns, cells_of = TABLE_COLUMNS.get(rtype.name, _GENERIC_COLUMNS)
-    rows = []
-    for obj in objects:
-        row = {"cells": cells_of(obj, human_duration(_age_seconds(obj)))}
-        if include_object == "Object":
-            row["object"] = obj
-        elif include_object != "None":
-            row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                             "metadata": obj["metadata"]}
-        rows.append(row)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
-            "columnDefinitions": columns, "rows": rows}
-
-
-def _age_seconds(obj) -> float:
-    created = obj["metadata"].get("creationTimestamp")
-    if not created:
-        return 0
-    then = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
-
-
-def human_duration(seconds: float) -> str:
-    """apimachinery's duration.HumanDuration, which kubectl uses for AGE."""
-    s = int(seconds)
-    if s < -1:
-        return "<invalid>"
-    if s < 0:
-        return "0s"
-    if s < 120:
-        return f"{s}s"
-    minutes = s // 60
-    if minutes < 10:
-        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        return f"{hours // 24}d{hours % 24}h" if hours % 24 else f"{hours // 24}d"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    years, days = hours // 24 // 365, hours // 24 % 365
-    if hours < 24 * 365 * 8 and days:
-        return f"{years}y{days}d"
-    return f"{years}y"
-
-
 # --- The object store ------------------------------------------------------------------------------
 
 def _now_timestamp() -> str:
@@ -664,18 +399,6 @@ def _generated_name(prefix: str) -> str:
     return prefix + "".join(random.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
 
 
-class Subscription:
-    """One watch: events for a selection, delivered through a queue."""
-
-    def __init__(self, selection: Selection, name: str):
-        self.selection, self.name = selection, name
-        self.events: Queue = Queue()
-
-    def wants(self, rtype: ResourceType, obj: dict) -> bool:
-        return (rtype == self.selection.rtype and self.selection.includes(obj)
-                and (not self.name or obj["metadata"]["name"] == self.name))
-
-
 class ObjectStore:
     """Objects by (resource, namespace, name). Stored dicts are never mutated, only replaced, so readers
     can serialise them without holding the lock."""
@@ -684,8 +407,6 @@ class ObjectStore:
         self.lock = threading.RLock()
         self.objects: dict[str, dict] = {r.name: {} for r in RESOURCE_TYPES}
         self.resource_version = 1000
-        self.history: deque = deque(maxlen=WATCH_HISTORY)  # (rv, type, rtype, obj)
-        self.subscriptions: set[Subscription] = set()
 
     def list(self, selection: Selection) -> tuple[list, str]:
         with self.lock:
@@ -722,7 +443,7 @@ class ObjectStore:
                 raise not_found(resource_type("namespaces"), namespace)
             if (namespace if rtype.namespaced else "", meta["name"]) in self.objects[rtype.name]:
                 raise already_exists(rtype, meta["name"])
-            return obj if dry_run else self._commit(rtype, "ADDED", obj)
+            return obj if dry_run else self._commit(rtype, obj)
 
     def update(self, rtype: ResourceType, namespace: str, name: str, obj: dict, dry_run=False) -> dict:
         obj = copy.deepcopy(obj)
@@ -742,7 +463,7 @@ class ObjectStore:
                 return obj
             if _without_rv(obj) == _without_rv(current):
                 return current  # a no-op write keeps the resourceVersion, as in etcd3 storage
-            return self._commit(rtype, "MODIFIED", obj)
+            return self._commit(rtype, obj)
 
     def delete(self, rtype: ResourceType, namespace: str, name: str, dry_run=False) -> dict:
         with self.lock:
@@ -752,7 +473,7 @@ class ObjectStore:
             gone = copy.deepcopy(obj)
             gone["metadata"].update(deletionTimestamp=_now_timestamp(), deletionGracePeriodSeconds=0)
             del self.objects[rtype.name][(namespace, name)]
-            self._record(rtype, "DELETED", self._bump(gone))
+            self._bump(gone)
             if rtype.name == "namespaces":  # a namespace takes its contents with it
                 for other in RESOURCE_TYPES:
                     if other.namespaced:
@@ -760,48 +481,16 @@ class ObjectStore:
                             self.delete(other, ns, other_name)
             return gone
 
-    def subscribe(self, selection: Selection, name: str, since: str) -> tuple[Subscription, list]:
-        """Start a watch. Returns the subscription and the events to send first: synthetic ADDED events
-        for the current state, or (with a resourceVersion) the history since then."""
-        subscription = Subscription(selection, name)
-        with self.lock:
-            if since in ("", "0"):
-                items, _ = self.list(selection)
-                initial = [("ADDED", o) for o in items if not name or o["metadata"]["name"] == name]
-            else:
-                initial = self._history_since(int(since) if since.isdigit() else 0, subscription)
-            self.subscriptions.add(subscription)
-        return subscription, initial
-
-    def unsubscribe(self, subscription: Subscription):
-        with self.lock:
-            self.subscriptions.discard(subscription)
-
-    def _history_since(self, since: int, subscription: Subscription) -> list:
-        oldest = self.history[0][0] if self.history else self.resource_version + 1
-        if since < oldest - 1 and len(self.history) == self.history.maxlen:
-            raise ApiError(410, "Expired", f"too old resource version: {since} ({oldest - 1})")
-        return [(kind, obj) for rv, kind, rtype, obj in self.history
-                if rv > since and subscription.wants(rtype, obj)]
-
-    def _commit(self, rtype, event_type, obj) -> dict:
+    def _commit(self, rtype, obj) -> dict:
         obj = self._bump(obj)
         meta = obj["metadata"]
         self.objects[rtype.name][(meta.get("namespace", ""), meta["name"])] = obj
-        self._record(rtype, event_type, obj)
         return obj
 
     def _bump(self, obj) -> dict:
         self.resource_version += 1
         obj["metadata"]["resourceVersion"] = str(self.resource_version)
         return obj
-
-    def _record(self, rtype, event_type, obj):
-        self.history.append((self.resource_version, event_type, rtype, obj))
-        for subscription in self.subscriptions:
-            if subscription.wants(rtype, obj):
-                subscription.events.put((event_type, obj))
-
 
 def _sort_key(obj):
     return obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
@@ -1016,11 +705,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _verb_list(self, api, rtype, namespace, attrs, body):
         items, rv = api.store.list(self._selection(rtype, namespace))
-        if wants_table(self.headers.get("Accept", "")):
-            self._send_json(200, to_table(rtype, items, rv, self._include_object()))
-        else:
-            self._send_json(200, {"kind": f"{rtype.kind}List", "apiVersion": rtype.group_version,
-                                  "metadata": {"resourceVersion": rv}, "items": items})
+        self._send_json(200, {"kind": f"{rtype.kind}List", "apiVersion": rtype.group_version,
+                              "metadata": {"resourceVersion": rv}, "items": items})
 
     def _verb_get(self, api, rtype, namespace, attrs, body):
         self._send_object(200, rtype, api.store.get(rtype, namespace, attrs.name))
@@ -1035,53 +721,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _verb_update(self, api, rtype, namespace, attrs, body):
         obj = api.store.update(rtype, namespace, attrs.name, self._parse_object(body), self._dry_run())
-        self._send_object(200, rtype, obj)
-
-    def _verb_patch(self, api, rtype, namespace, attrs, body):
-        content_type = self.headers.get("Content-Type", "").split(";")[0].strip()
-        if content_type == "application/apply-patch+yaml":
-            self._server_side_apply(api, rtype, namespace, attrs.name, body)
-            return
-        patchers = {"application/json-patch+json": json_patch, "application/merge-patch+json": merge_patch,
-                    "application/strategic-merge-patch+json": strategic_merge_patch}
-        if content_type not in patchers:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                           "accepted media types include: application/json-patch+json, application/merge-patch"
-                           "+json, application/apply-patch+yaml, application/strategic-merge-patch+json")
-        try:
-            patch = json.loads(body or b"null")
-        except ValueError as e:
-            raise bad_request(f"error decoding patch: {e}") from None
-        with api.store.lock:
-            current = api.store.get(rtype, namespace, attrs.name)
-            try:
-                patched = patchers[content_type](current, patch)
-            except (ValueError, KeyError, TypeError) as e:
-                raise ApiError(422, "Invalid", str(e)) from None
-            if not isinstance(patched, dict):
-                raise bad_request("the patch did not produce an object")
-            obj = api.store.update(rtype, namespace, attrs.name, patched, self._dry_run())
-        self._send_object(200, rtype, obj)
-
-    def _server_side_apply(self, api, rtype, namespace, name, body):
-        if not self.query.get("fieldManager", [""])[0]:
-            raise ApiError(422, "Invalid", 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required '
-                           "value: is required for apply patch", {"group": "meta.k8s.io", "kind": "PatchOptions"})
-        try:
-            applied = yaml.safe_load(body)
-        except yaml.YAMLError as e:
-            raise bad_request(f"error decoding YAML: {e}") from None
-        if not isinstance(applied, dict):
-            raise bad_request("the apply patch must be an object")
-        with api.store.lock:
-            try:
-                current = api.store.get(rtype, namespace, name)
-            except ApiError:
-                applied.setdefault("metadata", {}).setdefault("name", name)
-                self._send_object(201, rtype, api.store.create(rtype, namespace, applied, self._dry_run()))
-                return
-            merged = strategic_merge_patch(current, applied)
-            obj = api.store.update(rtype, namespace, name, merged, self._dry_run())
         self._send_object(200, rtype, obj)
 
     def _verb_delete(self, api, rtype, namespace, attrs, body):
@@ -1102,40 +741,6 @@ class _Handler(BaseHTTPRequestHandler):
             rv = str(api.store.resource_version)
         self._send_json(200, {"kind": f"{rtype.kind}List", "apiVersion": rtype.group_version,
                               "metadata": {"resourceVersion": rv}, "items": gone})
-
-    def _verb_watch(self, api, rtype, namespace, attrs, body):
-        selection = self._selection(rtype, namespace)
-        since = self.query.get("resourceVersion", [""])[0]
-        try:
-            subscription, initial = api.store.subscribe(selection, attrs.name, since)
-        except ApiError as expired:  # reported inside the stream, like the real server
-            subscription, initial = None, [("ERROR", expired.status())]
-        timeout = self.query.get("timeoutSeconds", [""])[0]
-        deadline = time.monotonic() + int(timeout) if timeout.isdigit() and int(timeout) > 0 else None
-        table = wants_table(self.headers.get("Accept", ""))
-        self._start_chunked(JSON)
-        try:
-            for event in initial:
-                self._send_watch_event(rtype, event, table)
-            while subscription and self._keep_streaming(api, deadline):
-                try:
-                    event = subscription.events.get(timeout=POLL_INTERVAL)
-                except Empty:
-                    continue
-                self._send_watch_event(rtype, event, table)
-            if not self.close_connection:
-                self._end_chunked()
-        finally:
-            if subscription:
-                api.store.unsubscribe(subscription)
-
-    def _send_watch_event(self, rtype, event, table):
-        event_type, obj = event
-        if event_type != "ERROR":
-            obj = _stamped(obj)
-            if table:
-                obj = to_table(rtype, [obj], obj["metadata"]["resourceVersion"], self._include_object())
-        self._write_chunk(json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n")
 
     def _check_container(self, pod: dict):
         """The `container` query parameter names one of the pod's containers, or the pod has just one."""
@@ -1168,7 +773,7 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk, budget = chunk[:budget], budget - len(chunk[:budget])
             if chunk:
                 self._write_chunk(chunk)
-            if not self._keep_streaming(api, None, wait=LOG_FOLLOW_INTERVAL):
+            if not self._keep_streaming(api, LOG_FOLLOW_INTERVAL):
                 break
             sequence += 1
             lines = [f"{name}: log line {sequence}\n"]
@@ -1288,9 +893,6 @@ class _Handler(BaseHTTPRequestHandler):
         return Selection(rtype, namespace, _parse_selector(self.query.get("labelSelector", [""])[0]),
                          _parse_selector(self.query.get("fieldSelector", [""])[0]))
 
-    def _include_object(self) -> str:
-        return self.query.get("includeObject", ["Metadata"])[0]
-
     def _dry_run(self) -> bool:
         return "All" in self.query.get("dryRun", [])
 
@@ -1321,8 +923,6 @@ class _Handler(BaseHTTPRequestHandler):
     # Response helpers
 
     def _send_object(self, code, rtype, obj):
-        if wants_table(self.headers.get("Accept", "")):
-            obj = to_table(rtype, [obj], obj["metadata"].get("resourceVersion", ""), self._include_object())
         self._send_json(code, obj)
 
     def _send_json(self, code, document):
@@ -1362,11 +962,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _end_chunked(self):
         self.wfile.write(b"0\r\n\r\n")
 
-    def _keep_streaming(self, api, deadline, wait: float = 0.0) -> bool:
-        """False once the stream should end: timeout reached, server stopping, or client gone (for a
-        watch the client never sends anything more, so a readable socket means it hung up)."""
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
+    def _keep_streaming(self, api, wait: float) -> bool:
+        """False once the stream should end: server stopping, or client gone (a follower never sends anything
+        more, so a readable socket means it hung up). Waits up to `wait` seconds for that."""
         if api.stopping.is_set():
             self.close_connection = True
             return False
@@ -1380,12 +978,6 @@ class _Handler(BaseHTTPRequestHandler):
 def _bearer_token(header: str) -> str | None:
     scheme, _, value = header.strip().partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _stamped(obj: dict) -> dict:
-    """A copy of obj carrying the moment it is sent, for latency measurements."""
-    annotations = {**(obj["metadata"].get("annotations") or {}), SENT_AT_ANNOTATION: repr(time.time())}
-    return {**obj, "metadata": {**obj["metadata"], "annotations": annotations}}
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -1457,7 +1049,6 @@ class StandInApiServer:
         self._denials: list = []
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
-        self._tickers: list = []
         self._sessions: list[StreamSession] = []
         context = None
         if certfile:
@@ -1490,8 +1081,6 @@ class StandInApiServer:
 
     def stop(self):
         self.stopping.set()
-        for stop_ticker in list(self._tickers):
-            stop_ticker()
         if self._thread:
             self._http.shutdown()
         self._http.close_open_connections()
@@ -1582,49 +1171,6 @@ class StandInApiServer:
         except ApiError:
             return None
 
-    def put_object(self, obj: dict) -> dict:
-        """Create or replace an object, emitting ADDED or MODIFIED to watchers."""
-        rtype = RESOURCES_BY_KIND[(obj["apiVersion"], obj["kind"])]
-        namespace = obj["metadata"].get("namespace", "default") if rtype.namespaced else ""
-        with self.store.lock:
-            if self.get_object(rtype.name, namespace, obj["metadata"]["name"]) is None:
-                return self.store.create(rtype, namespace, obj)
-            fresh = copy.deepcopy(obj)
-            fresh["metadata"].pop("resourceVersion", None)
-            return self.store.update(rtype, namespace, obj["metadata"]["name"], fresh)
-
-    def touch(self, resource: str, namespace: str, name: str) -> dict:
-        """Modify an object (bump annotation standin/tick) so watchers get a MODIFIED event now."""
-        rtype = resource_type(resource)
-        with self.store.lock:
-            obj = copy.deepcopy(self.store.get(rtype, namespace, name))
-            annotations = obj["metadata"].setdefault("annotations", {})
-            annotations[TICK_ANNOTATION] = str(int(annotations.get(TICK_ANNOTATION, "0")) + 1)
-            return self.store.update(rtype, namespace, name, obj)
-
-    def start_ticker(self, interval: float, namespace: str = "default", name: str = "ticker",
-                     resource: str = "configmaps"):
-        """Touch an object (created if missing) every `interval` seconds. Watch events carry the send time
-        in annotation standin/sent-at. Returns a function that stops the ticker."""
-        if self.get_object(resource, namespace, name) is None:
-            self.seed([{"apiVersion": resource_type(resource).group_version, "kind": resource_type(resource).kind,
-                        "metadata": {"name": name, "namespace": namespace}}])
-        stopped = threading.Event()
-
-        def tick():
-            while not stopped.wait(interval):
-                self.touch(resource, namespace, name)
-
-        threading.Thread(target=tick, name=f"ticker-{name}", daemon=True).start()
-
-        def stop():
-            stopped.set()
-            if stop in self._tickers:
-                self._tickers.remove(stop)
-
-        self._tickers.append(stop)
-        return stop
-
     @staticmethod
     def pod_log(pod: str) -> str:
         """Every pod's log: five numbered lines naming it."""
@@ -1646,26 +1192,3 @@ class StandInApiServer:
                     "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}} for i in range(3)])
 
 
-def _main():
-    parser = argparse.ArgumentParser(description="Stand-in kube-apiserver for tests")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=6443)
-    parser.add_argument("--cert", help="serving certificate (PEM); plain HTTP without it")
-    parser.add_argument("--key", help="serving key (PEM)")
-    parser.add_argument("--token-file", help="accept tokens found in this file (re-read per request)")
-    parser.add_argument("--token", action="append", default=[], help="accept this token (repeatable)")
-    args = parser.parse_args()
-    server = StandInApiServer(args.host, args.port, args.cert, args.key, token_file=args.token_file)
-    for token in args.token:
-        server.accept(token)
-    server.start()
-    print(f"stand-in kube-apiserver listening on {server.url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
-
-
-if __name__ == "__main__":
-    _main()
