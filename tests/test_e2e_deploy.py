@@ -253,6 +253,10 @@ class PodWatch:
             position += len(text[position:]) - len(text[position:].lstrip())
         return events
 
+    def started(self, timeout: float) -> None:
+        """Until the pod's state at the start (the watch's first event) is in: later states are then all seen."""
+        wait_until(self.events, timeout, "the pod watch's first event", 0.1)
+
     def until_deleted(self, timeout: float) -> list:
         events = wait_for(lambda: (events := self.events()) and events[-1]["type"] == "DELETED" and events,
                             timeout, "the pod's DELETED event", 0.2)
@@ -270,6 +274,7 @@ def deletions(cluster, deployments) -> dict:
         pod = deployed.ready_pod(cluster)
         name = pod["metadata"]["name"]
         watch = PodWatch(cluster, deployed.namespace, name)
+        watch.started(60)
         in_flight = e2e.app_process(
             cluster, deployed, f"curl -sN -m 60 'http://localhost:8001/api/v1/namespaces/{deployed.namespace}/pods"
                                f"?watch=1&timeoutSeconds={WATCH_S}&fieldSelector=metadata.name%3D{name}'; "
