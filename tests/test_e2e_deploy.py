@@ -255,11 +255,11 @@ class PodWatch:
 
     def started(self, timeout: float) -> None:
         """Until the pod's state at the start (the watch's first event) is in: later states are then all seen."""
-        wait_until(self.events, timeout, "the pod watch's first event", 0.1)
+        wait_for(self.events, timeout, "the pod watch's first event", 0.1)
 
     def until_deleted(self, timeout: float) -> list:
         events = wait_for(lambda: (events := self.events()) and events[-1]["type"] == "DELETED" and events,
-                            timeout, "the pod's DELETED event", 0.2)
+                          timeout, "the pod's DELETED event", 0.2)
         self.process.terminate()
         self.process.wait(timeout=30)
         return events

@@ -59,7 +59,7 @@ def test_the_kubelet_rotates_the_token_under_a_request_loop(cluster, token_rotat
         return lines if len({jti for _, _, jti in lines if jti}) >= 2 else None
     remaining = pod.created + RENEWAL_BOUND_S + 60 - e2e.now()
     lines = wait_for(rotated, max(remaining, 30), f"{build}: the token's JTI changing in the app's answers",
-                       interval=5)
+                     interval=5)
 
     failed = [line for line in lines if line[1] != "201"]
     assert not failed, f"requests failed across the rotation: {failed[:5]}"

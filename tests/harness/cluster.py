@@ -158,7 +158,7 @@ class NodeTools:
 
     def wait_ready(self) -> None:
         wait_for(lambda: pod_ready(self.cluster.get("pod", self.NAME, namespace=self.namespace)), 120,
-                   "the node-tools pod Ready")
+                 "the node-tools pod Ready")
 
     def sh(self, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.cluster.exec(self.namespace, self.NAME, "tools", "sh", "-c", script, timeout=timeout)
