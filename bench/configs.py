@@ -17,14 +17,14 @@ import shutil
 import time
 from typing import Callable
 
-from processes import PROXY_CPUS, Service, accepts, http_get, pinned
+from processes import PROXY_CPUS, Service, http_get, pinned
 from tools import REPO, build_minimal_filter, kubectl_path
 from upstream import IDENTITY_HEADERS, PROBE_PATH, Nginx
 
 from podward.bootstrap import bootstrap, podward_filter
 from podward.constants import API_SERVER_NAME
 from podward.documents import to_yaml
-from podward.local.envoy_process import (ENVOY_BINARY, UnixHTTPConnection, WASM, free_port,
+from podward.local.envoy_process import (ENVOY_BINARY, WASM, UnixHTTPConnection, accepts, free_port,
                                          http_get as envoy_http_get, local_settings)
 from podward.local.jwt import make_token
 from podward.local.kubelet import LocalPod

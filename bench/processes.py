@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import time
 import urllib.error
@@ -105,9 +104,3 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 5) -> tuple
         return 0, ""
 
 
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False

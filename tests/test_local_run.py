@@ -14,7 +14,7 @@ import time
 import pytest
 
 from podward.constants import REPO
-from podward.local.envoy_process import free_port
+from podward.local.envoy_process import accepts, free_port
 
 
 START_TIMEOUT_S = 60
@@ -34,14 +34,6 @@ def read_banner(process: subprocess.Popen) -> str:
         if line.startswith("Ctrl-C"):
             return "".join(lines)
     raise AssertionError("podward.local.example did not start in time")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def process_gone(pid: int) -> bool:
@@ -74,7 +66,7 @@ def test_a_signal_stops_everything_and_removes_the_run_directory(stop_signal):
         assert f"metrics (Prometheus): http://127.0.0.1:{metrics_port}/stats/prometheus" in banner
         assert http_status(port, "/api/v1/namespaces/default/pods") == 200
         assert http_status(metrics_port, "/stats/prometheus") == 200
-        assert run_dir.is_dir() and listening(port) and not process_gone(envoy_pid)
+        assert run_dir.is_dir() and accepts(port) and not process_gone(envoy_pid)
 
         process.send_signal(stop_signal)
         assert process.wait(timeout=30) == 0, process.stderr.read()
@@ -83,7 +75,7 @@ def test_a_signal_stops_everything_and_removes_the_run_directory(stop_signal):
         process.wait()
     assert "podward: stopping" in process.stdout.read()
     assert process_gone(envoy_pid)
-    assert not listening(port) and not listening(metrics_port)
+    assert not accepts(port) and not accepts(metrics_port)
     assert not run_dir.exists()
 
 
@@ -103,5 +95,5 @@ def test_a_taken_port_is_reported_and_nothing_is_left_running(taken):
     assert process.returncode == 1
     assert f"podward: port {taken_port} ({what}) is already in use" in err
     assert "podward is running" not in out
-    assert not listening(metrics_port if taken == "app" else port)
+    assert not accepts(metrics_port if taken == "app" else port)
     assert run_directories() <= before

@@ -37,6 +37,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def accepts(port: int) -> bool:
+    """Whether something on this machine accepts connections on the port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 # sockaddr_un.sun_path, NUL included.
 UNIX_PATH_MAX = 108
 
