@@ -32,7 +32,7 @@ from harness import e2e
 from harness.cluster import HOW_TO_GET_ONE, KUBECONFIG_VARIABLE, Cluster, cluster_problem
 from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
 from harness.pod import ClusterPod
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 
 REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"

@@ -31,7 +31,7 @@ from podward.local.kubelet import LocalPod
 from conftest import assert_status, request, served_again
 from harness.flood import MADE_UP_PREFIX
 from harness.h2c import h2c_requests
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 EXEC = "/api/v1/namespaces/default/pods/demo-0/exec"
 # What the API server would route to an interactive session in a container (its routes are case-sensitive).

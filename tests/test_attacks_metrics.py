@@ -27,7 +27,7 @@ from podward.constants import MEMORY_LIMIT_MIB, METRICS_PATH, READY_PATH, REPO
 from harness.figures import record_figures
 from harness.flood import METRICS_ATTACK_SIZES, PeakRss, memory_kib, outcome
 from harness.netns import NetworkNamespace
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_attacks import exchange, http1
 
 FLOOD_SECONDS = float(os.environ.get("PODWARD_METRICS_FLOOD_SECONDS", "6"))

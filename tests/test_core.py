@@ -12,7 +12,7 @@ import pytest
 
 
 from conftest import assert_status, held_requests, request
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_observability import metric
 
 def test_token_and_downward_headers_arrive_upstream(podward, pod, apiserver):

@@ -20,7 +20,7 @@ import pytest
 from podward.constants import REPO
 
 from conftest import assert_status, held_requests, request, served_again
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 CRASH_DRILL = REPO / "dist" / "test" / "podward-crash-drill.wasm"
 NATIVE_CRASH_DRILL = REPO / "dist" / "test" / "libpodward-crash-drill.so"

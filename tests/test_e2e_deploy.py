@@ -25,7 +25,7 @@ from podward.pod import ENVOY_UID, SIDECAR
 
 from harness import e2e
 from harness.cluster import container_status, kubectl_binary, timestamp
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from harness.e2e import CASES, PATHS
 from harness.figures import record_figures
 

@@ -16,7 +16,7 @@ import pytest
 
 from harness import e2e
 from harness.cluster import pod_ready
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from harness.envtest import credential_id, received_at
 from harness.figures import record_figures
 

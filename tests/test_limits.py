@@ -32,7 +32,7 @@ from podward.settings import Settings
 from conftest import assert_status, request, served_again
 from harness.flood import MADE_UP_PREFIX, PeakRss, flood, memory_kib
 from harness.figures import record_figures
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_observability import metric
 from test_real_watch import TICK_ANNOTATION, Ticker
 

@@ -22,7 +22,7 @@ from podward.pod import policy_configmap
 from conftest import assert_status, request
 from harness.figures import record_figures
 from harness.kubelet import ConfigMapVolume
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_observability import metric
 
 pytestmark = pytest.mark.envtest

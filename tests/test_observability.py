@@ -8,7 +8,7 @@ import re
 import threading
 import time
 
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from conftest import request
 
 

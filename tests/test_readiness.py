@@ -21,7 +21,7 @@ from podward.pod import sidecar_container
 
 from conftest import assert_status, request
 from harness.figures import record_figures
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 RUNS = 5
 KUBELET_RUNS = 3

@@ -22,7 +22,7 @@ from conftest import assert_status, request
 from harness.envtest import ADMIN_USER
 from harness.figures import record_figures
 from harness.flood import PeakRss, rss_bytes
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 pytestmark = pytest.mark.envtest
 

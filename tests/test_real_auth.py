@@ -16,7 +16,7 @@ from podward.local.jwt import claims_of
 
 from conftest import assert_status, grant, request
 from harness.envtest import credential_id, received_at
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_observability import metric
 
 pytestmark = pytest.mark.envtest

@@ -17,7 +17,7 @@ from podward.local.envoy_process import free_port
 
 from harness.connections import PeakSampler, Watches, live_go_memory, request_load
 from harness.figures import record_figures
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_real_watch import configmap_watches
 from test_traffic import stop_process
 

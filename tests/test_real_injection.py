@@ -24,7 +24,7 @@ from podward.manifests import MODULE_CONFIGMAP_FILES, POLICY_CONFIGMAP_FILE
 from podward.pod import (ENVOY_PATH, SIDECAR, SIDECAR_FS_GROUP, app_socket_mount, restricted, sidecar_container,
                          sidecar_volumes)
 
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_manifests import (CONFIGMAP, DEPLOY_DIR, DIST, labelled, load_all, pod_template_spec, team_workloads,
                             with_component)
 from test_real_manifests import applied

@@ -21,7 +21,7 @@ from kubernetes import client, watch
 
 
 from harness.figures import record_figures
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_traffic import LineReader, in_flight, python_client, stop_process, wait_for_envoy_to_drop_every_stream
 
 pytestmark = pytest.mark.envtest

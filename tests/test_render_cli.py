@@ -26,7 +26,7 @@ from podward.settings import Settings, shipped_settings
 
 from conftest import grant
 from harness import readme
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 RENDER = REPO / "envoy" / "render.py"
 # Every setting the issue asks a team to be able to set, by flag, and the subcommands that take it.

@@ -15,7 +15,7 @@ from podward.pod import ENVOY_PATH, sidecar_command, sidecar_container
 from podward.settings import Settings, shipped_settings
 
 from conftest import request
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 # What Envoy's overload manager logs at each refresh (0.25 s) when the drain file it reads is missing.
 MISSING_DRAIN_FILE = f"Failed to update resource {DRAIN_MONITOR}"

@@ -28,7 +28,7 @@ from podward.pod import DRAIN_SECONDS, ENTRYPOINT, ENVOY_PATH, example_pod, side
 from podward.settings import shipped_settings
 
 from harness.figures import record_figures
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_attacks import http1, parse_answers
 
 BURST = 50

@@ -34,7 +34,7 @@ from podward.local.remotecommand import PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, 
 
 from conftest import assert_status, request
 from harness.figures import record_figures
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 

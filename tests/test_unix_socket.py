@@ -22,7 +22,7 @@ from podward.bootstrap import bootstrap
 from podward.constants import APP_SOCKET, APP_SOCKET_MODE, READY_PATH
 from podward.settings import shipped_settings
 
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 from test_attacks import listening_ports, parse_answers
 from test_real_watch import Ticker
 

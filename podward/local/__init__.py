@@ -5,4 +5,5 @@
   apiserver      the stand-in API server (TLS, tokens, exec/attach/port-forward, logs -f, fault injection);
                  remotecommand, the wire protocols of exec, attach and port-forward
   example        `./build.sh run`: all of the above as the ambassador example
+  waiting        wait_for: a bounded wait for an event, never for a time
 """

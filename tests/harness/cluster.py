@@ -17,7 +17,7 @@ import secrets
 import shlex
 import subprocess
 
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 KUBECONFIG_VARIABLE = "KUBECONFIG"
 HOW_TO_GET_ONE = ('eval "$(tests/node/up)" for the one-node cluster of ../shared/node (tests/node/down stops '

@@ -24,7 +24,7 @@ from podward.pod import SIDECAR, TOKEN_EXPIRATION_SECONDS
 
 from harness import readme
 from harness.cluster import Cluster, NodeTools, container_status, kubectl_binary, pod_ready
-from harness.waiting import wait_for
+from podward.local.waiting import wait_for
 
 
 APP_IMAGE = "curlimages/curl:8.11.1"

@@ -1,4 +1,5 @@
-"""Waiting for an event, never for a time: one bounded wait, which fails saying what did not happen."""
+"""Waiting for an event, never for a time: one bounded wait, which fails saying what did not happen. Envoy's
+start-up, the tests and their harness all wait with it."""
 
 from __future__ import annotations
 
