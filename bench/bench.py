@@ -27,16 +27,18 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 import phases  # noqa: E402
 import report  # noqa: E402
 from configs import CONFIGURATIONS, NATIVE_MODULE, Testbed  # noqa: E402
-from harness.envoy import ENVOY_BINARY, WASM, render  # noqa: E402
 from measure import Quiet  # noqa: E402
 from processes import LOAD_CPUS, NICE, PROXY_CPUS, log, stop_all  # noqa: E402
 from tools import cargo_output, command_output, ensure_tools  # noqa: E402
 from upstream import MADE_UP_PREFIX, PODS_PATH, pod_list_json  # noqa: E402
+
+from podward.local.envoy_process import ENVOY_BINARY, WASM
+from podward.manifests import MODULE_CONFIGMAP_FILES
+from podward.pod import example_pod
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ONLY = os.environ.get("BENCH_ONLY")
@@ -79,7 +81,8 @@ def describe_machine(testbed: Testbed) -> dict:
             "libpodward_so": file_size(NATIVE_MODULE),
         },
         # The ConfigMap `podward` of each build, as ./build.sh wrote it (README, "Which build").
-        "configmaps": {build: file_size(REPO / "dist" / configmap) for build, (_, configmap, _) in render.BUILDS.items()},
+        "configmaps": {build: file_size(REPO / "dist" / configmap)
+                       for build, configmap in MODULE_CONFIGMAP_FILES.items()},
         "podlist_bytes": len(pod_list_json()),
         "git": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "load_average_at_start": os.getloadavg(),
@@ -88,9 +91,9 @@ def describe_machine(testbed: Testbed) -> dict:
 
 def shipped_sidecar() -> dict:
     """The sidecar's resources as the manifests ship them, to hold the measured memory against."""
-    pod = render.example_pod()
+    pod = example_pod()
     sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "podward")
-    return {"source": "envoy/render.py example_pod()", "resources": sidecar["resources"]}
+    return {"source": "podward/pod.py example_pod()", "resources": sidecar["resources"]}
 
 
 def configurations() -> list[dict]:

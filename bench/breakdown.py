@@ -30,13 +30,13 @@ import sys
 import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 import phases  # noqa: E402
 from configs import BY_KEY, Configuration, Testbed, minimal_wasm  # noqa: E402
 from instructions import count_configuration  # noqa: E402
 from processes import log, stop_all  # noqa: E402
 from tools import build_minimal_filter, ensure_tools  # noqa: E402
+
 
 OUT = REPO / "bench" / "out" / "breakdown.md"
 ROWS = REPO / "bench" / "out" / "breakdown.json"  # the counts, with where their callgrind files are

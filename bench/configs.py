@@ -1,6 +1,6 @@
 """The configurations the benchmark compares, and the testbed that starts and checks them.
 
-Every Envoy configuration is `render.bootstrap()` as shipped, with the app listener's HTTP filters replaced by
+Every Envoy configuration is `bootstrap()` as shipped, with the app listener's HTTP filters replaced by
 the configuration's own list; adding a configuration is one `Configuration` entry and, for Envoy, one function
 that returns its filters. A configuration that needs a build artefact which is absent is reported as not
 measured, not skipped silently.
@@ -11,21 +11,25 @@ measured, not skipped silently.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import shutil
 import time
 from typing import Callable
 
-from harness.envoy import ENVOY_BINARY, WASM, UnixHTTPConnection, free_port, local_settings, render
-from harness.envoy import http_get as envoy_http_get
-from harness.jwt import make_token
-from harness.pki import make_pki
-from harness.pod import LocalPod
-from processes import PROXY_CPUS, Service, accepts, http_get, pinned
+from processes import PROXY_CPUS, Service, http_get, pinned
 from tools import REPO, build_minimal_filter, kubectl_path
 from upstream import IDENTITY_HEADERS, PROBE_PATH, Nginx
+
+from podward.bootstrap import bootstrap, podward_filter
+from podward.constants import API_SERVER_NAME
+from podward.documents import to_yaml
+from podward.local.envoy_process import (ENVOY_BINARY, WASM, UnixHTTPConnection, accepts, free_port,
+                                         http_get as envoy_http_get, local_settings)
+from podward.local.jwt import make_token
+from podward.local.kubelet import LocalPod
+from podward.local.pki import make_pki
+from podward.settings import Settings
 
 # F's module (issue 14): `./build.sh` puts it here once the native build exists.
 NATIVE_MODULE = REPO / "dist" / "libpodward.so"
@@ -40,8 +44,8 @@ def typed(type_name: str, **fields) -> dict:
 class Configuration:
     key: str
     label: str
-    # The app listener's HTTP filters (before the router); None keeps render.bootstrap()'s, i.e. podward.
-    filters: Callable[["Testbed", render.Settings], list] | None = None
+    # The app listener's HTTP filters (before the router); None keeps bootstrap()'s, i.e. podward.
+    filters: Callable[["Testbed", Settings], list] | None = None
     kubectl: bool = False             # `kubectl proxy` instead of Envoy
     # The API server's protocol, pinned: HTTP/1.1 unless h2 (the shipped config negotiates h2 by ALPN since
     # issue 19; the figures stay comparable with earlier runs, and E is podward over h2).
@@ -67,16 +71,16 @@ class Configuration:
         return None
 
 
-def no_filters(testbed: "Testbed", settings: render.Settings) -> list:
+def no_filters(testbed: "Testbed", settings: Settings) -> list:
     return []
 
 
-def native_injector(testbed: "Testbed", settings: render.Settings) -> list:
+def native_injector(testbed: "Testbed", settings: Settings) -> list:
     """Envoy's credential_injector (SDS secret from the token file) and header_mutation with podward's values."""
     sds = testbed.work / "token-sds.yaml"
     secret = typed("envoy.extensions.transport_sockets.tls.v3.Secret", name="token",
                    generic_secret={"secret": {"filename": str(testbed.sa_dir / "token")}})
-    sds.write_text(render.to_yaml({"resources": [secret]}))
+    sds.write_text(to_yaml({"resources": [secret]}))
     generic = typed(
         "envoy.extensions.http.injected_credentials.generic.v3.Generic",
         credential={"name": "token", "sds_config": {"path_config_source": {
@@ -98,9 +102,9 @@ def native_injector(testbed: "Testbed", settings: render.Settings) -> list:
     return [injector, mutation]
 
 
-def minimal_wasm(testbed: "Testbed", settings: render.Settings) -> list:
+def minimal_wasm(testbed: "Testbed", settings: Settings) -> list:
     """podward's own wasm filter block (same VM settings), pointed at the minimal module and its fixed headers."""
-    wasm_filter = render.podward_filter(dataclasses.replace(settings, wasm_path=str(testbed.minimal_wasm)))
+    wasm_filter = podward_filter(dataclasses.replace(settings, wasm_path=str(testbed.minimal_wasm)))
     plugin = wasm_filter["typed_config"]["config"]
     plugin.update(name="minimal", root_id="minimal")
     plugin["vm_config"]["vm_id"] = "minimal"
@@ -125,7 +129,7 @@ CONFIGURATIONS = [
 BY_KEY = {config.key: config for config in CONFIGURATIONS}
 
 
-def admin_get(settings: render.Settings, path: str) -> tuple[int, str]:
+def admin_get(settings: Settings, path: str) -> tuple[int, str]:
     """The one place that knows where Envoy's admin interface listens: a Unix socket, as in the sidecar."""
     try:
         status, body = envoy_http_get(UnixHTTPConnection(settings.admin_socket, timeout=1), path)
@@ -171,7 +175,7 @@ class Testbed:
     def client_headers(self, config: Configuration) -> dict:
         return {"Authorization": f"Bearer {self.token}"} if config.client_sends_token else {}
 
-    def settings(self, **overrides) -> render.Settings:
+    def settings(self, **overrides) -> Settings:
         """render.py's settings for this testbed; the upstream protocol pinned to HTTP/1.1 unless overridden
         (Configuration.upstream_http2)."""
         overrides.setdefault("upstream_protocol", "http1")
@@ -183,22 +187,22 @@ class Testbed:
         listener = next(x for x in bootstrap["static_resources"]["listeners"] if x["name"] == "podward")
         return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
-    def envoy_config(self, config: Configuration, settings: render.Settings) -> dict:
-        bootstrap = render.bootstrap(settings)
+    def envoy_config(self, config: Configuration, settings: Settings) -> dict:
+        config_document = bootstrap(settings)
         if config.filters is not None:
-            manager = self.app_manager(bootstrap)
+            manager = self.app_manager(config_document)
             router = manager["http_filters"][-1]
             assert router["name"] == "envoy.filters.http.router"
             manager["http_filters"] = [*config.filters(self, settings), router]
         if config.adjust:
-            config.adjust(bootstrap)
-        return bootstrap
+            config.adjust(config_document)
+        return config_document
 
-    def envoy_service(self, label: str, bootstrap: dict, settings: render.Settings, concurrency: int,
+    def envoy_service(self, label: str, bootstrap: dict, settings: Settings, concurrency: int,
                       hot_restart: bool = False, wrapper: tuple = ()) -> Service:
         """`wrapper`: a command that runs Envoy (valgrind for the instruction counts)."""
         path = self.work / f"envoy-{label}-c{concurrency}.yaml"
-        path.write_text(render.to_yaml(bootstrap))
+        path.write_text(to_yaml(bootstrap))
         flags = ["--use-dynamic-base-id"] if hot_restart else ["--disable-hot-restart"]
         argv = pinned(PROXY_CPUS[concurrency], [*wrapper, str(ENVOY_BINARY), "-c", str(path), "--concurrency",
                                                 str(concurrency), *flags, "--log-level", "info"])
@@ -215,11 +219,11 @@ class Testbed:
     def kubectl_service(self, config: Configuration, concurrency: int, wrapper: tuple = ()) -> Service:
         port = free_port()
         kubeconfig = self.work / "kubeconfig.yaml"
-        kubeconfig.write_text(render.to_yaml({
+        kubeconfig.write_text(to_yaml({
             "apiVersion": "v1", "kind": "Config", "current-context": "bench",
             "clusters": [{"name": "bench", "cluster": {
                 "server": f"https://127.0.0.1:{self.nginx.port}", "certificate-authority": self.ca_file,
-                "tls-server-name": render.API_SERVER_NAME}}],
+                "tls-server-name": API_SERVER_NAME}}],
             "users": [{"name": "pod", "user": {"tokenFile": str(self.sa_dir / "token")}}],
             "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "pod"}}],
         }))
@@ -267,7 +271,7 @@ class Testbed:
     def learn_identity(self) -> None:
         """The 13 identity headers podward sends, which B and C0 then send verbatim."""
         settings = self.settings()
-        service = self.envoy_service("identity", render.bootstrap(settings), settings, 1).start()
+        service = self.envoy_service("identity", bootstrap(settings), settings, 1).start()
         try:
             seen = self.probe(service, {})
         finally:

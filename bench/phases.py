@@ -11,13 +11,14 @@ import sys
 import time
 
 from configs import BY_KEY, CONFIGURATIONS, Configuration, Testbed
-from harness.envoy import render
 from instructions import instruction_counts
 from measure import (MemorySampler, Quiet, Slowloris, made_up_resources_script, measure, parse_wrk,
                      seconds_to_first_200, settle_and_read_memory, wrk, wrk_argv)
 from processes import http_get, log, pinned
 from tools import REPO
 from upstream import MADE_UP_PREFIX, PODS_PATH, ROTATION_PATH
+
+from podward.bootstrap import bootstrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,20 +312,20 @@ def memory_variants(run: Run) -> list[dict]:
     podward, minimal, no_filter = BY_KEY["C"], BY_KEY["C0"], BY_KEY["A"]
 
     def shipped(settings):
-        return render.bootstrap(settings)
+        return bootstrap(settings)
 
     def keep_memory(settings):
-        config = render.bootstrap(settings)
+        config = bootstrap(settings)
         del config["memory_allocator_manager"]
         return config
 
     def stats_rejected(settings):
-        config = render.bootstrap(settings)
+        config = bootstrap(settings)
         config["stats_config"] = {"stats_matcher": {"reject_all": True}}
         return config
 
     def no_access_log(settings):
-        config = render.bootstrap(settings)
+        config = bootstrap(settings)
         testbed.app_manager(config).pop("access_log")
         return config
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from typing import Callable
 
-from harness.envoy import terminate
+from podward.local.envoy_process import terminate
+
 
 # wrk and nginx share CPU 0; the proxy under test gets CPU 1 to itself at concurrency 1, both CPUs at 2.
 LOAD_CPUS = "0"
@@ -104,9 +104,3 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 5) -> tuple
         return 0, ""
 
 
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False

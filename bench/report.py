@@ -176,7 +176,7 @@ def method_section(results: Results) -> list[str]:
         f"to podward's), left idle {plan['idle_settle']:g} s (idle memory), then loaded.",
         "- A: wrk sends the token itself (the upstream checks it for every configuration). B and C0 send the same "
         "14 header values podward sends (learnt from podward through the echo location). Every Envoy configuration "
-        "is render.bootstrap() with the app listener's HTTP filters replaced; all keep its JSON access log "
+        "is podward.bootstrap.bootstrap() with the app listener's HTTP filters replaced; all keep its JSON access log "
         "(stdout → /dev/null).",
         f"- Shared machine: the measured processes run at nice {placement['nice']}; before each measured run the "
         f"bench waits until other processes use < {placement['quiet_cores']} cores for a second (budget "

@@ -14,8 +14,9 @@ import socket
 import string
 import threading
 
-from harness.envoy import free_port
-from processes import LOAD_CPUS, Service, accepts, pinned
+from processes import LOAD_CPUS, Service, pinned
+
+from podward.local.envoy_process import accepts, free_port
 
 BENCH = pathlib.Path(__file__).resolve().parent
 # The 13 identity headers podward sends; B and C0 send the same values, and the echo location shows them.

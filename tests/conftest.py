@@ -18,19 +18,22 @@ import os
 import pathlib
 import secrets
 import subprocess
-import time
 
 import pytest
 
-from harness import e2e
-from harness.apiserver import StandInApiServer
-from harness.cluster import HOW_TO_GET_ONE, KUBECONFIG_VARIABLE, Cluster, cluster_problem
-from harness.envoy import NATIVE, WASM, Envoy, local_settings
-from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
-from harness.pki import make_pki
-from harness.pod import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, ClusterPod, LocalPod
+from podward import manifests
+from podward.bootstrap import API_CLUSTER, UPGRADE_CLUSTER
+from podward.local.apiserver import StandInApiServer
+from podward.local.envoy_process import Envoy, NATIVE, WASM, local_settings
+from podward.local.kubelet import DEFAULT_ANNOTATIONS, DEFAULT_LABELS, LocalPod
+from podward.local.pki import make_pki
 
-import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
+from harness import e2e
+from harness.cluster import HOW_TO_GET_ONE, KUBECONFIG_VARIABLE, Cluster, cluster_problem
+from harness.envtest import ASSETS_VARIABLE, HOW_TO_GET_THEM, KubeApiServer, Response, assets_dir
+from harness.pod import ClusterPod
+from podward.local.waiting import wait_for
+
 
 REQUIRE_ENVTEST = os.environ.get("PODWARD_REQUIRE_ENVTEST") == "1"
 REQUIRE_NODE = os.environ.get("PODWARD_REQUIRE_NODE") == "1"
@@ -168,7 +171,8 @@ def podward_build(request) -> str:
 
 
 def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str, build: str):
-    """A function that starts Envoy with podward for a pod, and the list of every Envoy it started."""
+    """Yields a function that starts Envoy with podward for a pod, in front of the API server at `api_port`;
+    every Envoy it started is stopped afterwards."""
     started = []
 
     def start(pod: LocalPod, plugin_config: dict | None = None, ca_file: str | None = None,
@@ -183,16 +187,15 @@ def _envoy_starter(workdir: pathlib.Path, api_port: int, default_ca: str, build:
         started.append(envoy)
         return envoy.start() if wait else envoy.launch()
 
-    return start, started
+    yield start
+    for envoy in started:
+        envoy.stop()
 
 
 @pytest.fixture
 def start_envoy(tmp_path, pki, apiserver, podward_build):
     """Starts Envoy with podward in front of the stand-in; every Envoy started is stopped afterwards."""
-    start, started = _envoy_starter(tmp_path / "envoy", apiserver.port, pki.ca_cert, podward_build)
-    yield start
-    for envoy in started:
-        envoy.stop()
+    yield from _envoy_starter(tmp_path / "envoy", apiserver.port, pki.ca_cert, podward_build)
 
 
 @pytest.fixture
@@ -272,10 +275,7 @@ def cluster_pod(tmp_path, kube, namespace: str, service_account: str, name: str)
 @pytest.fixture
 def start_real_envoy(tmp_path, kube, podward_build):
     """Starts Envoy with podward in front of the real API server; every Envoy started is stopped afterwards."""
-    start, started = _envoy_starter(tmp_path / "envoy", kube.port, kube.pki.ca_cert, podward_build)
-    yield start
-    for envoy in started:
-        envoy.stop()
+    yield from _envoy_starter(tmp_path / "envoy", kube.port, kube.pki.ca_cert, podward_build)
 
 
 @pytest.fixture
@@ -317,19 +317,25 @@ def request(envoy: Envoy, method: str, path: str, headers: dict | None = None, b
         connection.close()
 
 
+def held_requests(envoy: Envoy) -> int:
+    """The app's requests in Envoy that are neither answered nor forwarded: those podward holds (for the token)."""
+    stats = envoy.stats()
+    forwarded = sum(stats[f"cluster.{cluster}.upstream_rq_active"] for cluster in (API_CLUSTER, UPGRADE_CLUSTER))
+    return stats["http.podward.downstream_rq_active"] - forwarded
+
+
 def served_again(envoy: Envoy, path: str = "/api/v1/namespaces/default/pods", timeout: float = 10) -> Response:
     """The first 200 after a flood: until Envoy has seen the flood's connections close, a new one may still
     be refused at the connection limit."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def served():
         try:
             response = request(envoy, "GET", path)
-            if response.status == 200:
-                return response
         except ConnectionResetError:
-            pass
-        assert time.monotonic() < deadline, f"the sidecar did not serve {path} again within {timeout}s"
-        time.sleep(0.1)
+            return None
+        return response if response.status == 200 else None
+
+    return wait_for(served, timeout, f"the sidecar serving {path} again")
 
 
 def assert_status(response: Response, code: int, reason: str) -> dict:

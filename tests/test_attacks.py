@@ -22,11 +22,16 @@ import time
 
 import pytest
 
+from podward.bootstrap import (API_CLUSTER, API_CONNECT_TIMEOUT, HTTP2_LIMITS, MAX_API_CONNECTIONS,
+                               MAX_DOWNSTREAM_CONNECTIONS, UPGRADE_CLUSTER)
+from podward.constants import METRICS_PATH, READY_PATH
+from podward.local.envoy_process import Envoy, local_settings
+from podward.local.kubelet import LocalPod
+
 from conftest import assert_status, request, served_again
-from harness.envoy import Envoy, local_settings, render
 from harness.flood import MADE_UP_PREFIX
 from harness.h2c import h2c_requests
-from harness.pod import LocalPod
+from podward.local.waiting import wait_for
 
 EXEC = "/api/v1/namespaces/default/pods/demo-0/exec"
 # What the API server would route to an interactive session in a container (its routes are case-sensitive).
@@ -116,6 +121,16 @@ def http1(method: str, path: str, headers: dict | None = None, body: bytes = b""
 
 def upstream(apiserver) -> list:
     return [(r.method, r.path) for r in apiserver.requests]
+
+
+def upstream_settled(envoy, apiserver) -> bool:
+    """Everything Envoy sent the stand-in is recorded: Envoy has no request upstream, and the stand-in holds no
+    more connections than Envoy keeps (it records what came on a connection once Envoy has closed it)."""
+    stats = envoy.stats()
+    clusters = (API_CLUSTER, UPGRADE_CLUSTER)
+    in_flight = sum(stats[f"cluster.{cluster}.upstream_rq_active"] for cluster in clusters)
+    kept = sum(stats[f"cluster.{cluster}.upstream_cx_active"] for cluster in clusters)
+    return in_flight == 0 and apiserver.open_connections <= kept
 
 
 def assert_every_upstream_request_carried_the_token(apiserver, pod):
@@ -261,13 +276,18 @@ def trapping_module(tmp_path_factory) -> str:
 def test_a_crashing_filter_answers_a_503_status_and_forwards_nothing(pod, tmp_path, pki, apiserver, trapping_module):
     settings = dataclasses.replace(local_settings(pod, apiserver.port, pki.ca_cert), wasm_path=trapping_module)
     envoy = Envoy(settings, tmp_path / "trapping", env=pod.env).start()
+
+    def refused_until_a_rebuilt_vm_traps_too() -> bool:
+        """One request: a 503 Status whether the VM traps, was trapped (FAIL_RELOAD's back-off), or was
+        rebuilt and trapped again; done once a rebuilt VM has answered one."""
+        status = assert_status(request(envoy, "GET", "/api/v1/namespaces/default/pods"), 503, "ServiceUnavailable")
+        assert "podward failed on this request" in status["message"]
+        assert status["details"] == {"retryAfterSeconds": 1}
+        return envoy.stats()["wasm.podward.vm_reload_success"] >= 1
+
     try:
-        for _ in range(3):  # the crash, then requests to the reloaded (and again trapping) VM
-            response = request(envoy, "GET", "/api/v1/namespaces/default/pods")
-            status = assert_status(response, 503, "ServiceUnavailable")
-            assert "podward failed on this request" in status["message"]
-            assert status["details"] == {"retryAfterSeconds": 1}
-            time.sleep(0.5)
+        wait_for(refused_until_a_rebuilt_vm_traps_too, 15, "Envoy rebuilding the trapped VM")
+        assert apiserver.requests == []
     finally:
         envoy.stop()
     assert apiserver.requests == []
@@ -341,7 +361,9 @@ def test_smuggling(sidecar, apiserver, name, data, codes, reached):
         if answer.status >= 400:  # the sidecar's or the API server's: a Status either way
             answer.status_object()
     if reached == CUT_SHORT:
-        time.sleep(1)  # the API server records the request once it gives up reading it; not after clear_requests
+        # The API server records such a request only once it gives up reading it.
+        wait_for(lambda: upstream_settled(envoy, apiserver), what="the stand-in to let go of every connection "
+                 "Envoy closed")
         assert all(r.status is None or r.status >= 400 for r in apiserver.requests), upstream(apiserver)
         assert len(apiserver.requests) <= 1
     else:
@@ -577,24 +599,31 @@ def test_exec_equivalent_is_denied_by_default(sidecar, apiserver, method, path, 
 # === 10. Configs that would fail open or closed are refused at load, naming the field ==============================
 
 @pytest.mark.parametrize("plugin_config, field", [
-    pytest.param({"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["get"], "apiGroups": [""],
-                                        "resources": ["pods"], "namespaces": ["$Self"]}]}}, "namespaces"),
-    pytest.param({"policy": {"rules": [{"name": "r", "action": "deny", "verbs": ["*"], "apiGroups": [""],
-                                        "resources": ["pods/exec/x"]}]}}, "resources"),
-    pytest.param({"accept_hosts": ["localhost:8001"]}, "accept_hosts"),
-    pytest.param({"token": {"expiry_skew_seconds": 2 ** 64 - 1}}, "expiry_skew_seconds"),
+    # Mistakes that would otherwise be read as something else.
+    ({"refresh_interval_ms": "1s"}, "refresh_interval_ms"),
+    ({"token": {"paht": "/x"}}, "token"),
+    ({"identity_headers": [{"header": "Bad Header", "env": "POD_NAME"}]}, "identity_headers[0].header"),
+    ({"policy": {"preset": "no-such-preset"}}, "policy.preset"),
+    # Configs that would fail open or closed.
+    ({"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["get"], "apiGroups": [""],
+                            "resources": ["pods"], "namespaces": ["$Self"]}]}}, "policy.rules[0].namespaces"),
+    ({"policy": {"rules": [{"name": "r", "action": "deny", "verbs": ["*"], "apiGroups": [""],
+                            "resources": ["pods/exec/x"]}]}}, "policy.rules[0].resources"),
+    ({"accept_hosts": ["localhost:8001"]}, "accept_hosts[0]"),
+    ({"token": {"expiry_skew_seconds": 2 ** 64 - 1}}, "token.expiry_skew_seconds"),
     ({"policy": {"rules": [{"name": "r", "action": "allow", "verbs": ["fetch"], "apiGroups": [""],
-                            "resources": ["pods"]}]}}, "verbs"),
-    ({"policy": {"default_action": "maybe"}}, "default_action"),
-], ids=["dollar-Self", "resource-with-two-slashes", "host-with-port", "huge-expiry-skew", "unknown-verb",
-        "unknown-default-action"])
-def test_a_config_that_would_fail_open_or_closed_is_refused(pod, tmp_path, apiserver, pki, plugin_config, field,
-                                                            podward_build):
+                            "resources": ["pods"]}]}}, "policy.rules[0].verbs"),
+    ({"policy": {"default_action": "maybe"}}, "policy.default_action"),
+], ids=["duration-as-text", "misspelt-field", "bad-header-name", "unknown-preset", "dollar-Self",
+        "resource-with-two-slashes", "host-with-port", "huge-expiry-skew", "unknown-verb", "unknown-default-action"])
+def test_a_bad_config_stops_envoy_and_names_the_field(pod, tmp_path, apiserver, pki, plugin_config, field,
+                                                      podward_build):
     settings = local_settings(pod, apiserver.port, pki.ca_cert, plugin_config, build=podward_build)
     envoy = Envoy(settings, tmp_path / "bad", env=pod.env)
     assert envoy.run_to_exit() != 0
     errors = [line for line in envoy.log().splitlines() if "invalid podward config" in line]
-    assert errors and field in errors[0], envoy.log()[-2000:]
+    assert errors, envoy.log()[-3000:]
+    assert f"field `{field}`" in errors[0]
 
 
 # === 11. Admin: nothing the app reaches changes the sidecar or reads more than metrics ============================
@@ -671,9 +700,9 @@ def test_admin_endpoint_from_the_app(sidecar, apiserver, endpoint):
         # else a 404 Status; nothing reaches the API server.
         apiserver.clear_requests()
         [answer] = exchange(envoy.settings.metrics_port, http1(method, endpoint))
-        if (method, endpoint) == ("GET", render.METRICS_PATH):
+        if (method, endpoint) == ("GET", METRICS_PATH):
             assert answer.status == 200 and b"# TYPE envoy_" in answer.body
-        elif (method, endpoint) == ("GET", render.READY_PATH):
+        elif (method, endpoint) == ("GET", READY_PATH):
             assert answer.status == 200 and json.loads(answer.body)["status"] == "Success"
         else:
             assert answer.status == 404 and answer.status_object()["reason"] == "NotFound"
@@ -690,7 +719,8 @@ def test_after_every_admin_attempt_the_sidecar_is_unchanged_and_no_log_line_carr
     assert len(tried) == 2 * 2 * len(ADMIN_ENDPOINTS + MORE_HARM)
     # Requests after the attempts, with a fresh token: would be logged if any debug level had been set.
     apiserver.accept(pod.issue_token())
-    time.sleep(1.5)
+    wait_for(lambda: request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+             and apiserver.requests[-1].token == pod.token, what="podward sending the fresh token")
     for _ in range(3):
         assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
     assert envoy.admin("/logging") == levels_before
@@ -715,7 +745,7 @@ def test_a_thousand_connections_at_once_then_the_sidecar_still_serves(sidecar, a
     envoy, pod = sidecar
     opened = []
     try:
-        for _ in range(render.MAX_DOWNSTREAM_CONNECTIONS + 200):
+        for _ in range(MAX_DOWNSTREAM_CONNECTIONS + 200):
             opened.append(socket.create_connection(("127.0.0.1", envoy.settings.listen_port), timeout=5))
     finally:
         for connection in opened:
@@ -749,7 +779,7 @@ def test_made_up_resources_do_not_grow_the_metrics_past_their_cap(sidecar, apise
 
 def test_a_stream_flood_over_one_h2c_connection_is_capped_and_served(sidecar, apiserver):
     envoy, pod = sidecar
-    cap = render.HTTP2_LIMITS["max_concurrent_streams"]
+    cap = HTTP2_LIMITS["max_concurrent_streams"]
     answers = h2c_requests(envoy.settings.listen_port, [("GET", "/api/v1/namespaces/default/pods")] * 4 * cap)
     # The streams past the cap are refused at once (the client sent them before reading the SETTINGS).
     assert answers == [200] * cap + ["reset REFUSED_STREAM"] * 3 * cap
@@ -760,41 +790,43 @@ def test_a_stream_flood_over_one_h2c_connection_is_capped_and_served(sidecar, ap
 
 # === 13. Every wait is bounded: the app holding every connection to the API server ================================
 
-WATCH = "/api/v1/namespaces/default/configmaps?watch=1"
+# A stream the API server keeps open, each holding one of the sidecar's requests to it: a followed log (the
+# stand-in's kubelet side; watches are the real server's).
+FOLLOWED_LOG = "/api/v1/namespaces/default/pods/demo-0/log?follow=true"
 
 
-def hold_watches(port: int, count: int) -> list:
-    """`count` watches through the sidecar, each holding one of its requests to the API server."""
-    watches = []
+def hold_streams(port: int, count: int) -> list:
+    """`count` followed logs through the sidecar, each holding one of its requests to the API server."""
+    streams = []
     try:
         for _ in range(count):
-            watch = socket.create_connection(("127.0.0.1", port), timeout=10)
-            watches.append(watch)
-            watch.sendall(http1("GET", WATCH))
-            assert watch.recv(100).startswith(b"HTTP/1.1 200 "), "a watch was not served"
+            stream = socket.create_connection(("127.0.0.1", port), timeout=10)
+            streams.append(stream)
+            stream.sendall(http1("GET", FOLLOWED_LOG))
+            assert stream.recv(100).startswith(b"HTTP/1.1 200 "), "a followed log was not served"
     except BaseException:
-        for watch in watches:
-            watch.close()
+        for stream in streams:
+            stream.close()
         raise
-    return watches
+    return streams
 
 
 def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(pod, start_envoy, apiserver):
     # On main the pool's queue held it until a watch ended: no answer for 45 s, or half an hour.
     envoy = start_envoy(pod)
-    watches = hold_watches(envoy.settings.listen_port, render.MAX_API_CONNECTIONS)
+    streams = hold_streams(envoy.settings.listen_port, MAX_API_CONNECTIONS)
     try:
         apiserver.clear_requests()
         for method, path, body in [("GET", "/api/v1/namespaces/default/pods", None),
                                    ("POST", CONFIGMAPS, b'{"metadata": {"name": "past-the-pool"}}'),
-                                   ("GET", WATCH, None)]:
+                                   ("GET", FOLLOWED_LOG, None)]:
             started = time.monotonic()
-            response = request(envoy, method, path, body=body, timeout=2 * float(render.API_CONNECT_TIMEOUT[:-1]))
+            response = request(envoy, method, path, body=body, timeout=2 * float(API_CONNECT_TIMEOUT[:-1]))
             seconds = time.monotonic() - started
             status = assert_status(response, 503, "ServiceUnavailable")
             assert response.headers["retry-after"] == "1" and status["details"] == {"retryAfterSeconds": 1}
-            assert f"{render.MAX_API_CONNECTIONS} at once" in status["message"]
-            # At once: the pool opens a spare connection for it, rather than queue it behind the watches.
+            assert f"{MAX_API_CONNECTIONS} at once" in status["message"]
+            # At once: the pool opens a spare connection for it, rather than queue it behind the streams.
             assert seconds < 2, seconds
         # Nothing of them was forwarded, so retrying is safe: client-go does so by itself on Retry-After.
         assert apiserver.requests == [] and apiserver.get_object("configmaps", "default", "past-the-pool") is None
@@ -803,19 +835,21 @@ def test_a_request_past_the_api_pool_gets_a_503_status_with_retry_after_at_once(
         kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "get", "pods", "-o", "name"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "HOME": str(home)})
-        # kubectl's first try is refused (the stand-in saw nothing yet); then one watch ends and a retry is served.
-        deadline = time.monotonic() + 5
-        while not [r for r in apiserver.requests if r.path.startswith("/api/v1/namespaces/default/pods")]:
-            if kubectl.poll() is not None or time.monotonic() > deadline:
-                break
-            if envoy.stats().get("cluster.kubernetes.upstream_rq_active_overflow", 0) >= 4:
-                watches.pop().close()
-                break
-            time.sleep(0.05)
+        # kubectl's first try is refused (the stand-in saw nothing yet); then one stream ends and a retry is served.
+
+        def refused_or_done() -> str | None:
+            if kubectl.poll() is not None:
+                return "kubectl ended"
+            if [r for r in apiserver.requests if r.path.startswith("/api/v1/namespaces/default/pods")]:
+                return "served"
+            return "refused" if envoy.stats().get("cluster.kubernetes.upstream_rq_active_overflow", 0) >= 4 else None
+
+        if wait_for(refused_or_done, what="kubectl's first try refused at the pool") == "refused":
+            streams.pop().close()
         out, err = kubectl.communicate(timeout=30)
     finally:
-        for watch in watches:
-            watch.close()
+        for stream in streams:
+            stream.close()
     assert kubectl.returncode == 0, err
     assert "pod/demo-0" in out
     served_again(envoy)

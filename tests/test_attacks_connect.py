@@ -20,7 +20,8 @@ import pytest
 
 from conftest import grant
 from harness.pod import ClusterPod
-from harness.remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, STREAM_PROTOCOL_HEADER,
+from podward.local.remotecommand import (PORT_FORWARD_SPDY, PORT_FORWARD_TUNNEL, SPDY_UPGRADE, STREAM_PROTOCOL_HEADER,
+
                                    V5_CHANNEL)
 from test_attacks import exchange, http1, upstream
 

@@ -20,9 +20,10 @@ import pytest
 
 from conftest import request, served_again
 from harness.crowd import Crowd
-from harness.envoy import render
+from podward.bootstrap import MAX_API_CONNECTIONS
+from podward.constants import STARTUP_WAIT_MS
 from harness.figures import record_figures
-from harness.pod import LocalPod
+from podward.local.kubelet import LocalPod
 
 CROWD = 2000
 PODS = "/api/v1/namespaces/default/pods"
@@ -48,7 +49,7 @@ def vm_lifecycle(envoy) -> dict:
     return {name: value for name, value in envoy.stats().items()
             if name == "wasm.envoy.wasm.runtime.v8.created" or name.startswith("wasm.podward.vm_reload")}
 
-POOL_FULL = f"{render.MAX_API_CONNECTIONS} at once"
+POOL_FULL = f"{MAX_API_CONNECTIONS} at once"
 
 
 def is_status(answer, code: int, reason: str, message: str) -> bool:
@@ -121,7 +122,7 @@ def test_a_crowd_held_at_start_is_answered_without_restarting_the_vm(start_envoy
         apiserver.accept(pod.issue_token())
         legitimate = LegitimateClient(envoy)
         legitimate.start()
-    answers = crowd.answers(timeout=render.STARTUP_WAIT_MS / 1000 + 20)
+    answers = crowd.answers(timeout=STARTUP_WAIT_MS / 1000 + 20)
     answered_s = time.monotonic() - started
     legitimate_answers = legitimate.finish() if legitimate else []
 

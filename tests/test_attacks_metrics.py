@@ -21,10 +21,13 @@ import time
 
 import pytest
 
-from harness.envoy import REPO, render
+from podward.bootstrap import SCRAPE_QUERY
+from podward.constants import MEMORY_LIMIT_MIB, METRICS_PATH, READY_PATH, REPO
+
 from harness.figures import record_figures
 from harness.flood import METRICS_ATTACK_SIZES, PeakRss, memory_kib, outcome
 from harness.netns import NetworkNamespace
+from podward.local.waiting import wait_for
 from test_attacks import exchange, http1
 
 FLOOD_SECONDS = float(os.environ.get("PODWARD_METRICS_FLOOD_SECONDS", "6"))
@@ -90,7 +93,7 @@ class AppProber:
 
 
 APP_REQUEST = "/api/v1/namespaces/default/pods"
-METRICS_PATHS = [render.READY_PATH, render.METRICS_PATH]
+METRICS_PATHS = [READY_PATH, METRICS_PATH]
 
 
 def seconds_to_recover(envoy, timeout: float = RECOVERY_SECONDS) -> float:
@@ -98,9 +101,12 @@ def seconds_to_recover(envoy, timeout: float = RECOVERY_SECONDS) -> float:
     started = time.monotonic()
     pending = [(envoy.settings.metrics_port, path) for path in METRICS_PATHS] + [(envoy.settings.listen_port,
                                                                                   APP_REQUEST)]
-    while pending := [(port, path) for port, path in pending if outcome("127.0.0.1", port, path) != "200"]:
-        assert time.monotonic() - started < timeout, f"not served again within {timeout}s: {pending}"
-        time.sleep(0.1)
+
+    def all_served() -> bool:
+        pending[:] = [(port, path) for port, path in pending if outcome("127.0.0.1", port, path) != "200"]
+        return not pending
+
+    wait_for(all_served, timeout, "/ready, a scrape and the app's request served again", interval=0.1)
     return time.monotonic() - started
 
 
@@ -129,14 +135,14 @@ def test_a_flood_of_the_metrics_port_stays_bounded_and_the_sidecar_serves_on(
         peak = sampler.stop()
     recovery = seconds_to_recover(envoy)
     figures = {"rss_idle_mib": round(idle / MIB, 1), "rss_peak_mib": round(peak / MIB, 1),
-               "limit_mib": render.MEMORY_LIMIT_MIB, "seconds": FLOOD_SECONDS, "app_requests": probes_app,
+               "limit_mib": MEMORY_LIMIT_MIB, "seconds": FLOOD_SECONDS, "app_requests": probes_app,
                f"metrics_port_from_the_{origin}": probes_beside, f"metrics_port_from_the_{other}": probes_across,
                "recovery_seconds": round(recovery, 2), "attackers": seen}
     record_figures("metrics-port", envoy.settings.build, f"{attack} from the {origin}", figures)
 
     assert all(result["opened"] > 0 for result in seen.values()), seen
     assert peak - idle < MAX_GROWTH_MIB * MIB, figures
-    assert peak < MAX_SHARE_OF_LIMIT * render.MEMORY_LIMIT_MIB * MIB, figures
+    assert peak < MAX_SHARE_OF_LIMIT * MEMORY_LIMIT_MIB * MIB, figures
     # The app's own requests are served throughout, and so is the other side of the metrics port.
     assert set(probes_app) == {"200"}, figures
     assert all(set(counts) == {"200"} for counts in probes_across.values()), figures
@@ -154,8 +160,9 @@ def scrape_names(body: bytes) -> set:
 
 @pytest.fixture(scope="module")
 def metrics_target(tmp_path_factory, pki, apiserver, podward_build):
-    from harness.envoy import Envoy, local_settings
-    from harness.pod import LocalPod
+    from podward.local.envoy_process import Envoy
+    from podward.local.envoy_process import local_settings
+    from podward.local.kubelet import LocalPod
     root = tmp_path_factory.mktemp("metrics-target")
     pod = LocalPod(root / "pod", pki)
     apiserver.accept(pod.issue_token())
@@ -167,16 +174,16 @@ def metrics_target(tmp_path_factory, pki, apiserver, podward_build):
 
 def test_a_scrape_is_the_fixed_query_whatever_the_scraper_accepts(metrics_target):
     port = metrics_target.settings.metrics_port
-    [plain] = exchange(port, http1("GET", render.METRICS_PATH))
-    [protobuf] = exchange(port, http1("GET", render.METRICS_PATH, {
+    [plain] = exchange(port, http1("GET", METRICS_PATH))
+    [protobuf] = exchange(port, http1("GET", METRICS_PATH, {
         "Accept": "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"}))
     # Admin's answer to the fixed query, asked afterwards: the stats used by then, those scrapes' own included.
-    status, fixed = metrics_target.admin(f"{render.METRICS_PATH}?{render.SCRAPE_QUERY}")
+    status, fixed = metrics_target.admin(f"{METRICS_PATH}?{SCRAPE_QUERY}")
     for answer in (plain, protobuf):
         assert answer.status == 200 and answer.headers["content-type"].startswith("text/plain")
         assert scrape_names(answer.body) <= scrape_names(fixed)
     # podward's metrics and Envoy's essentials: far smaller than every stat, which admin answers unasked.
-    status, everything = metrics_target.admin(render.METRICS_PATH)
+    status, everything = metrics_target.admin(METRICS_PATH)
     assert len(plain.body) < len(everything) / 3
     # podward's metrics, zero or not, once its filter has started (the wasm build's, at the first request).
     exchange(metrics_target.settings.listen_port, http1("GET", "/api"))
@@ -205,7 +212,7 @@ SCRAPE_QUERIES = ["?filter=[", "?filter=.*", "?histogram_buckets=detailed", "?fo
 
 @pytest.mark.parametrize("query", SCRAPE_QUERIES, ids=lambda query: query[:20])
 def test_a_scrape_with_a_query_string_gets_a_404_status(metrics_target, query):
-    [answer] = exchange(metrics_target.settings.metrics_port, http1("GET", render.METRICS_PATH + query))
+    [answer] = exchange(metrics_target.settings.metrics_port, http1("GET", METRICS_PATH + query))
     status = answer.status_object()
     assert (answer.status, status["reason"]) == (404, "NotFound")
     assert "serves only" in status["message"]
@@ -213,14 +220,14 @@ def test_a_scrape_with_a_query_string_gets_a_404_status(metrics_target, query):
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"])
 def test_other_methods_on_the_metrics_port_get_a_404_status(metrics_target, method):
-    for path in (render.METRICS_PATH, render.READY_PATH):
+    for path in (METRICS_PATH, READY_PATH):
         [answer] = exchange(metrics_target.settings.metrics_port, http1(method, path))
         assert answer.status == 404 and answer.status_object()["reason"] == "NotFound"
 
 
 @pytest.mark.parametrize("name, data, code", [
-    ("headers-over-the-metrics-limit", http1("GET", render.METRICS_PATH, {"X-Big": "a" * 5000}), 431),
-    ("too-many-headers", http1("GET", render.METRICS_PATH, {f"X-{i}": "v" for i in range(40)}), 431),
+    ("headers-over-the-metrics-limit", http1("GET", METRICS_PATH, {"X-Big": "a" * 5000}), 431),
+    ("too-many-headers", http1("GET", METRICS_PATH, {f"X-{i}": "v" for i in range(40)}), 431),
     ("http-1.0", b"GET /stats/prometheus HTTP/1.0\r\n\r\n", 426),
     ("h2c-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
 ])
@@ -232,12 +239,12 @@ def test_what_the_metrics_port_refuses_is_a_status(metrics_target, name, data, c
 def test_a_prometheus_scrape_and_a_kubelet_probe_are_served(metrics_target):
     # What Prometheus 3 and the kubelet send, headers and all, fits the metrics port's small limits.
     port = metrics_target.settings.metrics_port
-    [scrape] = exchange(port, http1("GET", render.METRICS_PATH, {
+    [scrape] = exchange(port, http1("GET", METRICS_PATH, {
         "User-Agent": "Prometheus/3.5.0", "Accept-Encoding": "gzip", "X-Prometheus-Scrape-Timeout-Seconds": "10",
         "Accept": "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
                   "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=underscores;"
                   "q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"}, host=b"10.88.0.7:9102"))
     assert scrape.status == 200 and b"# TYPE envoy_server_live" in scrape.body
-    [probe] = exchange(port, http1("GET", render.READY_PATH, {"User-Agent": "kube-probe/1.36", "Accept": "*/*",
+    [probe] = exchange(port, http1("GET", READY_PATH, {"User-Agent": "kube-probe/1.36", "Accept": "*/*",
                                                              "Connection": "close"}, host=b"10.88.0.7:9102"))
     assert probe.status == 200 and json.loads(probe.body)["status"] == "Success"

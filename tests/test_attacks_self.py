@@ -6,7 +6,7 @@ module the next start loads) and TokenRequests: whether they worked rested on th
 Every preset now starts with two deny rules (`no-sidecar-configmap-writes`, for the ConfigMaps the pod really
 mounts, named to podward by the manifests that mount them; `no-token-requests`, in any namespace). What podward
 cannot see (a Secret's type, a new pod's labels, both in request bodies) rests on RBAC: README's "Security model"
-says which, and `envoy/rbac/podward-app.yaml` is a ClusterRole that withholds it, applied here to the real API
+says which, and `deploy/rbac/podward-app.yaml` is a ClusterRole that withholds it, applied here to the real API
 server with README's own commands, each path tried through podward against it.
 """
 
@@ -22,28 +22,29 @@ import yaml
 
 
 from harness import readme
-from harness.envoy import REPO, Envoy, local_settings
+from podward import manifests
+from podward.constants import CONFIGMAP, CONFIGMAP_ENV, POLICY_CONFIGMAP, POLICY_CONFIGMAP_ENV, POLICY_KEY, REPO
+from podward.pod import SIDECAR
+from podward.local.envoy_process import Envoy, local_settings
 from harness.pod import ClusterPod
 from test_attacks import exchange, http1, upstream
-from test_manifests import ENVOY_DIR, KUSTOMIZE, kustomize, labelled, only, team_workloads, with_component
+from test_manifests import DEPLOY_DIR, KUSTOMIZE, kustomize, labelled, only, team_workloads, with_component
 
-import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
-import render  # noqa: E402
 
 PRESETS = ["kubectl-proxy", "read-only", "own-namespace"]
 OWN_CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 APPLY = {"Content-Type": "application/apply-patch+yaml"}
 MERGE = {"Content-Type": "application/merge-patch+json"}
-OPEN_POLICY = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": render.POLICY_CONFIGMAP},
-                          "data": {render.POLICY_KEY: '{"default_action": "allow"}'}}).encode()
+OPEN_POLICY = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": POLICY_CONFIGMAP},
+                          "data": {POLICY_KEY: '{"default_action": "allow"}'}}).encode()
 # Every way to change the sidecar's ConfigMaps: replace, patch, apply, delete, and delete them with the rest.
 CONFIGMAP_WRITES = [
-    ("PUT", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}", {"Content-Type": "application/json"}, OPEN_POLICY),
-    ("PATCH", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}", MERGE, b'{"data": {"policy.json": "{}"}}'),
-    ("PATCH", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}?fieldManager=kubectl&force=true", APPLY, OPEN_POLICY),
-    ("DELETE", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}", {}, b""),
-    ("PATCH", f"{OWN_CONFIGMAPS}/{render.CONFIGMAP}", MERGE, b'{"binaryData": {"podward.wasm": ""}}'),
-    ("DELETE", f"{OWN_CONFIGMAPS}/{render.CONFIGMAP}", {}, b""),
+    ("PUT", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}", {"Content-Type": "application/json"}, OPEN_POLICY),
+    ("PATCH", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}", MERGE, b'{"data": {"policy.json": "{}"}}'),
+    ("PATCH", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}?fieldManager=kubectl&force=true", APPLY, OPEN_POLICY),
+    ("DELETE", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}", {}, b""),
+    ("PATCH", f"{OWN_CONFIGMAPS}/{CONFIGMAP}", MERGE, b'{"binaryData": {"podward.wasm": ""}}'),
+    ("DELETE", f"{OWN_CONFIGMAPS}/{CONFIGMAP}", {}, b""),
     ("DELETE", f"{OWN_CONFIGMAPS}?labelSelector=app.kubernetes.io%2Fname%3Dpodward", {}, b""),
 ]
 TOKEN_REQUESTS = ["/api/v1/namespaces/default/serviceaccounts/default/token",
@@ -70,8 +71,8 @@ def test_no_preset_lets_the_app_change_the_sidecar_or_mint_a_token(pod, start_en
     assert refused == [True] * len(refused)
     assert upstream(apiserver) == []
     # Reading them is still what the preset allows.
-    [read] = exchange(envoy.settings.listen_port, http1("GET", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}"))
-    assert read.status != 403 and upstream(apiserver) == [("GET", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}")]
+    [read] = exchange(envoy.settings.listen_port, http1("GET", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}"))
+    assert read.status != 403 and upstream(apiserver) == [("GET", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}")]
 
 
 def kubectl_in_the_app(envoy, workdir: pathlib.Path):
@@ -117,7 +118,7 @@ def envoy_with_env(tmp_path, pod, apiserver, pki, build: str, plugin_config: dic
 
 def test_the_protected_configmaps_are_those_the_pod_mounts(pod, apiserver, pki, tmp_path, podward_build):
     # As the example overlay's name prefix names them, or an injection's parameters.
-    mounted = {render.CONFIGMAP_ENV: "team-a-podward", render.POLICY_CONFIGMAP_ENV: "team-a-podward-policy"}
+    mounted = {CONFIGMAP_ENV: "team-a-podward", POLICY_CONFIGMAP_ENV: "team-a-podward-policy"}
     envoy = envoy_with_env(tmp_path, pod, apiserver, pki, podward_build, {}, mounted)
     try:
         for name in mounted.values():
@@ -126,9 +127,9 @@ def test_the_protected_configmaps_are_those_the_pod_mounts(pod, apiserver, pki, 
         assert upstream(apiserver) == []
         # A ConfigMap of the shipped name that this pod does not mount is the app's like any other.
         [answer] = exchange(envoy.settings.listen_port,
-                            http1("PATCH", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}", MERGE, b"{}"))
+                            http1("PATCH", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}", MERGE, b"{}"))
         assert not refused_by(answer, "kubectl-proxy/no-sidecar-configmap-writes")
-        assert upstream(apiserver) == [("PATCH", f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}")]
+        assert upstream(apiserver) == [("PATCH", f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}")]
     finally:
         envoy.stop()
 
@@ -138,7 +139,7 @@ def test_with_a_preset_not_even_a_teams_own_allow_opens_the_sidecar(pod, start_e
     # first. A policy without a preset may let the app manage its policy, on purpose.
     manage = {"name": "manage-policy", "action": "allow", "verbs": ["update", "patch"], "apiGroups": [""],
               "resources": ["configmaps"], "resourceNames": ["$sidecar"], "namespaces": ["$self"]}
-    path = f"{OWN_CONFIGMAPS}/{render.POLICY_CONFIGMAP}"
+    path = f"{OWN_CONFIGMAPS}/{POLICY_CONFIGMAP}"
     for policy, refused in [({"preset": "kubectl-proxy", "rules": [manage]}, True),
                             ({"default_action": "deny", "rules": [manage]}, False)]:
         apiserver.clear_requests()
@@ -151,21 +152,21 @@ def test_with_a_preset_not_even_a_teams_own_allow_opens_the_sidecar(pod, start_e
 # --- The names reach podward from every manifest that mounts them ------------------------------------------------
 
 def assert_names_what_it_mounts(spec: dict) -> None:
-    [sidecar] = [c for c in spec["initContainers"] if c["name"] == render.SIDECAR]
+    [sidecar] = [c for c in spec["initContainers"] if c["name"] == SIDECAR]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert env[render.CONFIGMAP_ENV] == volumes["podward"]["configMap"]["name"]
-    assert env[render.POLICY_CONFIGMAP_ENV] == volumes[render.POLICY_CONFIGMAP]["configMap"]["name"]
+    assert env[CONFIGMAP_ENV] == volumes["podward"]["configMap"]["name"]
+    assert env[POLICY_CONFIGMAP_ENV] == volumes[POLICY_CONFIGMAP]["configMap"]["name"]
 
 
 def test_every_manifest_names_to_podward_the_configmaps_it_mounts(tmp_path):
-    assert_names_what_it_mounts(yaml.safe_load((ENVOY_DIR / "pod.yaml").read_text())["spec"])
+    assert_names_what_it_mounts(yaml.safe_load((DEPLOY_DIR / "pod.yaml").read_text())["spec"])
     overlay = kustomize(KUSTOMIZE / "overlays" / "example")
     spec = only(overlay, "Deployment")["spec"]["template"]["spec"]
     assert_names_what_it_mounts(spec)
     assert {e["value"] for e in spec["initContainers"][0]["env"] if "value" in e} == {
-        f"{manifests.example_prefix('wasm')}{render.CONFIGMAP}",
-        f"{manifests.example_prefix('wasm')}{render.POLICY_CONFIGMAP}"}
+        f"{manifests.example_prefix('wasm')}{CONFIGMAP}",
+        f"{manifests.example_prefix('wasm')}{POLICY_CONFIGMAP}"}
     # A team's kustomization with the component, and a name prefix and suffix of its own.
     team = tmp_path / "team"
     with_component(team, [labelled(w) for w in team_workloads()[:1]])
@@ -175,7 +176,7 @@ def test_every_manifest_names_to_podward_the_configmaps_it_mounts(tmp_path):
     spec = only(kustomize(team), "Deployment")["spec"]["template"]["spec"]
     assert_names_what_it_mounts(spec)
     assert {e["value"] for e in spec["initContainers"][0]["env"] if "value" in e} == {
-        f"blue-{render.CONFIGMAP}-v2", f"blue-{render.POLICY_CONFIGMAP}-v2"}
+        f"blue-{CONFIGMAP}-v2", f"blue-{POLICY_CONFIGMAP}-v2"}
 
 
 # --- What podward cannot see: the RBAC a platform withholds, on the real API server ------------------------------
@@ -245,7 +246,7 @@ def test_each_way_past_podward_is_refused_by_podward_or_by_rbac(kube, app_bound_
     target = kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": namespace},
                           "spec": {"serviceAccountName": "app", "nodeName": "node-1",
                                    "containers": [{"name": "main", "image": "x"}]}})
-    for name in (render.CONFIGMAP, render.POLICY_CONFIGMAP):
+    for name in (CONFIGMAP, POLICY_CONFIGMAP):
         kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
                      "data": {"x": "y"}})
     me = ClusterPod(tmp_path / "pod", kube, target)
@@ -264,8 +265,8 @@ def test_each_way_past_podward_is_refused_by_podward_or_by_rbac(kube, app_bound_
     attempts = {
         # podward sees these, and refuses them itself.
         "token request": ("POST", f"{base}/serviceaccounts/app/token", TOKEN_REQUEST, json_body, "podward"),
-        "policy write": ("PATCH", f"{base}/configmaps/{render.POLICY_CONFIGMAP}", b'{"data": {}}', MERGE, "podward"),
-        "module write": ("DELETE", f"{base}/configmaps/{render.CONFIGMAP}", b"", {}, "podward"),
+        "policy write": ("PATCH", f"{base}/configmaps/{POLICY_CONFIGMAP}", b'{"data": {}}', MERGE, "podward"),
+        "module write": ("DELETE", f"{base}/configmaps/{CONFIGMAP}", b"", {}, "podward"),
         "exec": ("POST", f"{base}/pods/web/exec?command=cat&stdout=true", b"", {}, "podward"),
         "debug container": ("PATCH", f"{base}/pods/web/ephemeralcontainers", b"{}",
                             {"Content-Type": "application/strategic-merge-patch+json"}, "podward"),

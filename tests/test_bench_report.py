@@ -10,14 +10,11 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-
-import report  # noqa: E402
-from figures import MAIN_CELL, NOT_MEASURED, Results  # noqa: E402
-from targets import TARGETS, judge  # noqa: E402
+# bench/, on the tests' path (pyproject.toml's pytest settings).
+import report
+from figures import MAIN_CELL, NOT_MEASURED, Results
+from targets import TARGETS, judge
 
 COMMITTED = json.loads(report.FULL.results.read_text())
 

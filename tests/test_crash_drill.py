@@ -5,7 +5,7 @@ The shipped builds never panic on purpose, so these tests load separately built 
 `x-podward-crash-drill`.
 
   * wasm: the VM traps; Envoy's FAIL_RELOAD answers 503 and builds a new VM, which knows nothing of the
-    requests the old one was holding for the token. Envoy's `request_timeout` (render.py: startup_wait_ms
+    requests the old one was holding for the token. Envoy's `request_timeout` (podward/bootstrap.py: startup_wait_ms
     + 1 s) answers those: no request waits longer than startup_wait_ms plus a second.
   * native: there is no VM to lose. Each hook contains a panic (catch_unwind); the request is answered 503,
     never forwarded, and Envoy goes on serving."""
@@ -17,8 +17,10 @@ import time
 
 import pytest
 
-from conftest import assert_status, request, served_again
-from harness.envoy import REPO
+from podward.constants import REPO
+
+from conftest import assert_status, held_requests, request, served_again
+from podward.local.waiting import wait_for
 
 CRASH_DRILL = REPO / "dist" / "test" / "podward-crash-drill.wasm"
 NATIVE_CRASH_DRILL = REPO / "dist" / "test" / "libpodward-crash-drill.so"
@@ -42,7 +44,8 @@ def test_a_vm_reload_during_a_burst_leaves_no_request_waiting(pod, start_envoy, 
     burst = [threading.Thread(target=waiting_request) for _ in range(12)]
     for thread in burst:
         thread.start()
-    time.sleep(0.5)
+    # The whole burst waits for the token in the VM that is about to crash.
+    wait_for(lambda: held_requests(envoy) == len(burst), what="podward holding the whole burst")
     crash = request(envoy, "GET", "/api", headers={"x-podward-crash-drill": "now"})
     assert_status(crash, 503, "ServiceUnavailable")
     for thread in burst:

@@ -18,13 +18,17 @@ import threading
 import pytest
 import yaml
 
+from podward.constants import (APP_SOCKET, MEMORY_LIMIT_MIB, METRICS_PATH, METRICS_PORT, POLICY_CONFIGMAP,
+                               POLICY_KEY, READY_PATH, REPO, SERVICE_ACCOUNT_DIR)
+from podward.manifests import POLICY_CONFIGMAP_FILE
+from podward.pod import ENVOY_UID, SIDECAR
+
 from harness import e2e
-from harness.cluster import container_status, kubectl_binary, timestamp, wait_until
+from harness.cluster import container_status, kubectl_binary, timestamp
+from podward.local.waiting import wait_for
 from harness.e2e import CASES, PATHS
-from harness.envoy import REPO
 from harness.figures import record_figures
 
-import render  # noqa: E402  (envoy/, on sys.path through harness.envoy)
 
 pytestmark = pytest.mark.node
 
@@ -68,7 +72,7 @@ def deployed(request, deployments) -> e2e.Deployed:
 
 def test_the_startup_probe_held_the_app_until_podward_was_ready(cluster, deployed):
     pod = deployed.ready_pod(cluster)
-    sidecar, app = container_status(pod, render.SIDECAR), container_status(pod, deployed.app_container)
+    sidecar, app = container_status(pod, SIDECAR), container_status(pod, deployed.app_container)
     assert sidecar["started"] and sidecar["restartCount"] == 0
     log, ready = e2e.logged_ready(cluster, deployed, pod)
     # The kubelet started the app after the probe passed (its startedAt has whole seconds).
@@ -81,7 +85,7 @@ def test_the_startup_probe_held_the_app_until_podward_was_ready(cluster, deploye
 def test_the_app_reaches_the_api_over_tcp_and_the_socket_as_itself(cluster, deployed):
     pod = deployed.ready_pod(cluster)
     uid = e2e.app_exec(cluster, deployed, "id -u", pod)
-    assert uid.returncode == 0 and int(uid.stdout) not in (0, render.ENVOY_UID), uid.stdout
+    assert uid.returncode == 0 and int(uid.stdout) not in (0, ENVOY_UID), uid.stdout
     # kubectl in the app, through the sidecar's port: the service account's RBAC lets it list its pods.
     listed = e2e.app_exec(cluster, deployed, f"kubectl --server http://localhost:8001 -n {deployed.namespace} "
                                              "get pods -o name", pod)
@@ -92,7 +96,7 @@ def test_the_app_reaches_the_api_over_tcp_and_the_socket_as_itself(cluster, depl
     if deployed.path == "overlay":  # its read-only policy refuses the review (a create) itself
         assert (status, json.loads(body)["reason"]) == (403, "Forbidden") and "read-only" in body
         over_socket = e2e.app_exec(cluster, deployed, e2e.pods_curl(deployed.namespace).replace(
-            "http://localhost:8001", f"--unix-socket {render.APP_SOCKET} http://localhost"), pod)
+            "http://localhost:8001", f"--unix-socket {APP_SOCKET} http://localhost"), pod)
         assert over_socket.stdout == "200"
     else:
         user = json.loads(body)["status"]["userInfo"]
@@ -121,7 +125,7 @@ def test_the_app_holds_no_token(cluster, deployed):
     assert "serviceaccount" not in mounts.stdout and "No such file or directory" in mounts.stdout
     # The sidecar's own token is there, and is not the app's.
     sidecar_mounts = [m["mountPath"] for m in pod["spec"]["initContainers"][0]["volumeMounts"]]
-    assert render.SERVICE_ACCOUNT_DIR in sidecar_mounts
+    assert SERVICE_ACCOUNT_DIR in sidecar_mounts
 
 
 def listening_ports(cluster, deployed, pod) -> dict:
@@ -139,22 +143,22 @@ def listening_ports(cluster, deployed, pod) -> dict:
 def test_metrics_are_scraped_over_the_pod_ip_and_admin_is_out_of_reach(cluster, node_tools, deployed):
     pod = deployed.ready_pod(cluster)
     tools, ip = node_tools(pod), pod["status"]["podIP"]
-    status, metrics = tools.http(f"http://{ip}:{render.METRICS_PORT}{render.METRICS_PATH}")
+    status, metrics = tools.http(f"http://{ip}:{METRICS_PORT}{METRICS_PATH}")
     assert status == 200 and "podward_requests_total" in metrics
     ports = listening_ports(cluster, deployed, pod)
     # The app's port on loopback only; the metrics port on every address.
-    assert ports == {8001: ["0100007F"], render.METRICS_PORT: ["00000000"]}, ports
+    assert ports == {8001: ["0100007F"], METRICS_PORT: ["00000000"]}, ports
     assert tools.http(f"http://{ip}:8001/version")[0] == 0, "the app's port answered on the pod IP"
     for method, path in ADMIN_PATHS:
-        status, body = tools.http(f"http://{ip}:{render.METRICS_PORT}{path}", "-X", method)
+        status, body = tools.http(f"http://{ip}:{METRICS_PORT}{path}", "-X", method)
         assert status == 404 and json.loads(body)["kind"] == "Status", (method, path, status, body[:200])
-    assert tools.http(f"http://{ip}:{render.METRICS_PORT}{render.READY_PATH}")[0] == 200
+    assert tools.http(f"http://{ip}:{METRICS_PORT}{READY_PATH}")[0] == 200
 
 
 def test_the_sidecar_memory_from_its_cgroup(cluster, node_tools, deployed):
     pod = deployed.ready_pod(cluster)
     memory = node_tools(pod).memory(e2e.sidecar_id(pod))
-    limit = render.MEMORY_LIMIT_MIB * 1024 * 1024
+    limit = MEMORY_LIMIT_MIB * 1024 * 1024
     assert 0 < memory["cgroup_anon"] < limit and 0 < memory["process_rss"] < limit, memory
     mib = {key: round(value / 1048576, 1) for key, value in memory.items() if isinstance(value, int)}
     topic("memory (MiB)", deployed, {**mib, "cgroup": memory["cgroup"]})
@@ -175,9 +179,9 @@ def live_policy(cluster, deployments, tmp_path_factory) -> dict:
         for number, wanted in enumerate((403 if status == 201 else 201, status)):
             directory = workdir / deployed.id / str(number)
             directory.mkdir(parents=True)
-            (directory / render.POLICY_KEY).write_text(json.dumps(presets[wanted]))
+            (directory / POLICY_KEY).write_text(json.dumps(presets[wanted]))
             line = e2e.for_build(command, deployed.build, deployed.namespace).replace(
-                f"configmap {render.POLICY_CONFIGMAP} ", f"configmap {deployed.policy_configmap} ")
+                f"configmap {POLICY_CONFIGMAP} ", f"configmap {deployed.policy_configmap} ")
             waiter = e2e.app_process(cluster, deployed, e2e.until_status(
                 e2e.self_review_curl(status_only=True), wanted, POLICY_LIMIT_S), pod)
             started = e2e.now()
@@ -203,7 +207,7 @@ def test_a_policy_change_is_enforced_live(live_policy, deployed):
 
 def test_a_killed_sidecar_is_restarted_and_the_app_served_again(cluster, node_tools, deployed):
     pod = deployed.ready_pod(cluster)
-    before = {name: container_status(pod, name)["restartCount"] for name in (render.SIDECAR, deployed.app_container)}
+    before = {name: container_status(pod, name)["restartCount"] for name in (SIDECAR, deployed.app_container)}
     request = e2e.pods_curl(deployed.namespace)
     # The app asks until it is served, then until a request fails, then until one succeeds again.
     loop = e2e.app_process(cluster, deployed, " && ".join(e2e.until_status(request, status, 60, "0.05")
@@ -215,8 +219,8 @@ def test_a_killed_sidecar_is_restarted_and_the_app_served_again(cluster, node_to
     recovered = e2e.now()
     assert loop.returncode == 0, f"{out} {err}"
     after = deployed.ready_pod(cluster)
-    sidecar = container_status(after, render.SIDECAR)
-    assert sidecar["restartCount"] == before[render.SIDECAR] + 1
+    sidecar = container_status(after, SIDECAR)
+    assert sidecar["restartCount"] == before[SIDECAR] + 1
     assert sidecar["lastState"]["terminated"]["exitCode"] == 137  # SIGKILL
     assert container_status(after, deployed.app_container)["restartCount"] == before[deployed.app_container]
     topic("sidecar killed", deployed, {"kill_to_app_served_s": round(recovered - killed, 2)})
@@ -251,11 +255,11 @@ class PodWatch:
 
     def started(self, timeout: float) -> None:
         """Until the pod's state at the start (the watch's first event) is in: later states are then all seen."""
-        wait_until(self.events, timeout, "the pod watch's first event", 0.1)
+        wait_for(self.events, timeout, "the pod watch's first event", 0.1)
 
     def until_deleted(self, timeout: float) -> list:
-        events = wait_until(lambda: (events := self.events()) and events[-1]["type"] == "DELETED" and events,
-                            timeout, "the pod's DELETED event", 0.2)
+        events = wait_for(lambda: (events := self.events()) and events[-1]["type"] == "DELETED" and events,
+                          timeout, "the pod's DELETED event", 0.2)
         self.process.terminate()
         self.process.wait(timeout=30)
         return events
@@ -303,10 +307,10 @@ def test_on_deletion_the_app_stops_before_the_sidecar(deletions, deployed):
     statuses = [event["object"] for event in result["events"]]
     last = statuses[-1]
     app = container_status(last, deployed.app_container)["state"]["terminated"]
-    sidecar = container_status(last, render.SIDECAR)["state"]["terminated"]
+    sidecar = container_status(last, SIDECAR)["state"]["terminated"]
     assert timestamp(app["finishedAt"]) <= timestamp(sidecar["finishedAt"]), (app, sidecar)
     # While the app was stopping, the sidecar still ran.
-    assert any("terminated" not in container_status(s, render.SIDECAR).get("state", {})
+    assert any("terminated" not in container_status(s, SIDECAR).get("state", {})
                and s["metadata"].get("deletionTimestamp") for s in statuses)
     topic("deletion", deployed, {"in_flight_request_completed_after_delete_s": round(result["in_flight_s"], 2),
                                  "app_finished": app["finishedAt"], "sidecar_finished": sidecar["finishedAt"]})
@@ -322,7 +326,7 @@ def test_the_apps_first_call_succeeds_right_after_pod_creation(cluster, build):
     so its very first call succeeds. Three pods one after the other, timed from `kubectl apply`."""
     namespace = cluster.namespace(f"first-call-{build}", e2e.RESTRICTED)
     cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", str(REPO / e2e.CONFIGMAP_FILES[build]),
-                    "-f", str(REPO / "envoy" / render.POLICY_CONFIGMAP_FILE))
+                    "-f", str(REPO / "envoy" / POLICY_CONFIGMAP_FILE))
     pod = yaml.safe_load((REPO / "envoy" / "pod.yaml").read_text())
     next(c for c in pod["spec"]["containers"] if c["name"] == "main")["command"] = ["sh", "-c", FIRST_CALL]
     figures = []
@@ -335,7 +339,7 @@ def test_the_apps_first_call_succeeds_right_after_pod_creation(cluster, build):
             logs = cluster.kubectl("logs", "-n", namespace, pod["metadata"]["name"], "-c", "main", "--timestamps",
                                    check=False).stdout
             return next((line.split(" ", 1) for line in logs.splitlines() if "first call" in line), None)
-        stamp, line = wait_until(answered, e2e.READY_TIMEOUT_S, f"{deployed.id}: the app's first call", 0.1)
+        stamp, line = wait_for(answered, e2e.READY_TIMEOUT_S, f"{deployed.id}: the app's first call", 0.1)
         assert line == "first call answered after 0 failed tries"
         log, ready = e2e.logged_ready(cluster, deployed, deployed.ready_pod(cluster))
         figures.append({"created_to_first_call_s": round(timestamp(stamp) - deployed.created, 2),

@@ -17,11 +17,11 @@ import shutil
 import pytest
 
 from harness import e2e, readme
-from harness.cluster import wait_until
-from harness.envoy import REPO
+from podward.local.waiting import wait_for
+from podward.constants import METRICS_PATH, METRICS_PORT, POLICY_FILE, REPO
+from podward.pod import SIDECAR
 from harness.figures import record_figures
 
-import render  # noqa: E402  (envoy/, on sys.path through harness.envoy)
 
 pytestmark = pytest.mark.node
 
@@ -72,11 +72,11 @@ WATCH = "curl -s -m 10 -o /dev/null -w '%{{http_code}}' 'http://localhost:8001/a
 
 
 def sidecar_log(cluster, deployed) -> str:
-    return cluster.kubectl("logs", "-n", deployed.namespace, deployed.workload, "-c", render.SIDECAR).stdout
+    return cluster.kubectl("logs", "-n", deployed.namespace, deployed.workload, "-c", SIDECAR).stdout
 
 
 def policies_taken(cluster, deployed) -> int:
-    return sidecar_log(cluster, deployed).count(f"podward: {render.POLICY_FILE} changed")
+    return sidecar_log(cluster, deployed).count(f"podward: {POLICY_FILE} changed")
 
 
 def in_team_dir(cluster, deployed, workdir, line: str):
@@ -95,8 +95,8 @@ def test_learn_review_dry_run_then_enforce_in_a_real_pod(cluster, node_tools, we
 
     usual = e2e.app_exec(cluster, deployed, traffic(namespace, name), pod).stdout.split()
     assert usual == ["0", "200", "201", "200", "403"], usual
-    wait_until(lambda: f"/pods/{name}/exec" in sidecar_log(cluster, deployed), LOG_LIMIT_S,
-               f"{deployed.id}: the app's requests in the sidecar's access log", 1)
+    wait_for(lambda: f"/pods/{name}/exec" in sidecar_log(cluster, deployed), LOG_LIMIT_S,
+             f"{deployed.id}: the app's requests in the sidecar's access log", 1)
 
     # 1. Learn from the sidecar's log; 2. review.
     for line in block(0, "learn access.log"):
@@ -124,17 +124,16 @@ def test_learn_review_dry_run_then_enforce_in_a_real_pod(cluster, node_tools, we
     taken = policies_taken(cluster, deployed)
     [apply] = block(3, "create configmap podward-policy")
     assert in_team_dir(cluster, deployed, workdir, apply).returncode == 0
-    wait_until(lambda: policies_taken(cluster, deployed) > taken, POLICY_LIMIT_S,
-               f"{deployed.id}: the dry-run policy in the pod")
+    wait_for(lambda: policies_taken(cluster, deployed) > taken, POLICY_LIMIT_S,
+             f"{deployed.id}: the dry-run policy in the pod", 0.2)
     watch = WATCH.format(namespace)
     assert e2e.app_exec(cluster, deployed, watch, pod).stdout == "200", "forwarded in dry-run"
     assert e2e.app_exec(cluster, deployed, traffic(namespace, name), pod).stdout.split() == usual
     dry_run_denied = 'podward_policy_dry_run_denied_total{rule="rules/default"} 1'
-    wait_until(lambda: dry_run_denied in node_tools(pod).http(f"http://{ip}:{render.METRICS_PORT}"
-                                                              f"{render.METRICS_PATH}")[1],
-               30, f"{deployed.id}: the dry-run denial counted", 1)
-    wait_until(lambda: '\\"dry_run_rule\\":\\"rules/default\\"' in sidecar_log(cluster, deployed), LOG_LIMIT_S,
-               f"{deployed.id}: the dry-run denial in the access log", 1)
+    wait_for(lambda: dry_run_denied in node_tools(pod).http(f"http://{ip}:{METRICS_PORT}{METRICS_PATH}")[1],
+             30, f"{deployed.id}: the dry-run denial counted", 1)
+    wait_for(lambda: '\\"dry_run_rule\\":\\"rules/default\\"' in sidecar_log(cluster, deployed), LOG_LIMIT_S,
+             f"{deployed.id}: the dry-run denial in the access log", 1)
 
     # 4. Watched: replaying the sidecar's log names the request the policy would deny.
     for line in block(4, "replay policy.json dry-run.log"):
@@ -148,8 +147,8 @@ def test_learn_review_dry_run_then_enforce_in_a_real_pod(cluster, node_tools, we
         done = in_team_dir(cluster, deployed, workdir, line)
         assert done.returncode == 0, (line, done.stderr)
     assert '"dryRun"' not in (workdir / "policy.json").read_text()
-    wait_until(lambda: policies_taken(cluster, deployed) > taken, POLICY_LIMIT_S,
-               f"{deployed.id}: the enforced policy in the pod")
+    wait_for(lambda: policies_taken(cluster, deployed) > taken, POLICY_LIMIT_S,
+             f"{deployed.id}: the enforced policy in the pod", 0.2)
     assert e2e.app_exec(cluster, deployed, watch, pod).stdout == "403"
     refused = json.loads(e2e.app_exec(cluster, deployed, watch.replace("-o /dev/null -w '%{http_code}'", ""),
                                       pod).stdout)

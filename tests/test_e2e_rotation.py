@@ -15,7 +15,8 @@ import os
 import pytest
 
 from harness import e2e
-from harness.cluster import pod_ready, wait_until
+from harness.cluster import pod_ready
+from podward.local.waiting import wait_for
 from harness.envtest import credential_id, received_at
 from harness.figures import record_figures
 
@@ -47,7 +48,7 @@ def test_the_kubelet_rotates_the_token_under_a_request_loop(cluster, token_rotat
     def ready():
         found = cluster.get("pod", pod.name, namespace=pod.namespace)
         return found if pod_ready(found) else None
-    stored = wait_until(ready, e2e.READY_TIMEOUT_S, f"{build}: the rotation pod Ready")
+    stored = wait_for(ready, e2e.READY_TIMEOUT_S, f"{build}: the rotation pod Ready")
     [token] = [source["serviceAccountToken"] for volume in stored["spec"]["volumes"]
                if volume["name"] == "service-account"
                for source in volume["projected"]["sources"] if "serviceAccountToken" in source]
@@ -57,8 +58,8 @@ def test_the_kubelet_rotates_the_token_under_a_request_loop(cluster, token_rotat
         lines = loop_lines(cluster, pod)
         return lines if len({jti for _, _, jti in lines if jti}) >= 2 else None
     remaining = pod.created + RENEWAL_BOUND_S + 60 - e2e.now()
-    lines = wait_until(rotated, max(remaining, 30), f"{build}: the token's JTI changing in the app's answers",
-                       interval=5)
+    lines = wait_for(rotated, max(remaining, 30), f"{build}: the token's JTI changing in the app's answers",
+                     interval=5)
 
     failed = [line for line in lines if line[1] != "201"]
     assert not failed, f"requests failed across the rotation: {failed[:5]}"

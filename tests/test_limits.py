@@ -24,12 +24,17 @@ import websocket
 from kubernetes import client
 from kubernetes.stream import portforward
 
+from podward.bootstrap import REQUEST_HEADERS_TIMEOUT, bootstrap
+from podward.constants import MEMORY_LIMIT_MIB, REQUEST_TIMEOUT_MARGIN_MS, STARTUP_WAIT_MS
+from podward.local.remotecommand import V5_CHANNEL
+from podward.settings import Settings
+
 from conftest import assert_status, request, served_again
-from harness.apiserver import TICK_ANNOTATION
-from harness.envoy import render
 from harness.flood import MADE_UP_PREFIX, PeakRss, flood, memory_kib
-from harness.remotecommand import V5_CHANNEL
 from harness.figures import record_figures
+from podward.local.waiting import wait_for
+from test_observability import metric
+from test_real_watch import TICK_ANNOTATION, Ticker
 
 OWN_NAMESPACE = {"policy": {"preset": "own-namespace"}}
 # The backstop, shortened for these tests so that streams can outlive it several times over quickly.
@@ -57,19 +62,19 @@ def timed(envoy, method: str, path: str, **kwargs) -> tuple:
 
 @pytest.mark.parametrize("plugin_config, expected", [({}, "6s"), ({"startup_wait_ms": 1500}, "2.5s")])
 def test_request_timeout_is_podwards_wait_plus_a_second(plugin_config, expected):
-    bootstrap = render.bootstrap(render.Settings(plugin_config=plugin_config))
-    assert app_manager(bootstrap)["request_timeout"] == expected
-    assert render.STARTUP_WAIT_MS + render.REQUEST_TIMEOUT_MARGIN_MS == 6000
+    config = bootstrap(Settings(plugin_config=plugin_config))
+    assert app_manager(config)["request_timeout"] == expected
+    assert STARTUP_WAIT_MS + REQUEST_TIMEOUT_MARGIN_MS == 6000
 
 
 def test_podward_gives_up_on_a_token_before_envoys_backstop_fires(pod, start_envoy, apiserver):
     # The shipped relation, with podward's default wait (the default is src/config.rs's, so this also
-    # checks that render.STARTUP_WAIT_MS still matches it): podward's own 503 comes first.
+    # checks that STARTUP_WAIT_MS still matches it): podward's own 503 comes first.
     pod.write_service_account(None)
     envoy = start_envoy(pod)
     response, seconds = timed(envoy, "GET", "/api/v1/namespaces/default/pods")
     assert "no service-account token" in assert_status(response, 503, "ServiceUnavailable")["message"]
-    assert render.STARTUP_WAIT_MS / 1000 - 0.5 < seconds < render.STARTUP_WAIT_MS / 1000 + 0.9
+    assert STARTUP_WAIT_MS / 1000 - 0.5 < seconds < STARTUP_WAIT_MS / 1000 + 0.9
     assert apiserver.requests == []
 
 
@@ -84,9 +89,7 @@ def test_a_request_the_filter_never_releases_gets_a_504_status_at_request_timeou
     assert SHORT_REQUEST_TIMEOUT_S - 0.1 < seconds < SHORT_REQUEST_TIMEOUT_S + 1
     assert apiserver.requests == []
     apiserver.accept(pod.issue_token())
-    deadline = time.monotonic() + 5
-    while request(envoy, "GET", "/api/v1/namespaces/default/pods").status != 200:
-        assert time.monotonic() < deadline, "the sidecar did not serve once the token arrived"
+    served_again(envoy)
     assert apiserver.requests[-1].token == pod.token
 
 
@@ -104,7 +107,7 @@ def test_a_body_sent_while_the_request_waits_for_the_token_arrives_whole(pod, st
     response, seconds = timed(envoy, "POST", "/api/v1/namespaces/default/configmaps", body=body,
                               headers={"Content-Type": "application/json"})
     assert response.status == 201, response.body[:300]
-    assert 1.0 < seconds < render.STARTUP_WAIT_MS / 1000
+    assert 1.0 < seconds < STARTUP_WAIT_MS / 1000
     [received] = [r for r in apiserver.requests if r.method == "POST"]
     assert received.body == body and received.token == pod.token
 
@@ -116,7 +119,8 @@ def test_a_body_trickled_past_request_timeout_gets_a_408_status(pod, start_envoy
         connection.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: localhost\r\n"
                            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                            b'{"metadata": {"name": "trickled"')
-        time.sleep(SHORT_REQUEST_TIMEOUT_S + 0.5)
+        # The rest never comes: the answer is Envoy's, once request_timeout has passed.
+        connection.settimeout(SHORT_REQUEST_TIMEOUT_S + 5)
         answer = connection.recv(65536)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
@@ -129,33 +133,31 @@ def test_a_body_trickled_past_request_timeout_gets_a_408_status(pod, start_envoy
 
 # --- ...and it leaves long streams alone ---------------------------------------------------------------
 
-def test_request_timeout_does_not_cut_a_watch(pod, start_envoy, apiserver):
-    envoy = start_envoy(pod, adjust=short_request_timeout)
-    stop_ticker = apiserver.start_ticker(0.2, name="long-watch")
-    try:
+@pytest.mark.envtest
+def test_request_timeout_does_not_cut_a_watch(real_pod, start_real_envoy, kube):
+    envoy = start_real_envoy(real_pod, adjust=short_request_timeout)
+    namespace = real_pod.namespace
+    with Ticker(kube, namespace, "long-watch", 0.2):
         connection = http.client.HTTPConnection("127.0.0.1", envoy.settings.listen_port, timeout=5)
-        connection.request("GET", "/api/v1/namespaces/default/configmaps?watch=1"
+        connection.request("GET", f"/api/v1/namespaces/{namespace}/configmaps?watch=1"
                                   "&fieldSelector=metadata.name%3Dlong-watch")
         response = connection.getresponse()
         ticks, started = [], time.monotonic()
-        while time.monotonic() - started < OUTLIVE_S:
+        while time.monotonic() - started < OUTLIVE_S:  # deliberate: the watch must outlive request_timeout
             event = json.loads(response.readline())
             ticks.append(event["object"]["metadata"].get("annotations", {}).get(TICK_ANNOTATION))
         connection.close()
-    finally:
-        stop_ticker()
     assert response.status == 200 and len(ticks) >= OUTLIVE_S / 0.2 - 3
 
 
-def test_request_timeout_does_not_cut_a_watch_over_h2c(pod, start_envoy, apiserver):
-    envoy = start_envoy(pod, adjust=short_request_timeout)
-    stop_ticker = apiserver.start_ticker(0.2, name="long-h2c-watch")
-    try:
+@pytest.mark.envtest
+def test_request_timeout_does_not_cut_a_watch_over_h2c(real_pod, start_real_envoy, kube):
+    envoy = start_real_envoy(real_pod, adjust=short_request_timeout)
+    namespace = real_pod.namespace
+    with Ticker(kube, namespace, "long-h2c-watch", 0.2):
         curl = subprocess.run(["curl", "-sSN", "--http2-prior-knowledge", "--max-time", str(OUTLIVE_S),
-                               envoy.url + "/api/v1/namespaces/default/configmaps?watch=1&"
+                               f"{envoy.url}/api/v1/namespaces/{namespace}/configmaps?watch=1&"
                                "fieldSelector=metadata.name%3Dlong-h2c-watch"], capture_output=True, timeout=30)
-    finally:
-        stop_ticker()
     # curl's exit code 28: our own --max-time ended it, not the sidecar.
     assert curl.returncode == 28, curl.stderr
     events = [json.loads(line) for line in curl.stdout.splitlines()]
@@ -185,7 +187,7 @@ def test_request_timeout_does_not_cut_a_websocket_exec(pod, start_envoy, apiserv
     for line in (b"before\n", b"after the timeout\n"):
         ws.send_binary(b"\x00" + line)
         echoed.append(ws.recv_data()[1])
-        time.sleep(OUTLIVE_S / 2)
+        time.sleep(OUTLIVE_S / 2)  # deliberate: the stream must outlive request_timeout, which would cut it
     ws.close()
     assert echoed == [b"\x01before\n", b"\x01after the timeout\n"]
 
@@ -203,7 +205,7 @@ def test_request_timeout_does_not_cut_a_spdy_exec(pod, start_envoy, apiserver, t
             kubectl.stdin.write(line)
             kubectl.stdin.flush()
             echoed.append(kubectl.stdout.readline())
-            time.sleep(OUTLIVE_S / 2)
+            time.sleep(OUTLIVE_S / 2)  # deliberate: the stream must outlive request_timeout, which would cut it
         kubectl.stdin.close()
         assert kubectl.wait(timeout=10) == 0, kubectl.stderr.read()
     finally:
@@ -224,7 +226,7 @@ def test_request_timeout_does_not_cut_a_websocket_port_forward(pod, start_envoy,
         for message in (b"before\n", b"after the timeout\n"):
             remote.sendall(message)
             received.append(remote.recv(1024))
-            time.sleep(OUTLIVE_S / 2)
+            time.sleep(OUTLIVE_S / 2)  # deliberate: the stream must outlive request_timeout, which would cut it
         remote.close()
     assert received == [b"before\n", b"after the timeout\n"]
 
@@ -248,7 +250,7 @@ def test_headers_trickled_in_are_cut_with_a_408_status(podward, apiserver):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), answer
     assert json.loads(body)["reason"] == "Timeout"
-    assert seconds < float(render.REQUEST_HEADERS_TIMEOUT.rstrip("s")) + 1.5
+    assert seconds < float(REQUEST_HEADERS_TIMEOUT.rstrip("s")) + 1.5
     assert apiserver.requests == []
 
 
@@ -257,11 +259,12 @@ def test_overload_refuses_new_requests_with_a_503_status(pod, start_envoy, apise
         bootstrap["overload_manager"]["resource_monitors"][0]["typed_config"]["max_heap_size_bytes"] = 1
 
     envoy = start_envoy(pod, adjust=one_byte_heap)
-    deadline = time.monotonic() + 5
-    while (response := request(envoy, "GET", "/api/v1/namespaces/default/pods")).status == 200:
-        assert time.monotonic() < deadline, "the overload manager never acted"
-        time.sleep(0.3)
-    status = assert_status(response, 503, "ServiceUnavailable")
+
+    def refused():
+        response = request(envoy, "GET", "/api/v1/namespaces/default/pods")
+        return response if response.status != 200 else None
+
+    status = assert_status(wait_for(refused, what="the overload manager acting"), 503, "ServiceUnavailable")
     assert "overloaded" in status["message"] and status["details"] == {"retryAfterSeconds": 1}
     apiserver.clear_requests()
     assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 503
@@ -277,17 +280,20 @@ def test_connections_beyond_the_limit_are_closed_but_metrics_and_token_refresh_g
         monitor["typed_config"]["max_active_downstream_connections"] = limit
 
     envoy = start_envoy(pod, adjust=few_connections)
+    # Served once, so that podward reads the pod's files from now on (the wasm build starts at the first request).
+    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
     active = f"listener.127.0.0.1_{envoy.settings.listen_port}.downstream_cx_active"
     held = []
     try:
         # Up to the limit exactly; a slot may be held a moment longer by the harness's readiness probe.
-        for _ in range(3 * limit):
+        def at_the_limit() -> bool:
             if envoy.stats()[active] == limit:
-                break
+                return True
+            assert len(held) < 3 * limit
             held.append(socket.create_connection(("127.0.0.1", envoy.settings.listen_port)))
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert envoy.stats()[active] == limit
+            return False
+
+        wait_for(at_the_limit, what=f"{limit} connections held")
         closed_unanswered = 0
         for _ in range(5):
             with socket.create_connection(("127.0.0.1", envoy.settings.listen_port), timeout=5) as extra:
@@ -299,14 +305,15 @@ def test_connections_beyond_the_limit_are_closed_but_metrics_and_token_refresh_g
         assert closed_unanswered == 5
         # Prometheus (and the kubelet) still get through, and podward still sees a rotated token.
         assert "envoy_" in envoy.prometheus()
+        refreshes = metric(envoy, "podward_token_refreshes_total{}")
         rotated = pod.issue_token()
         apiserver.accept(rotated)
-        time.sleep(2.5)
+        wait_for(lambda: metric(envoy, "podward_token_refreshes_total{}") > refreshes,
+                 what="podward reading the rotated token while every connection is taken")
     finally:
         for connection in held:
             connection.close()
-    time.sleep(0.5)
-    assert request(envoy, "GET", "/api/v1/namespaces/default/pods").status == 200
+    served_again(envoy)
     assert apiserver.requests[-1].token == rotated
     overflow = f"listener.127.0.0.1_{envoy.settings.listen_port}.downstream_global_cx_overflow"
     assert envoy.stats()[overflow] >= 5
@@ -331,14 +338,14 @@ def test_a_flood_stays_well_under_the_memory_limit_and_the_sidecar_serves_afterw
     finally:
         peak = sampler.stop()
     after = memory_kib(pid)
-    limit = render.MEMORY_LIMIT_MIB * MIB
+    limit = MEMORY_LIMIT_MIB * MIB
     figures = {"seconds": FLOOD_SECONDS, "slowloris": SLOWLORIS, "askers": ASKERS,
                "made_up_resources_asked": result.resources_asked, "answers": dict(result.statuses),
                "slowloris_connections": result.slowloris_connections, "slowloris_cut": result.slowloris_cut,
                "connections_refused": result.connections_refused, "stalled": result.stalled,
                "rss_idle_mib": round(idle["VmRSS"] / 1024, 1), "rss_peak_mib": round(peak / MIB, 1),
                "rss_after_mib": round(after["VmRSS"] / 1024, 1), "anon_idle_mib": round(idle["RssAnon"] / 1024, 1),
-               "anon_after_mib": round(after["RssAnon"] / 1024, 1), "limit_mib": render.MEMORY_LIMIT_MIB,
+               "anon_after_mib": round(after["RssAnon"] / 1024, 1), "limit_mib": MEMORY_LIMIT_MIB,
                "rss_samples": sampler.samples}
     record_figures("limits", podward.settings.build, "flood", figures)
 

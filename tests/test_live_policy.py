@@ -16,11 +16,14 @@ import time
 
 import pytest
 
+from podward.constants import DEFAULT_POLICY, POLICY_CONFIGMAP, POLICY_KEY, SHIPPED_PLUGIN_CONFIG
+from podward.pod import policy_configmap
+
 from conftest import assert_status, request
-from harness.envoy import render
 from harness.figures import record_figures
 from harness.kubelet import ConfigMapVolume
-from test_observability import metric, wait_for
+from podward.local.waiting import wait_for
+from test_observability import metric
 
 pytestmark = pytest.mark.envtest
 
@@ -28,11 +31,11 @@ pytestmark = pytest.mark.envtest
 ENFORCED_WITHIN_S = 5
 
 
-def policy_configmap(namespace: str, policy: dict | str) -> str:
-    """The policy ConfigMap as a team writes it (render.policy_configmap), or with a raw `policy.json`."""
-    configmap = render.policy_configmap(policy if isinstance(policy, dict) else None)
+def policy_configmap_yaml(namespace: str, policy: dict | str) -> str:
+    """The policy ConfigMap as a team writes it (policy_configmap), or with a raw `policy.json`."""
+    configmap = policy_configmap(policy if isinstance(policy, dict) else None)
     if isinstance(policy, str):
-        configmap["data"][render.POLICY_KEY] = policy
+        configmap["data"][POLICY_KEY] = policy
     configmap["metadata"]["namespace"] = namespace
     return json.dumps(configmap)
 
@@ -47,7 +50,7 @@ def apply_policy(kube, tmp_path):
         started = time.monotonic()
         result = subprocess.run([os.environ["KUBECTL"], "--kubeconfig", str(kubeconfig), "apply", "--server-side",
                                  "-f", "-"],
-                                input=policy_configmap(namespace, policy), capture_output=True, text=True,
+                                input=policy_configmap_yaml(namespace, policy), capture_output=True, text=True,
                                 timeout=60, env={**os.environ, "HOME": str(tmp_path)})
         assert result.returncode == 0, result.stderr
         return started
@@ -58,10 +61,10 @@ def apply_policy(kube, tmp_path):
 def live_podward(real_pod, start_real_envoy, apply_policy):
     """The shipped configuration (the policy from its file) with the namespace's policy ConfigMap kept current in
     the sidecar's volume; the first policy is the shipped default."""
-    apply_policy(real_pod.namespace, render.DEFAULT_POLICY)
-    with ConfigMapVolume(real_pod.kube, real_pod.namespace, render.POLICY_CONFIGMAP, real_pod.policy_dir) as volume:
+    apply_policy(real_pod.namespace, DEFAULT_POLICY)
+    with ConfigMapVolume(real_pod.kube, real_pod.namespace, POLICY_CONFIGMAP, real_pod.policy_dir) as volume:
         wait_for(lambda: volume.written)
-        envoy = start_real_envoy(real_pod, render.SHIPPED_PLUGIN_CONFIG)
+        envoy = start_real_envoy(real_pod, SHIPPED_PLUGIN_CONFIG)
         yield envoy, volume
 
 
@@ -74,14 +77,17 @@ def create_configmap(envoy, namespace: str, prefix: str):
 
 def until_refused(envoy, namespace: str, since: float) -> float:
     """Seconds from `since` until a write gets podward's read-only refusal, trying every 50 ms."""
-    while time.monotonic() - since < ENFORCED_WITHIN_S:
+
+    def refused() -> bool:
         answer = create_configmap(envoy, namespace, "attempt-")
         if answer.status == 403:
             assert "read-only/default" in assert_status(answer, 403, "Forbidden")["message"]
-            return time.monotonic() - since
+            return True
         assert answer.status == 201, answer.body
-        time.sleep(0.05)
-    raise AssertionError(f"the read-only policy was not enforced within {ENFORCED_WITHIN_S}s")
+        return False
+
+    wait_for(refused, ENFORCED_WITHIN_S - (time.monotonic() - since), "the read-only policy enforced")
+    return time.monotonic() - since
 
 
 def test_kubectl_apply_of_a_new_policy_is_enforced_within_seconds(live_podward, real_pod, apply_policy,
@@ -96,7 +102,7 @@ def test_kubectl_apply_of_a_new_policy_is_enforced_within_seconds(live_podward, 
         seconds.append(until_refused(envoy, namespace, applied_at))
         projected.append(volume.written[-1][0] - applied_at)
         # Back to the default, for the next run: writes are allowed again, by the same process.
-        apply_policy(namespace, render.DEFAULT_POLICY)
+        apply_policy(namespace, DEFAULT_POLICY)
         wait_for(lambda: create_configmap(envoy, namespace, "after-").status == 201)
     assert envoy.process.pid == process and envoy.process.poll() is None
     wait_for(lambda: metric(envoy, "podward_policy_reloads_total{}") >= 7)  # the first, then two per run
@@ -132,7 +138,7 @@ def test_a_bad_policy_is_refused_and_the_last_good_one_stays(live_podward, real_
     wait_for(lambda: metric(envoy, "podward_policy_reload_failures_total{}") > failures_before + 1)
     assert create_configmap(envoy, namespace, "while-not-json-").status == 403
     # A good policy again is taken at once.
-    applied_at = apply_policy(namespace, render.DEFAULT_POLICY)
+    applied_at = apply_policy(namespace, DEFAULT_POLICY)
     wait_for(lambda: create_configmap(envoy, namespace, "fixed-").status == 201,
              timeout=ENFORCED_WITHIN_S)
     assert time.monotonic() - applied_at < ENFORCED_WITHIN_S

@@ -1,9 +1,8 @@
-"""`./build.sh run` (harness.local) as a user runs it: it serves, it says where metrics are, SIGTERM or Ctrl-C
+"""`./build.sh run` (podward.local.example) as a user runs it: it serves, it says where metrics are, SIGTERM or Ctrl-C
 stops everything it started and removes its directory, and a taken port is reported, not half-started."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import signal
@@ -14,34 +13,27 @@ import time
 
 import pytest
 
-from harness.envoy import REPO, free_port
+from podward.constants import REPO
+from podward.local.envoy_process import accepts, free_port
+
 
 START_TIMEOUT_S = 60
 
 
 def start_local_run(port: int, metrics_port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.local", "--port", str(port), "--metrics-port",
-                             str(metrics_port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "tests")}, text=True)
+    return subprocess.Popen([sys.executable, "-m", "podward.local.example", "--port", str(port), "--metrics-port",
+                             str(metrics_port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def read_banner(process: subprocess.Popen) -> str:
     lines, deadline = [], time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         line = process.stdout.readline()
-        assert line, f"harness.local ended early: {process.stderr.read()}"
+        assert line, f"podward.local.example ended early: {process.stderr.read()}"
         lines.append(line)
         if line.startswith("Ctrl-C"):
             return "".join(lines)
-    raise AssertionError("harness.local did not start in time")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+    raise AssertionError("podward.local.example did not start in time")
 
 
 def process_gone(pid: int) -> bool:
@@ -53,7 +45,7 @@ def process_gone(pid: int) -> bool:
 
 
 def run_directories() -> set:
-    """harness.local's directories (tempfile.mkdtemp(prefix="podward-")) in /tmp now."""
+    """podward.local.example's directories (tempfile.mkdtemp(prefix="podward-")) in /tmp now."""
     return {path for path in pathlib.Path("/tmp").glob("podward-*") if re.fullmatch(r"podward-[a-z0-9_]{8}", path.name)}
 
 
@@ -74,7 +66,7 @@ def test_a_signal_stops_everything_and_removes_the_run_directory(stop_signal):
         assert f"metrics (Prometheus): http://127.0.0.1:{metrics_port}/stats/prometheus" in banner
         assert http_status(port, "/api/v1/namespaces/default/pods") == 200
         assert http_status(metrics_port, "/stats/prometheus") == 200
-        assert run_dir.is_dir() and listening(port) and not process_gone(envoy_pid)
+        assert run_dir.is_dir() and accepts(port) and not process_gone(envoy_pid)
 
         process.send_signal(stop_signal)
         assert process.wait(timeout=30) == 0, process.stderr.read()
@@ -83,7 +75,7 @@ def test_a_signal_stops_everything_and_removes_the_run_directory(stop_signal):
         process.wait()
     assert "podward: stopping" in process.stdout.read()
     assert process_gone(envoy_pid)
-    assert not listening(port) and not listening(metrics_port)
+    assert not accepts(port) and not accepts(metrics_port)
     assert not run_dir.exists()
 
 
@@ -103,5 +95,5 @@ def test_a_taken_port_is_reported_and_nothing_is_left_running(taken):
     assert process.returncode == 1
     assert f"podward: port {taken_port} ({what}) is already in use" in err
     assert "podward is running" not in out
-    assert not listening(metrics_port if taken == "app" else port)
+    assert not accepts(metrics_port if taken == "app" else port)
     assert run_directories() <= before

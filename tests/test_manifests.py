@@ -6,7 +6,6 @@ module in the ConfigMaps is byte for byte the one that was built."""
 from __future__ import annotations
 
 import base64
-import filecmp
 import hashlib
 import json
 import os
@@ -19,15 +18,20 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness.envoy import ENVOY_BINARY, REPO, WASM
+from podward import manifests
+from podward.bootstrap import bootstrap
+from podward.constants import (ADMIN_DIR, BUILT_MODULES, ENV_KEYS, METRIC_TAG_KEYS, PODINFO_DIR, PODWARD_DIR,
+                               POLICY_CONFIGMAP, POLICY_DIR, POLICY_KEY, REPO, SERVICE_ACCOUNT_DIR, SOCKET_DIR)
+from podward.deployables import CONFIGMAP_LIMIT, SIDECAR_FILES, deploy_files
+from podward.documents import to_yaml
+from podward.local.envoy_process import ENVOY_BINARY, WASM
+from podward.manifests import MODULE_CONFIGMAP_FILES, POLICY_CONFIGMAP_FILE
+from podward.pod import SIDECAR, app_socket_mount, example_pod, restricted, sidecar_container, sidecar_volumes
+from podward.settings import Settings, shipped_settings
 
-# envoy/ is on sys.path once harness.envoy is imported.
-import manifests  # noqa: E402
-import render  # noqa: E402
-
-ENVOY_DIR = REPO / "envoy"
+DEPLOY_DIR = REPO / "deploy"
 DIST = REPO / "dist"
-CONFIGMAP = DIST / manifests.CONFIGMAP_FILE
+CONFIGMAP = DIST / MODULE_CONFIGMAP_FILES["wasm"]
 KUSTOMIZE = DIST / "kustomize"
 # The oldest release with native sidecars on by default, and the newest schema shipped.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
@@ -76,39 +80,59 @@ def module_digest() -> str:
 
 # --- Drift: committed files are what the generators produce now -------------
 
-def committed_files() -> dict:
-    generated = {
-        "sidecar.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.shipped_settings("wasm"))),
-        "sidecar-native.yaml": render.HEADER + render.to_yaml(render.bootstrap(render.shipped_settings("native"))),
-        "pod.yaml": render.HEADER + render.to_yaml(render.example_pod()),
-        render.POLICY_CONFIGMAP_FILE: render.HEADER + render.to_yaml(render.policy_configmap()),
-    }
-    return {**generated, **manifests.committed_files(WASM.read_bytes())}
-
-
-@pytest.mark.parametrize("relative", sorted(committed_files()))
+@pytest.mark.parametrize("relative", sorted(deploy_files(WASM.read_bytes())))
 def test_committed_file_is_what_the_generators_produce(relative):
-    assert (ENVOY_DIR / relative).read_text() == committed_files()[relative], \
-        f"envoy/{relative} is stale: run ./build.sh"
+    assert (DEPLOY_DIR / relative).read_text() == deploy_files(WASM.read_bytes())[relative], \
+        f"deploy/{relative} is stale: run ./build.sh"
+
+
+def test_deploy_holds_only_generated_files():
+    """Nothing in deploy/ is written by hand, and nothing the generators no longer write stays."""
+    committed = {str(path.relative_to(DEPLOY_DIR)) for path in DEPLOY_DIR.rglob("*") if path.is_file()}
+    assert committed == set(deploy_files(WASM.read_bytes()))
+
+
+COMMITTED_KUSTOMIZATIONS = sorted(str(path.parent.relative_to(DEPLOY_DIR))
+                                  for path in DEPLOY_DIR.rglob("kustomization.yaml"))
+
+
+@pytest.mark.parametrize("directory", COMMITTED_KUSTOMIZATIONS)
+def test_every_committed_kustomization_renders_as_it_stands(directory):
+    """`kubectl kustomize deploy/…` on a fresh checkout, nothing built: the committed tree names no built file
+    (the module's ConfigMap is dist/'s), and no file outside a kustomization's directory."""
+    resources = kustomize(DEPLOY_DIR / directory)
+    assert resources
+    names = {(r["kind"], r["metadata"]["name"]) for r in resources}
+    assert not any(kind == "ConfigMap" and name.endswith(manifests.CONFIGMAP_NAME) for kind, name in names)
 
 
 def test_built_kustomize_tree_is_the_committed_one_plus_the_configmaps():
-    comparison = filecmp.dircmp(ENVOY_DIR / "kustomize", KUSTOMIZE)
-    pending = [comparison]
-    while pending:
-        current = pending.pop()
-        assert not (current.left_only or current.diff_files), (current.left, current.left_only, current.diff_files)
-        pending.extend(current.subdirs.values())
+    """dist/kustomize is deploy/kustomize with each build's ConfigMap `podward` in its overlay and component."""
+    committed = {path.relative_to(DEPLOY_DIR): path for path in (DEPLOY_DIR / "kustomize").rglob("*") if path.is_file()}
+    built = {path.relative_to(DIST): path for path in KUSTOMIZE.rglob("*") if path.is_file()}
+    module_configmaps = {}  # directory -> the ConfigMap file it adds
     for build, directory in [*manifests.OVERLAY_DIRS.items(), *manifests.COMPONENTS.items()]:
-        configmap_file = render.BUILDS[build][1]
+        configmap_file = MODULE_CONFIGMAP_FILES[build]
         assert (DIST / directory / configmap_file).read_bytes() == (DIST / configmap_file).read_bytes()
+        module_configmaps[pathlib.Path(directory)] = configmap_file
+    assert set(built) == set(committed) | {directory / name for directory, name in module_configmaps.items()}
+    for relative, path in committed.items():
+        committed_text, built_text = path.read_text(), built[relative].read_text()
+        if relative.parent not in module_configmaps or relative.name != "kustomization.yaml":
+            assert built_text == committed_text, relative
+            continue
+        # The same kustomization, with the ConfigMap among its resources.
+        committed_kustomization, built_kustomization = yaml.safe_load(committed_text), yaml.safe_load(built_text)
+        added = set(built_kustomization.pop("resources")) - set(committed_kustomization.pop("resources"))
+        assert added == {module_configmaps[relative.parent]}
+        assert built_kustomization == committed_kustomization
 
 
 def test_every_metric_tag_key_of_the_module_has_an_extraction_regex():
-    """The module folds tags into metric names; Envoy lifts out only those render.py knows (src/metrics.rs)."""
+    """The module folds tags into metric names; Envoy lifts out only those the bootstrap knows (src/metrics.rs)."""
     source = (REPO / "src" / "metrics.rs").read_text()
     [listed] = re.findall(r"pub const TAG_KEYS: &\[&str\] = &\[(.*?)\];", source, re.DOTALL)
-    assert re.findall(r'"(\w+)"', listed) == render.METRIC_TAG_KEYS
+    assert re.findall(r'"(\w+)"', listed) == METRIC_TAG_KEYS
 
 
 # --- Envoy: every shipped bootstrap loads in the real binary ------------------
@@ -116,33 +140,34 @@ def test_every_metric_tag_key_of_the_module_has_an_extraction_regex():
 def shipped_bootstraps() -> dict:
     """Every envoy.yaml a pod can be given, by where it is shipped."""
     shipped = {}
-    for sidecar, configmap_file, _ in render.BUILDS.values():
-        shipped[f"envoy/{sidecar}"] = (ENVOY_DIR / sidecar).read_text()
+    for build, sidecar in SIDECAR_FILES.items():
+        configmap_file = MODULE_CONFIGMAP_FILES[build]
+        shipped[f"deploy/{sidecar}"] = (DEPLOY_DIR / sidecar).read_text()
         shipped[f"dist/{configmap_file}"] = load_all((DIST / configmap_file).read_text())[0]["data"]["envoy.yaml"]
     return {
         **shipped,
         # Not shipped as a bootstrap, but the WasmPlugin's pluginConfig must be
         # one the filter accepts: validate mode runs the plugin's on_configure.
-        "istio/wasmplugin.yaml pluginConfig": render.to_yaml(render.bootstrap(
-            render.Settings(plugin_config=manifests.wasm_plugin(WASM.read_bytes())["spec"]["pluginConfig"]))),
+        "istio/wasmplugin.yaml pluginConfig": to_yaml(bootstrap(
+            Settings(plugin_config=manifests.wasm_plugin(WASM.read_bytes())["spec"]["pluginConfig"]))),
     }
 
 
 def in_pod_paths(root: pathlib.Path, ca_file: str) -> dict:
     """The in-cluster directories, recreated under root with the files Envoy loads at start."""
     directories = {
-        render.SERVICE_ACCOUNT_DIR: root / "serviceaccount",
-        render.PODINFO_DIR: root / "podinfo",
-        render.PODWARD_DIR: root / "podward",
-        render.POLICY_DIR: root / "policy",
-        render.ADMIN_DIR: root / "admin",
-        render.SOCKET_DIR: root / "socket",
+        SERVICE_ACCOUNT_DIR: root / "serviceaccount",
+        PODINFO_DIR: root / "podinfo",
+        PODWARD_DIR: root / "podward",
+        POLICY_DIR: root / "policy",
+        ADMIN_DIR: root / "admin",
+        SOCKET_DIR: root / "socket",
     }
     for directory in directories.values():
         directory.mkdir(parents=True)
-    shutil.copy(ca_file, directories[render.SERVICE_ACCOUNT_DIR] / "ca.crt")
-    for build, module in render.BUILT_MODULES.items():
-        shutil.copy(module, directories[render.PODWARD_DIR] / render.BUILDS[build][2])
+    shutil.copy(ca_file, directories[SERVICE_ACCOUNT_DIR] / "ca.crt")
+    for module in BUILT_MODULES.values():
+        shutil.copy(module, directories[PODWARD_DIR] / module.name)
     return directories
 
 
@@ -178,11 +203,11 @@ def labelled(workload: dict) -> dict:
 def team_workloads() -> list:
     """A team's own workloads before podward: a Deployment whose app container is not called `main`, with an
     init container and volumes of its own, a labelled StatefulSet, and one that does not ask for the sidecar."""
-    restricted = render.restricted(run_as_user=1000)
+    app_security = restricted(run_as_user=1000)
 
     def template(app: str, **spec) -> dict:
         return {"metadata": {"labels": {"app": app}}, "spec": {
-            "containers": [{"name": "web", "image": "nginx:1.27", "securityContext": restricted,
+            "containers": [{"name": "web", "image": "nginx:1.27", "securityContext": app_security,
                             "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}],
             "volumes": [{"name": "cache", "emptyDir": {}}], **spec}}
 
@@ -190,7 +215,7 @@ def team_workloads() -> list:
         return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name},
                 "spec": {"selector": {"matchLabels": {"app": name}}, "template": template(name, **spec)}}
 
-    setup = {"name": "setup", "image": "busybox:1.37", "securityContext": restricted}
+    setup = {"name": "setup", "image": "busybox:1.37", "securityContext": app_security}
     return [labelled(workload("Deployment", "web", initContainers=[setup])),
             labelled({**workload("StatefulSet", "db"), "spec": {**workload("StatefulSet", "db")["spec"],
                                                                 "serviceName": "db"}}),
@@ -221,17 +246,17 @@ def component_resources(tmp_path_factory) -> list:
 def test_the_component_adds_the_sidecar_to_the_labelled_workloads_only(component_resources):
     web = pod_template_spec(component_resources, "web")
     # The same sidecar as the example pod's, its resource variables pointing at the team's app container.
-    assert web["initContainers"][0] == render.sidecar_container(app_container="web")
-    assert [c["name"] for c in web["initContainers"]] == [render.SIDECAR, "setup"]
+    assert web["initContainers"][0] == sidecar_container(app_container="web")
+    assert [c["name"] for c in web["initContainers"]] == [SIDECAR, "setup"]
     assert web["automountServiceAccountToken"] is False
-    assert [v["name"] for v in web["volumes"]] == [v["name"] for v in render.sidecar_volumes()] + ["cache"]
+    assert [v["name"] for v in web["volumes"]] == [v["name"] for v in sidecar_volumes()] + ["cache"]
     # The app keeps its own mounts; it gets no token.
     assert web["containers"][0]["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
     db = pod_template_spec(component_resources, "db")
-    assert [c["name"] for c in db["initContainers"]] == [render.SIDECAR]
+    assert [c["name"] for c in db["initContainers"]] == [SIDECAR]
     assert pod_template_spec(component_resources, "unlabelled") == team_workloads()[2]["spec"]["template"]["spec"]
     configmaps = {r["metadata"]["name"] for r in component_resources if r["kind"] == "ConfigMap"}
-    assert configmaps == {manifests.CONFIGMAP_NAME, render.POLICY_CONFIGMAP}
+    assert configmaps == {manifests.CONFIGMAP_NAME, POLICY_CONFIGMAP}
 
 
 def test_the_component_on_a_workload_that_has_the_sidecar_keeps_one(tmp_path, component_resources):
@@ -251,8 +276,8 @@ def test_the_native_component_differs_in_the_module_only(tmp_path, component_res
 
 def kubernetes_manifests(base: list, overlay: list, component: list) -> list:
     shipped = {
-        "envoy/pod.yaml": load_all((ENVOY_DIR / "pod.yaml").read_text()),
-        "envoy/podward-policy.yaml": load_all((ENVOY_DIR / render.POLICY_CONFIGMAP_FILE).read_text()),
+        "deploy/pod.yaml": load_all((DEPLOY_DIR / "pod.yaml").read_text()),
+        "deploy/podward-policy.yaml": load_all((DEPLOY_DIR / POLICY_CONFIGMAP_FILE).read_text()),
         "dist/podward-configmap.yaml": load_all(CONFIGMAP.read_text()),
         "kubectl kustomize base": base,
         "kubectl kustomize overlays/example": overlay,
@@ -278,11 +303,11 @@ def test_kubernetes_manifests_pass_the_openapi_schema(version, base_resources, o
 
 def test_the_injection_passes_the_1_37_schema():
     """MutatingAdmissionPolicy is admissionregistration.k8s.io/v1 from 1.36; the 1.29 schema has no such kind."""
-    for resource in load_all((ENVOY_DIR / manifests.INJECT_DIR / "injection.yaml").read_text()):
+    for resource in load_all((DEPLOY_DIR / manifests.INJECT_DIR / "injection.yaml").read_text()):
         assert_schema(f"{resource['kind']}/{resource['metadata']['name']}", resource, KUBERNETES_VERSIONS[-1])
 
 
-@pytest.mark.parametrize("build", render.BUILDS)
+@pytest.mark.parametrize("build", BUILT_MODULES)
 def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(overlays, build):
     overlay_resources, namespace_name = overlays[build], manifests.EXAMPLE_NAMESPACES[build]
     namespace = only(overlay_resources, "Namespace")
@@ -295,7 +320,7 @@ def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(
     spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == names["ServiceAccount"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert {volumes[name]["configMap"]["name"] for name in ("podward", render.POLICY_CONFIGMAP)} == configmaps
+    assert {volumes[name]["configMap"]["name"] for name in ("podward", POLICY_CONFIGMAP)} == configmaps
     binding = only(overlay_resources, "RoleBinding")
     assert binding["roleRef"]["name"] == names["Role"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": names["ServiceAccount"],
@@ -305,7 +330,7 @@ def test_overlay_puts_everything_in_a_restricted_namespace_and_keeps_references(
     assert ca_source["configMap"]["name"] == "kube-root-ca.crt"
 
 
-@pytest.mark.parametrize("build", render.BUILDS)
+@pytest.mark.parametrize("build", BUILT_MODULES)
 def test_overlay_sets_the_token_expiry_and_the_read_only_policy(overlays, build):
     overlay_resources, prefix = overlays[build], manifests.example_prefix(build)
     spec = only(overlay_resources, "Deployment")["spec"]["template"]["spec"]
@@ -313,26 +338,26 @@ def test_overlay_sets_the_token_expiry_and_the_read_only_policy(overlays, build)
     [token] = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
     assert token == {"path": "token", **manifests.EXAMPLE_TOKEN}
     configmaps = {c["metadata"]["name"]: c for c in overlay_resources if c["kind"] == "ConfigMap"}
-    policy = configmaps[prefix + render.POLICY_CONFIGMAP]["data"][render.POLICY_KEY]
+    policy = configmaps[prefix + POLICY_CONFIGMAP]["data"][POLICY_KEY]
     assert json.loads(policy) == manifests.EXAMPLE_POLICY
     # The bootstrap is the build's shipped one: it reads the policy from its file.
     envoy_yaml = configmaps[prefix + manifests.CONFIGMAP_NAME]["data"]["envoy.yaml"]
-    assert envoy_yaml == render.to_yaml(render.bootstrap(render.shipped_settings(build)))
+    assert envoy_yaml == to_yaml(bootstrap(shipped_settings(build)))
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == prefix + render.POLICY_CONFIGMAP
+    assert volumes[POLICY_CONFIGMAP]["configMap"]["name"] == prefix + POLICY_CONFIGMAP
 
 
 def test_only_the_sidecar_holds_the_token_and_downward_api_is_the_example_pod_s(base_resources):
     spec = only(base_resources, "Deployment")["spec"]["template"]["spec"]
-    pod_spec = render.example_pod()["spec"]
+    pod_spec = example_pod()["spec"]
     assert spec["automountServiceAccountToken"] is False
     [sidecar] = spec["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["env"] == pod_spec["initContainers"][0]["env"]
-    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {render.SERVICE_ACCOUNT_DIR, render.PODINFO_DIR,
-                                                                  render.POLICY_DIR}
+    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {SERVICE_ACCOUNT_DIR, PODINFO_DIR,
+                                                                  POLICY_DIR}
     # The app containers mount the socket's directory only, read-only.
-    assert all(container["volumeMounts"] == [render.app_socket_mount()] for container in spec["containers"])
+    assert all(container["volumeMounts"] == [app_socket_mount()] for container in spec["containers"])
     assert spec["volumes"] == pod_spec["volumes"]
 
 
@@ -357,20 +382,20 @@ def test_configmap_module_round_trips_and_fits(build, source, overlays):
     if source.startswith("dist/"):
         path = REPO / source
         [configmap] = load_all(path.read_text())
-        assert len(path.read_bytes()) <= render.CONFIGMAP_LIMIT
+        assert len(path.read_bytes()) <= CONFIGMAP_LIMIT
     else:
         [configmap] = [r for r in overlays[build]
                        if r["metadata"]["name"] == manifests.example_prefix(build) + manifests.CONFIGMAP_NAME]
-    module_name = render.BUILDS[build][2]
+    module_name = BUILT_MODULES[build].name
     module = base64.b64decode(configmap["binaryData"][module_name])
-    assert hashlib.sha256(module).digest() == hashlib.sha256(render.BUILT_MODULES[build].read_bytes()).digest()
+    assert hashlib.sha256(module).digest() == hashlib.sha256(BUILT_MODULES[build].read_bytes()).digest()
     assert configmap_payload_bytes(configmap) <= CONFIGMAP_PAYLOAD_LIMIT
 
 
 # --- Istio WasmPlugin -----------------------------------------------------------
 
 def shipped_wasm_plugin() -> dict:
-    [plugin] = load_all((ENVOY_DIR / manifests.WASMPLUGIN_FILE).read_text())
+    [plugin] = load_all((DEPLOY_DIR / manifests.WASMPLUGIN_FILE).read_text())
     return plugin
 
 
@@ -401,8 +426,8 @@ def test_wasm_plugin_has_the_shape_of_istio_s_api():
 def test_wasm_plugin_names_the_built_module_and_the_sidecar_s_environment():
     spec = shipped_wasm_plugin()["spec"]
     assert spec["sha256"] == module_digest()
-    assert spec["url"] == f"file://{render.Settings().wasm_path}"
-    assert [e["name"] for e in spec["vmConfig"]["env"]] == render.ENV_KEYS
+    assert spec["url"] == f"file://{Settings().wasm_path}"
+    assert [e["name"] for e in spec["vmConfig"]["env"]] == ENV_KEYS
     # Outbound only, on the API host's port only: nothing else gets the token.
     assert spec["match"] == [{"mode": "CLIENT", "ports": [{"number": manifests.ISTIO_API_PORT}]}]
     assert spec["pluginConfig"]["accept_hosts"] == [manifests.ISTIO_API_HOST]

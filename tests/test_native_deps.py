@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import subprocess
 
-from harness.envoy import ENVOY_BINARY, NATIVE
+from podward.local.envoy_process import ENVOY_BINARY, NATIVE
+
 
 
 def needed(elf) -> set:

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 
+from podward.local.waiting import wait_for
 from conftest import request
 
 
@@ -17,13 +18,6 @@ def metric(envoy, series: str) -> float:
     assert match, f"{series} missing; podward series:\n" + "\n".join(
         line for line in text.splitlines() if line.startswith("podward"))
     return float(match.group(1))
-
-
-def wait_for(condition, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def test_refresh_counters_move_with_rotations_and_failures(podward, pod, apiserver):

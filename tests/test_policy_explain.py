@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 import test_attacks as attacks
-from harness.envoy import REPO
+from podward.constants import REPO
 from harness.flood import MADE_UP_PREFIX
 from harness.h2c import h2c_requests
 

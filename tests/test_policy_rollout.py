@@ -22,7 +22,7 @@ import pytest
 
 from conftest import assert_status, cluster_pod, request
 from harness import readme
-from harness.envoy import REPO, render
+from podward.constants import DEFAULT_POLICY, POLICY_CONFIGMAP, REPO, SHIPPED_PLUGIN_CONFIG
 from harness.figures import record_figures
 from harness.kubelet import ConfigMapVolume
 from harness.pod import ClusterPod
@@ -108,11 +108,11 @@ def reloaded(envoy, before: float) -> bool:
 def test_learn_review_dry_run_then_enforce(web_pod, kube, start_real_envoy, apply_policy, workdir, tmp_path,
                                            podward_build):
     namespace = web_pod.namespace
-    apply_policy(namespace, render.DEFAULT_POLICY)
-    with ConfigMapVolume(kube, namespace, render.POLICY_CONFIGMAP, web_pod.policy_dir) as volume:
+    apply_policy(namespace, DEFAULT_POLICY)
+    with ConfigMapVolume(kube, namespace, POLICY_CONFIGMAP, web_pod.policy_dir) as volume:
         wait_for(lambda: volume.written)
         # The access log is flushed every 100 ms, not Envoy's 10 s, so that the test waits less for it.
-        envoy = start_real_envoy(web_pod, render.SHIPPED_PLUGIN_CONFIG,
+        envoy = start_real_envoy(web_pod, SHIPPED_PLUGIN_CONFIG,
                                  extra_args=("--file-flush-interval-msec", "100"))
         home = tmp_path / "home"
         home.mkdir()

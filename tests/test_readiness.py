@@ -15,15 +15,19 @@ import time
 
 import pytest
 
+from podward.constants import (DEFAULT_POLICY, METRICS_PORT, PODWARD_READY_PATH, POLICY_KEY, READY_PATH,
+                               SHIPPED_PLUGIN_CONFIG)
+from podward.pod import sidecar_container
+
 from conftest import assert_status, request
-from harness.envoy import render
 from harness.figures import record_figures
+from podward.local.waiting import wait_for
 
 RUNS = 5
 KUBELET_RUNS = 3
 
 
-def probe(envoy, path: str = render.READY_PATH, method: str = "GET", timeout: float = 1) -> tuple:
+def probe(envoy, path: str = READY_PATH, method: str = "GET", timeout: float = 1) -> tuple:
     """(status, parsed JSON body) of one request to the metrics port, as the kubelet's httpGet probe sends it."""
     connection = http.client.HTTPConnection("127.0.0.1", envoy.settings.metrics_port, timeout=timeout)
     try:
@@ -41,7 +45,7 @@ def first_ready(envoy, started: float, period: float, timeout: float = 20) -> tu
     deadline = started + timeout
     next_probe = started
     while time.monotonic() < deadline:
-        time.sleep(max(0.0, next_probe - time.monotonic()))
+        time.sleep(max(0.0, next_probe - time.monotonic()))  # deliberate: the kubelet's probe cadence
         next_probe += period
         try:
             status, body = probe(envoy)
@@ -55,10 +59,10 @@ def first_ready(envoy, started: float, period: float, timeout: float = 20) -> tu
 
 
 def test_the_sidecar_s_startup_probe_is_the_readiness_path():
-    sidecar = render.sidecar_container()
-    assert sidecar["startupProbe"]["httpGet"] == {"path": render.READY_PATH, "port": "metrics"}
-    assert {"name": "metrics", "containerPort": render.METRICS_PORT} in sidecar["ports"]
-    # Readiness never goes back once reached; a readinessProbe would only add load (render.sidecar_container).
+    sidecar = sidecar_container()
+    assert sidecar["startupProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
+    assert {"name": "metrics", "containerPort": METRICS_PORT} in sidecar["ports"]
+    # Readiness never goes back once reached; a readinessProbe would only add load (sidecar_container).
     assert "readinessProbe" not in sidecar and "livenessProbe" not in sidecar
 
 
@@ -78,19 +82,17 @@ def test_not_ready_without_a_token_ready_once_it_arrives(pod, start_envoy, apise
 
 def test_not_ready_without_its_policy_file(pod, start_envoy):
     """The shipped plugin configuration reads the policy from its file: no file, not ready, saying so."""
-    envoy = start_envoy(pod, render.SHIPPED_PLUGIN_CONFIG)
-    deadline = time.monotonic() + 5
+    envoy = start_envoy(pod, SHIPPED_PLUGIN_CONFIG)
     # The wasm build starts reading at the first probe; the token comes first.
-    while "no policy" not in (answer := probe(envoy))[1]["message"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    status, body = answer
+    status, body = wait_for(lambda: (answer := probe(envoy))[1]["message"].find("no policy") >= 0 and answer,
+                            what="the probe saying there is no policy")
     assert status == 503 and body["message"].startswith("podward has no policy to apply: /policy/policy.json: ")
-    pod.write_policy({render.POLICY_KEY: json.dumps(render.DEFAULT_POLICY)})
+    pod.write_policy({POLICY_KEY: json.dumps(DEFAULT_POLICY)})
     first_ready(envoy, time.monotonic(), period=0.05)
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/ready?x=1"), ("GET", "/ready/"), ("POST", render.READY_PATH),
-                                          ("HEAD", render.READY_PATH), ("GET", render.PODWARD_READY_PATH),
+@pytest.mark.parametrize("method, path", [("GET", "/ready?x=1"), ("GET", "/ready/"), ("POST", READY_PATH),
+                                          ("HEAD", READY_PATH), ("GET", PODWARD_READY_PATH),
                                           ("GET", "/api/v1/namespaces/default/pods")])
 def test_only_get_of_exactly_ready_is_served_and_nothing_is_forwarded(podward, apiserver, method, path):
     """podward never runs on the metrics port: a path it would forward with the token is a 404 there."""
@@ -101,7 +103,7 @@ def test_only_get_of_exactly_ready_is_served_and_nothing_is_forwarded(podward, a
         assert (body["kind"], body["reason"]) == ("Status", "NotFound")
     assert apiserver.requests == []
     # The app's own port still answers both, as podward does.
-    assert request(podward, "GET", render.PODWARD_READY_PATH).json()["status"] == "Success"
+    assert request(podward, "GET", PODWARD_READY_PATH).json()["status"] == "Success"
 
 
 def api_server_gone(bootstrap: dict) -> None:
@@ -123,11 +125,11 @@ def test_a_probe_does_not_wait_for_the_api_server(pod, start_envoy, apiserver):
 def test_time_from_start_to_ready(pod, start_envoy, podward_build):
     """From the Envoy process's start to the probe's first 200, as the shipped sidecar is configured (policy
     file, token, Downward API files present, as the kubelet mounts them before the container starts)."""
-    pod.write_policy({render.POLICY_KEY: json.dumps(render.DEFAULT_POLICY)})
+    pod.write_policy({POLICY_KEY: json.dumps(DEFAULT_POLICY)})
 
     def measure(period: float) -> tuple:
         started = time.monotonic()
-        envoy = start_envoy(pod, render.SHIPPED_PLUGIN_CONFIG, wait=False)
+        envoy = start_envoy(pod, SHIPPED_PLUGIN_CONFIG, wait=False)
         try:
             seconds, failures = first_ready(envoy, started, period)
             # Ready means served at once: the first request does not wait.

@@ -16,11 +16,13 @@ import urllib.parse
 import kubernetes.client
 import pytest
 
+from podward.local.apiserver import request_attributes
+
 from conftest import assert_status, request
-from harness.apiserver import request_attributes
 from harness.envtest import ADMIN_USER
 from harness.figures import record_figures
 from harness.flood import PeakRss, rss_bytes
+from podward.local.waiting import wait_for
 
 pytestmark = pytest.mark.envtest
 
@@ -358,18 +360,22 @@ def api_server_reading(event: dict) -> dict:
             "name": ref.get("name", "")}
 
 
-def send_probes(send, kube, namespace: str) -> dict:
-    """Sends each of READINGS with a User-Agent naming it; returns the API server's reading of each, by index."""
+def send_probes(send, kube, namespace: str, reaching: int = len(READINGS)) -> dict:
+    """Sends each of READINGS with a User-Agent naming it; returns the API server's reading of each, by index,
+    once `reaching` of them have reached it."""
     since = time.time()
     for index, (method, path) in enumerate(READINGS):
         send(index, method, path.format(ns=namespace))
-    deadline, readings = time.monotonic() + 10, {}
-    while time.monotonic() < deadline and len(readings) < len(READINGS):
+    readings = {}
+
+    def every_reading_audited() -> bool:
         for event in kube.audit_events(since):
             agent = event.get("userAgent", "").split(" ")[0]
             if agent.startswith("probe-"):
                 readings[int(agent.removeprefix("probe-"))] = api_server_reading(event)
-        time.sleep(0.1)
+        return len(readings) >= reaching
+
+    wait_for(every_reading_audited, 10, f"the API server's audit events of {reaching} readings")
     return readings
 
 
@@ -399,7 +405,8 @@ def test_podward_reads_requests_as_the_api_server_does(kube, real_pod, start_rea
     def send(index, method, path):
         request(envoy, method, path, headers={"User-Agent": f"probe-{index}"})
 
-    readings = send_probes(send, kube, real_pod.namespace)
+    # All but the one podward answers itself (below).
+    readings = send_probes(send, kube, real_pod.namespace, reaching=len(READINGS) - 1)
     envoy.stop()
     # A method the API server has no verb for is the one request podward answers itself (400): it cannot say
     # what a policy rule would allow.

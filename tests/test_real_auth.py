@@ -12,10 +12,12 @@ import time
 
 import pytest
 
+from podward.local.jwt import claims_of
+
 from conftest import assert_status, grant, request
 from harness.envtest import credential_id, received_at
-from harness.jwt import claims_of
-from test_observability import metric, wait_for
+from podward.local.waiting import wait_for
+from test_observability import metric
 
 pytestmark = pytest.mark.envtest
 
@@ -27,13 +29,8 @@ def sa_user(namespace: str, service_account: str = "app") -> str:
 def audit_events_for(kube, since: float, path: str, count: int = 1, timeout: float = 5) -> list:
     """The audit events of requests to `path` (query included) received since `since`: at least `count`,
     waited for, since the API server writes an event just after it answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        events = [e for e in kube.audit_events(since) if e["requestURI"] == path]
-        if len(events) >= count or time.monotonic() > deadline:
-            assert len(events) >= count, f"{len(events)} audit events for {path}, expected {count}"
-            return events
-        time.sleep(0.05)
+    return wait_for(lambda: (events := [e for e in kube.audit_events(since) if e["requestURI"] == path])
+                    and len(events) >= count and events, timeout, f"{count} audit events for {path}")
 
 
 def test_the_audit_log_names_the_service_account_the_token_and_the_pod(real_podward, real_pod, kube):

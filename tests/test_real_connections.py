@@ -13,11 +13,13 @@ import subprocess
 
 import pytest
 
+from podward.local.envoy_process import free_port
+
 from harness.connections import PeakSampler, Watches, live_go_memory, request_load
-from harness.envoy import free_port
 from harness.figures import record_figures
+from podward.local.waiting import wait_for
 from test_real_watch import configmap_watches
-from test_traffic import stop_process, wait_until
+from test_traffic import stop_process
 
 pytestmark = pytest.mark.envtest
 
@@ -41,7 +43,8 @@ def connections_under_load(kube, pid: int, port: int, namespace: str) -> dict:
     sampler.start()
     watches = Watches("127.0.0.1", port, f"/api/v1/namespaces/{namespace}/configmaps?watch=1", WATCHES)
     try:
-        wait_until(lambda: configmap_watches(kube) - watches_before == WATCHES, "the API server to serve the watches")
+        wait_for(lambda: configmap_watches(kube) - watches_before == WATCHES,
+                 what="the API server to serve the watches")
         memory_watching = live_go_memory(kube)
         answered = request_load("127.0.0.1", port, f"/api/v1/namespaces/{namespace}/configmaps", CLIENTS,
                                 REQUESTS_EACH)
@@ -49,7 +52,7 @@ def connections_under_load(kube, pid: int, port: int, namespace: str) -> dict:
     finally:
         sampler.done.set()
         watches.close()
-    wait_until(lambda: configmap_watches(kube) == watches_before, "the API server to see the watches end", 15)
+    wait_for(lambda: configmap_watches(kube) == watches_before, 15, "the API server to see the watches end")
     assert answered == CLIENTS * REQUESTS_EACH
     return {"connections": peak, "watches": WATCHES, "requests": answered, "concurrent_clients": CLIENTS,
             "apiserver_go_memory_delta_bytes": memory_watching - memory_before}

@@ -14,25 +14,30 @@ import json
 import os
 import pathlib
 import subprocess
-import time
 
 import pytest
 import yaml
 
-from test_manifests import (CONFIGMAP, DIST, ENVOY_DIR, labelled, load_all, pod_template_spec, team_workloads,
+from podward import manifests
+from podward.constants import (CONFIGMAP_ENV, DEFAULT_POLICY, ENVOY_IMAGE, POLICY_CONFIGMAP, POLICY_CONFIGMAP_ENV,
+                               POLICY_KEY, SERVICE_ACCOUNT_DIR)
+from podward.manifests import MODULE_CONFIGMAP_FILES, POLICY_CONFIGMAP_FILE
+from podward.pod import (ENVOY_PATH, SIDECAR, SIDECAR_FS_GROUP, app_socket_mount, restricted, sidecar_container,
+                         sidecar_volumes)
+
+from podward.local.waiting import wait_for
+from test_manifests import (CONFIGMAP, DEPLOY_DIR, DIST, labelled, load_all, pod_template_spec, team_workloads,
                             with_component)
 from test_real_manifests import applied
 
-import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
-import render  # noqa: E402
 
 pytestmark = pytest.mark.envtest
 
-INJECTION = ENVOY_DIR / manifests.INJECT_DIR / "injection.yaml"
+INJECTION = DEPLOY_DIR / manifests.INJECT_DIR / "injection.yaml"
 FIGURES = pathlib.Path("/tmp/podward-figures/injection.diff")
 # The book's app, as a team would write it for a restricted namespace, before podward.
 APP = {"name": "main", "image": "curlimages/curl:8.11.1", "command": ["sleep", "9999999"],
-       "securityContext": render.restricted(run_as_user=100)}
+       "securityContext": restricted(run_as_user=100)}
 
 
 def app_pod(name: str, inject: bool = True, **spec) -> dict:
@@ -61,10 +66,8 @@ def injection(kube, tmp_path_factory):
     kube.create({"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": probe, "labels": {manifests.NAMESPACE_LABEL: "enabled"}}})
     kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": probe}})
-    deadline = time.monotonic() + 30
-    while not initial_containers(dry_run_create(kube, probe, app_pod("probe"))):
-        assert time.monotonic() < deadline, "the MutatingAdmissionPolicy was not in force within 30s"
-        time.sleep(0.2)
+    wait_for(lambda: initial_containers(dry_run_create(kube, probe, app_pod("probe"))), 30,
+             "the MutatingAdmissionPolicy in force", interval=0.2)
     return run
 
 
@@ -83,7 +86,7 @@ def team_namespace(kube, restricted_namespace, injection):
                   {"metadata": {"labels": {manifests.NAMESPACE_LABEL: "enabled"}}},
                   {"Content-Type": "application/merge-patch+json"})
     lines = applied(injection("apply", "--server-side", "-n", restricted_namespace, "-f", str(CONFIGMAP),
-                              "-f", str(ENVOY_DIR / render.POLICY_CONFIGMAP_FILE)))
+                              "-f", str(DEPLOY_DIR / POLICY_CONFIGMAP_FILE)))
     assert lines == ["configmap/podward serverside-applied", "configmap/podward-policy serverside-applied"]
     return restricted_namespace
 
@@ -109,22 +112,22 @@ def contains(actual, expected, where: str = "") -> None:
 def assert_injected(pod: dict, app_container: str = "main") -> None:
     """The pod as stored: the sidecar first, the shipped volumes, and no token for any app container."""
     spec = pod["spec"]
-    contains(spec["initContainers"][0], render.sidecar_container(app_container=app_container), "sidecar")
-    assert initial_containers(pod).count(render.SIDECAR) == 1
-    contains([v for v in spec["volumes"] if v["name"] in {w["name"] for w in render.sidecar_volumes()}],
-             render.sidecar_volumes(), "volumes")
+    contains(spec["initContainers"][0], sidecar_container(app_container=app_container), "sidecar")
+    assert initial_containers(pod).count(SIDECAR) == 1
+    contains([v for v in spec["volumes"] if v["name"] in {w["name"] for w in sidecar_volumes()}],
+             sidecar_volumes(), "volumes")
     assert spec["automountServiceAccountToken"] is False
     assert not [v for v in spec["volumes"] if v["name"].startswith(manifests.AUTOMOUNTED_TOKEN_PREFIX)]
     for container in spec["containers"]:
         mounts = container.get("volumeMounts", [])
-        assert not [m for m in mounts if m["mountPath"] == render.SERVICE_ACCOUNT_DIR], container["name"]
-        assert render.app_socket_mount() in mounts, container["name"]
+        assert not [m for m in mounts if m["mountPath"] == SERVICE_ACCOUNT_DIR], container["name"]
+        assert app_socket_mount() in mounts, container["name"]
 
 
 def test_a_labelled_pod_is_stored_with_the_sidecar(kube, team_namespace):
     stored = create(kube, team_namespace, app_pod("injected"))
     assert_injected(stored)
-    assert stored["spec"]["securityContext"]["fsGroup"] == render.SIDECAR_FS_GROUP
+    assert stored["spec"]["securityContext"]["fsGroup"] == SIDECAR_FS_GROUP
     # Before and after, for README: the same pod where nothing injects.
     before = dry_run_create(kube, team_namespace, app_pod("not-injected", inject=False))
     write_diff(before, stored)
@@ -159,19 +162,19 @@ def test_a_pod_that_already_has_the_sidecar_gets_no_second(kube, team_namespace)
     copied = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "copied", "labels": first["metadata"]["labels"]},
               "spec": first["spec"]}
     again = create(kube, team_namespace, copied)
-    assert initial_containers(again) == [render.SIDECAR]
+    assert initial_containers(again) == [SIDECAR]
     assert again["spec"] == first["spec"]
 
 
 def test_the_pod_s_own_init_containers_and_volumes_stay_after_the_sidecar(kube, team_namespace):
-    setup = {"name": "setup", "image": "busybox:1.37", "securityContext": render.restricted(run_as_user=1000),
+    setup = {"name": "setup", "image": "busybox:1.37", "securityContext": restricted(run_as_user=1000),
              "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}
     pod = app_pod("with-more", initContainers=[setup], volumes=[{"name": "cache", "emptyDir": {}}],
                   securityContext={"fsGroup": 2000})
     pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "cache", "mountPath": "/cache"}]
     stored = create(kube, team_namespace, pod)
     assert_injected(stored)
-    assert initial_containers(stored) == [render.SIDECAR, "setup"]
+    assert initial_containers(stored) == [SIDECAR, "setup"]
     assert stored["spec"]["initContainers"][1]["volumeMounts"] == setup["volumeMounts"]
     assert {"name": "cache", "mountPath": "/cache"} in stored["spec"]["containers"][0]["volumeMounts"]
     # The pod's own fsGroup stays: the socket belongs to whichever group the pod has.
@@ -187,7 +190,7 @@ def test_the_result_passes_restricted_pod_security(kube, team_namespace):
     answer = kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods", loose)
     assert answer.status == 403 and 'violates PodSecurity "restricted:latest"' in answer.json()["message"]
     assert 'container "main" must set securityContext.allowPrivilegeEscalation=false' in answer.json()["message"]
-    assert render.SIDECAR not in answer.json()["message"]
+    assert SIDECAR not in answer.json()["message"]
 
 
 def test_a_deployment_s_pods_get_it_too(kube, team_namespace):
@@ -226,43 +229,37 @@ def test_the_binding_is_limited_to_the_enabled_namespaces(kube, restricted_names
 def test_the_parameters_choose_the_image_and_configmaps(kube, team_namespace, injection):
     """The platform team's settings, changed in place; pods created afterwards follow them."""
     params = f"/api/v1/namespaces/{manifests.INJECTION_NAMESPACE}/configmaps/{manifests.INJECTION}"
-    changed = {"image": "registry.example/envoy:v1.40.0", "configMap": "podward-native",
-               "policyConfigMap": "team-policy", "tokenExpirationSeconds": "1800"}
+    # A distroless image: no shell, so no drain entrypoint (README, "The sidecar image").
+    changed = {"image": "registry.example/envoy-distroless:v1.40.0", "configMap": "podward-native",
+               "policyConfigMap": "team-policy", "tokenExpirationSeconds": "1800", "drain": "false"}
     kube.admin_ok("PATCH", params, {"data": changed}, {"Content-Type": "application/merge-patch+json"})
     try:
-        deadline = time.monotonic() + 30
-        while (pod := dry_run_create(kube, team_namespace, app_pod("params")))["spec"]["initContainers"][0][
-                "image"] != changed["image"]:
-            assert time.monotonic() < deadline, "the new parameters were not used within 30s"
-            time.sleep(0.2)
+        pod = wait_for(lambda: (created := dry_run_create(kube, team_namespace, app_pod("params")))["spec"][
+            "initContainers"][0]["image"] == changed["image"] and created, 30, "the new parameters used", 0.2)
+        assert pod["spec"]["initContainers"][0]["command"] == [ENVOY_PATH]
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes["podward"]["configMap"]["name"] == "podward-native"
-        assert volumes[render.POLICY_CONFIGMAP]["configMap"]["name"] == "team-policy"
+        assert volumes[POLICY_CONFIGMAP]["configMap"]["name"] == "team-policy"
         # podward is told the names the pod mounts, so that its presets protect those.
         env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][0]["env"]}
-        assert (env[render.CONFIGMAP_ENV], env[render.POLICY_CONFIGMAP_ENV]) == ("podward-native", "team-policy")
+        assert (env[CONFIGMAP_ENV], env[POLICY_CONFIGMAP_ENV]) == ("podward-native", "team-policy")
         [token] = [s["serviceAccountToken"] for s in volumes["service-account"]["projected"]["sources"]
                    if "serviceAccountToken" in s]
         assert token["expirationSeconds"] == 1800
     finally:
         kube.admin_ok("PATCH", params, {"data": manifests.INJECTION_PARAMS},
                       {"Content-Type": "application/merge-patch+json"})
-    deadline = time.monotonic() + 30
-    while dry_run_create(kube, team_namespace, app_pod("params"))["spec"]["initContainers"][0]["image"] \
-            != render.ENVOY_IMAGE:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for(lambda: dry_run_create(kube, team_namespace, app_pod("params"))["spec"]["initContainers"][0]["image"]
+             == ENVOY_IMAGE, 30, "the parameters back", 0.2)
 
 
 def test_missing_parameters_refuse_the_pod_rather_than_create_it_without_podward(kube, team_namespace):
     params = f"/api/v1/namespaces/{manifests.INJECTION_NAMESPACE}/configmaps/{manifests.INJECTION}"
     kube.admin_ok("DELETE", params)
     try:
-        deadline = time.monotonic() + 30
-        while (answer := kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods?dryRun=All",
-                                    app_pod("no-params"))).status == 201:
-            assert time.monotonic() < deadline, "pods were still created without the parameters after 30s"
-            time.sleep(0.2)
+        answer = wait_for(lambda: (refused := kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods?dryRun=All",
+                                                         app_pod("no-params"))).status != 201 and refused, 30,
+                          "pods refused without the parameters", 0.2)
         assert answer.status == 403 and manifests.INJECTION in answer.json()["message"]
         # Pods that did not ask for podward are not held up.
         assert kube.admin("POST", f"/api/v1/namespaces/{team_namespace}/pods?dryRun=All",
@@ -270,10 +267,8 @@ def test_missing_parameters_refuse_the_pod_rather_than_create_it_without_podward
     finally:
         [params_object] = [d for d in load_all(INJECTION.read_text()) if d["kind"] == "ConfigMap"]
         kube.create(params_object)
-    deadline = time.monotonic() + 30
-    while not initial_containers(dry_run_create(kube, team_namespace, app_pod("params-back"))):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for(lambda: initial_containers(dry_run_create(kube, team_namespace, app_pod("params-back"))), 30,
+             "the injection back with its parameters", 0.2)
 
 
 # --- The kustomize component, for clusters older than 1.36 -----------------------------------------------------
@@ -292,13 +287,13 @@ def test_the_component_applies_and_its_pod_templates_are_admitted(kubectl, kube,
             assert initial_containers(pod) == []
             continue
         # Admitted in a restricted namespace, the sidecar first, and no token for the app.
-        assert initial_containers(pod)[0] == render.SIDECAR
+        assert initial_containers(pod)[0] == SIDECAR
         assert not [v for v in pod["spec"]["volumes"] if v["name"].startswith(manifests.AUTOMOUNTED_TOKEN_PREFIX)]
         assert [m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]] == ["cache"]
     stored = kube.admin_ok("GET", f"/apis/apps/v1/namespaces/{restricted_namespace}/deployments/web")
-    assert initial_containers(stored["spec"]["template"]) == [render.SIDECAR, "setup"]
-    configmap = kube.admin_ok("GET", f"/api/v1/namespaces/{restricted_namespace}/configmaps/{render.POLICY_CONFIGMAP}")
-    assert json.loads(configmap["data"][render.POLICY_KEY]) == render.DEFAULT_POLICY
+    assert initial_containers(stored["spec"]["template"]) == [SIDECAR, "setup"]
+    configmap = kube.admin_ok("GET", f"/api/v1/namespaces/{restricted_namespace}/configmaps/{POLICY_CONFIGMAP}")
+    assert json.loads(configmap["data"][POLICY_KEY]) == DEFAULT_POLICY
 
 
 def test_the_component_again_changes_nothing(kubectl, restricted_namespace, tmp_path):
@@ -312,4 +307,4 @@ def test_the_component_again_changes_nothing(kubectl, restricted_namespace, tmp_
 
 def test_dist_holds_what_the_component_needs():
     for build, directory in manifests.COMPONENTS.items():
-        assert (DIST / directory / render.BUILDS[build][1]).exists()
+        assert (DIST / directory / MODULE_CONFIGMAP_FILES[build]).exists()

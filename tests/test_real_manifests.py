@@ -15,14 +15,15 @@ import subprocess
 import pytest
 import yaml
 
+from podward import manifests
+from podward.constants import BUILT_MODULES, POLICY_CONFIGMAP, REPO, SHIPPED_PLUGIN_CONFIG
+from podward.manifests import MODULE_CONFIGMAP_FILES, POLICY_CONFIGMAP_FILE
+
 from conftest import assert_status, request
 from harness import readme
-from harness.envoy import REPO
 from harness.pod import ClusterPod
-from test_manifests import CONFIGMAP, ENVOY_DIR, KUSTOMIZE, kustomize, only
+from test_manifests import CONFIGMAP, DEPLOY_DIR, KUSTOMIZE, kustomize, only
 
-import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
-import render  # noqa: E402
 
 pytestmark = pytest.mark.envtest
 
@@ -36,7 +37,7 @@ def applied(result: subprocess.CompletedProcess) -> list:
 def test_the_example_pod_and_its_configmap_are_admitted(kubectl, kube, restricted_namespace):
     # README's "Deploy", by hand: the two ConfigMaps and the pod.
     lines = applied(kubectl("apply", "--server-side", "-n", restricted_namespace, "-f", str(CONFIGMAP),
-                            "-f", str(ENVOY_DIR / render.POLICY_CONFIGMAP_FILE), "-f", str(ENVOY_DIR / "pod.yaml")))
+                            "-f", str(DEPLOY_DIR / POLICY_CONFIGMAP_FILE), "-f", str(DEPLOY_DIR / "pod.yaml")))
     assert lines == ["configmap/podward serverside-applied", "configmap/podward-policy serverside-applied",
                      "pod/curl-with-ambassador serverside-applied"]
     pod = kube.admin_ok("GET", f"/api/v1/namespaces/{restricted_namespace}/pods/curl-with-ambassador")
@@ -49,7 +50,7 @@ def test_the_example_pod_and_its_configmap_are_admitted(kubectl, kube, restricte
 @pytest.mark.parametrize("loosen", ["no seccomp profile", "privilege escalation", "root"])
 def test_restricted_admission_refuses_a_loosened_copy(kubectl, restricted_namespace, loosen):
     """The label is enforced here, so the admitted example pod proves something."""
-    pod = yaml.safe_load((ENVOY_DIR / "pod.yaml").read_text())
+    pod = yaml.safe_load((DEPLOY_DIR / "pod.yaml").read_text())
     sidecar = pod["spec"]["initContainers"][0]["securityContext"]
     if loosen == "no seccomp profile":
         del pod["spec"]["securityContext"]["seccompProfile"]
@@ -116,9 +117,9 @@ def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, k
     pod = ClusterPod(tmp_path / "pod", kube, pod_object)
     pod.issue_token(lifetime_seconds=token_source["expirationSeconds"], audiences=token_source.get("audience"))
     # The overlay's policy ConfigMap as the kubelet projects it, read by the shipped plugin configuration.
-    [policy] = [r for r in resources if r["metadata"]["name"] == volume_configmap(spec, render.POLICY_CONFIGMAP)]
+    [policy] = [r for r in resources if r["metadata"]["name"] == volume_configmap(spec, POLICY_CONFIGMAP)]
     pod.write_policy(policy["data"])
-    envoy = start_real_envoy(pod, render.SHIPPED_PLUGIN_CONFIG)
+    envoy = start_real_envoy(pod, SHIPPED_PLUGIN_CONFIG)
     listed = request(envoy, "GET", pods_path)
     assert listed.status == 200 and [p["metadata"]["name"] for p in listed.json()["items"]] == ["overlay-pod"]
     # The read-only preset refuses a delete itself; RBAC (the Role reads pods only) refuses secrets.
@@ -130,7 +131,7 @@ def test_the_example_overlay_applies_as_is_and_serves_through_podward(kubectl, k
 
 
 # The build's ConfigMap file where README's commands name the wasm build's.
-BUILD_CONFIGMAPS = {build: f"dist/{render.BUILDS[build][1]}" for build in render.BUILDS}
+BUILD_CONFIGMAPS = {build: f"dist/{MODULE_CONFIGMAP_FILES[build]}" for build in BUILT_MODULES}
 
 
 def readme_configmap_commands() -> list:
@@ -139,7 +140,7 @@ def readme_configmap_commands() -> list:
             if BUILD_CONFIGMAPS["wasm"] in line]
 
 
-@pytest.mark.parametrize("build", render.BUILDS)
+@pytest.mark.parametrize("build", BUILT_MODULES)
 def test_the_readme_applies_each_build_configmap(kube, kubectl, restricted_namespace, tmp_path, build):
     """README's own commands, for either build's ConfigMap: client-side `kubectl apply` refused the native one
     (its last-applied annotation would exceed 256 KiB), so the README applies server-side."""
@@ -149,7 +150,7 @@ def test_the_readme_applies_each_build_configmap(kube, kubectl, restricted_names
     kubectl("config", "set-context", "--current", "--namespace", restricted_namespace, "--kubeconfig", str(config))
     env = {**os.environ, "KUBECONFIG": str(config), "HOME": str(tmp_path),
            "PATH": f"{pathlib.Path(os.environ['KUBECTL']).parent}:{os.environ['PATH']}"}
-    module = REPO / "dist" / render.BUILDS[build][2]
+    module = REPO / "dist" / BUILT_MODULES[build].name
     for command in commands:
         command = command.replace("team-a", restricted_namespace).replace(BUILD_CONFIGMAPS["wasm"],
                                                                          BUILD_CONFIGMAPS[build])

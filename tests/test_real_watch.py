@@ -19,10 +19,10 @@ import time
 import pytest
 from kubernetes import client, watch
 
-from harness.apiserver import SENT_AT_ANNOTATION, TICK_ANNOTATION
+
 from harness.figures import record_figures
-from test_traffic import (LineReader, in_flight, python_client, stop_process, wait_for_envoy_to_drop_every_stream,
-                          wait_until)
+from podward.local.waiting import wait_for
+from test_traffic import LineReader, in_flight, python_client, stop_process, wait_for_envoy_to_drop_every_stream
 
 pytestmark = pytest.mark.envtest
 
@@ -31,9 +31,14 @@ pytestmark = pytest.mark.envtest
 MAX_EVENT_DELAY_S = 0.25
 
 
+# What each change of a Ticker carries: its number, and when it was sent.
+TICK_ANNOTATION = "podward.test/tick"
+SENT_AT_ANNOTATION = "podward.test/sent-at"
+
+
 class Ticker:
     """Changes ConfigMap `name` every `interval` seconds, as the admin, over one kept-alive connection; each
-    change carries its number and send time in annotations, like the stand-in's ticker."""
+    change carries its number and send time in annotations."""
 
     def __init__(self, kube, namespace: str, name: str, interval: float):
         self.kube, self.namespace, self.name, self.interval = kube, namespace, name, interval
@@ -191,7 +196,7 @@ def test_fifty_watches_get_every_event_promptly_for_a_minute_then_close_cleanly(
 
     # The app hung up: Envoy lets go of both sides and the API server sees every watch end.
     wait_for_envoy_to_drop_every_stream(real_podward)
-    wait_until(lambda: configmap_watches(kube) == watches_before, "the API server to see the watches end")
+    wait_for(lambda: configmap_watches(kube) == watches_before, what="the API server to see the watches end")
 
 
 def test_watches_the_server_ends_get_the_terminating_chunk_and_stay_usable(real_podward, real_pod, kube):

@@ -19,10 +19,14 @@ import sys
 import pytest
 import yaml
 
+from podward.bootstrap import bootstrap
+from podward.constants import BUILT_MODULES, DEFAULT_POLICY, METRICS_PORT, READY_PATH, REPO
+from podward.local.envoy_process import free_port, http_get
+from podward.settings import Settings, shipped_settings
+
 from conftest import grant
 from harness import readme
-from harness.envoy import REPO, free_port, http_get, render
-from test_observability import wait_for
+from podward.local.waiting import wait_for
 
 RENDER = REPO / "envoy" / "render.py"
 # Every setting the issue asks a team to be able to set, by flag, and the subcommands that take it.
@@ -58,7 +62,7 @@ def test_config_renders_what_the_flags_say(tmp_path):
                        "--policy-file", "/etc/team/policy.json", "--no-unix-socket", "--build", "native",
                        "--module", "/opt/podward/libpodward.so", "--plugin-config", '{"accept_hosts": ["localhost"]}')
     assert result.returncode == 0, result.stderr
-    expected = render.bootstrap(render.Settings(
+    expected = bootstrap(Settings(
         build="native", native_path="/opt/podward/libpodward.so", api_address="10.96.0.1", api_port=6443,
         api_sni="api.team.example", listen_address="127.0.0.2", listen_port=18001, app_socket=None,
         metrics_port=19102, policy_dir="/etc/team",
@@ -70,7 +74,7 @@ def test_config_renders_what_the_flags_say(tmp_path):
 
 def test_config_defaults_are_the_shipped_sidecar():
     result = render_py("config")
-    assert yaml.safe_load(result.stdout) == render.bootstrap(render.shipped_settings())
+    assert yaml.safe_load(result.stdout) == bootstrap(shipped_settings())
 
 
 @pytest.mark.parametrize("build", ["wasm", "native"])
@@ -81,11 +85,11 @@ def test_configmap_carries_that_bootstrap_and_the_built_module(build):
     configmap = yaml.safe_load(result.stdout)
     assert (configmap["kind"], configmap["metadata"]["name"]) == ("ConfigMap", "podward")
     # A bootstrap for the sidecar's container drains through its entrypoint.
-    settings = render.Settings(build=build, listen_port=18001, plugin_config={"policy": {"preset": "read-only"}},
+    settings = Settings(build=build, listen_port=18001, plugin_config={"policy": {"preset": "read-only"}},
                                drain=True)
-    assert yaml.safe_load(configmap["data"]["envoy.yaml"]) == render.bootstrap(settings)
+    assert yaml.safe_load(configmap["data"]["envoy.yaml"]) == bootstrap(settings)
     [(name, module)] = configmap["binaryData"].items()
-    built = render.BUILT_MODULES[build]
+    built = BUILT_MODULES[build]
     assert name == built.name and base64.b64decode(module) == built.read_bytes()
 
 
@@ -129,7 +133,7 @@ def test_run_in_front_of_a_real_api_server(real_pod, kube, tmp_path, podward_bui
         denied = kubectl(port, tmp_path, "-n", namespace, "create", "configmap", "from-run")
         assert denied.returncode == 1 and "read-only/default" in denied.stderr
         # Edited in place, the policy is in force within seconds: no restart.
-        policy.write_text(json.dumps(render.DEFAULT_POLICY))
+        policy.write_text(json.dumps(DEFAULT_POLICY))
         wait_for(lambda: kubectl(port, tmp_path, "-n", namespace, "create", "configmap", "from-run").returncode == 0)
         assert run_dir.is_dir()
         process.send_signal(signal.SIGTERM)
@@ -143,7 +147,7 @@ def test_run_in_front_of_a_real_api_server(real_pod, kube, tmp_path, podward_bui
 
 def metrics_ready(port: int) -> bool:
     try:
-        return http_get(http.client.HTTPConnection("127.0.0.1", port, timeout=5), render.READY_PATH)[0] == 200
+        return http_get(http.client.HTTPConnection("127.0.0.1", port, timeout=5), READY_PATH)[0] == 200
     except OSError:
         return False
 
@@ -188,7 +192,7 @@ def test_the_readme_run_in_front_of_your_own_cluster(readme_cluster, tmp_path):
     process = subprocess.Popen(["bash", "-c", f"exec {run}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        wait_for(lambda: process.poll() is not None or metrics_ready(render.METRICS_PORT), timeout=300)
+        wait_for(lambda: process.poll() is not None or metrics_ready(METRICS_PORT), timeout=300)
         assert process.poll() is None, process.stdout.read()
         used = subprocess.run(["bash", "-c", use], env=env, capture_output=True, text=True,
                               timeout=60)

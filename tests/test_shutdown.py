@@ -1,8 +1,8 @@
-"""Graceful shutdown: the sidecar container runs Envoy under render.ENTRYPOINT, which on SIGTERM turns the drain
+"""Graceful shutdown: the sidecar container runs Envoy under ENTRYPOINT, which on SIGTERM turns the drain
 file to 1 (Envoy then refuses new connections and closes kept-alive ones after their current request), waits
-render.DRAIN_SECONDS, and passes SIGTERM on. Here the test is the kubelet: it starts the entrypoint as the
-container's command and sends it SIGTERM while a kubectl watch (client-go), a Python-client watch, two slow
-uploads and a burst on kept-alive connections are under way.
+DRAIN_SECONDS, and passes SIGTERM on. Here the test is the kubelet: it starts the entrypoint as the
+container's command, in front of the real API server, and sends it SIGTERM while a kubectl watch (client-go), a
+Python-client watch, two slow uploads and a burst on kept-alive connections are under way.
 
 On main, Envoy exited 0.2 s (native) or 0.9 s (wasm) after SIGTERM: the uploads got a bare FIN. The timings
 go to /tmp/podward-figures/shutdown.json.
@@ -19,28 +19,33 @@ import subprocess
 import threading
 import time
 
+import pytest
 from kubernetes import client, watch
 
-from harness.envoy import render
+from podward.bootstrap import DRAIN_MONITOR, bootstrap
+from podward.constants import ADMIN_DIR
+from podward.pod import DRAIN_SECONDS, ENTRYPOINT, ENVOY_PATH, example_pod, sidecar_container
+from podward.settings import shipped_settings
+
 from harness.figures import record_figures
+from podward.local.waiting import wait_for
 from test_attacks import http1, parse_answers
 
-CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 BURST = 50
 
 
-def upload(port: int, name: str, pieces: int, pause: float):
+def upload(port: int, namespace: str, name: str, pieces: int, pause: float):
     """Creates a ConfigMap whose body arrives in pieces, one every `pause` seconds (all six of them, or only
     `pieces`); returns the sidecar's answer, or None if it closed the connection without one."""
     body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
                        "data": {"blob": "x" * 600}}).encode()
     step = -(-len(body) // 6)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {CONFIGMAPS} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"POST /api/v1/namespaces/{namespace}/configmaps HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                            f"Content-Length: {len(body)}\r\n\r\n".encode())
         for start in range(0, min(pieces, 6) * step, step):
             connection.sendall(body[start:start + step])
-            time.sleep(pause)
+            time.sleep(pause)  # deliberate: a client that sends its body slowly, in pieces
         return read_answer(connection)
 
 
@@ -65,11 +70,11 @@ class Background:
         return self.result
 
 
-def python_client_watch(url: str, events: list):
+def python_client_watch(url: str, namespace: str, events: list):
     configuration = client.Configuration()
     configuration.host = url
     with client.ApiClient(configuration) as api_client:
-        for event in watch.Watch().stream(client.CoreV1Api(api_client).list_namespaced_config_map, "default",
+        for event in watch.Watch().stream(client.CoreV1Api(api_client).list_namespaced_config_map, namespace,
                                           timeout_seconds=600):
             events.append(event["type"])
     return "ended"
@@ -95,52 +100,51 @@ def refused(port: int) -> bool:
         return True
 
 
-def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserver, tmp_path):
-    envoy = start_envoy(pod, drain=True, entrypoint=True)
-    port = envoy.settings.listen_port
+@pytest.mark.envtest
+def test_sigterm_drains_in_flight_requests_then_stops(real_pod, start_real_envoy, kube, tmp_path):
+    envoy = start_real_envoy(real_pod, drain=True, entrypoint=True)
+    port, namespace = envoy.settings.listen_port, real_pod.namespace
     home = tmp_path / "home"
     home.mkdir()
-    kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "get", "configmaps", "-w"],
+    kubectl = subprocess.Popen([os.environ["KUBECTL"], "--server", envoy.url, "-n", namespace, "get", "configmaps",
+                                "-w"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HOME": str(home)})
     python_events: list = []
-    python_watch = Background(lambda: python_client_watch(envoy.url, python_events))
+    python_watch = Background(lambda: python_client_watch(envoy.url, namespace, python_events))
     kept_alive = []
     for _ in range(BURST):
         connection = socket.create_connection(("127.0.0.1", port), timeout=15)
         connection.sendall(http1("GET", "/api"))
         assert read_answer(connection).status == 200
         kept_alive.append(connection)
-    deadline = time.monotonic() + 10
-    while len([r for r in apiserver.requests if r.query.get("watch")]) < 2:
-        assert time.monotonic() < deadline, "the watches did not start"
-        time.sleep(0.05)
+    wait_for(lambda: envoy.stats()["cluster.kubernetes.upstream_rq_active"] == 2, 10,
+             "the two watches at the API server")
     # Two uploads under way: one whose body ends within the drain, one whose body never ends.
     build = envoy.settings.build
-    finishing = Background(lambda: upload(port, f"sent-during-the-drain-{build}", pieces=6, pause=0.4))
-    stalled = Background(lambda: upload(port, f"never-finished-{build}", pieces=3, pause=0.1))
-    time.sleep(0.5)
+    finishing = Background(lambda: upload(port, namespace, f"sent-during-the-drain-{build}", pieces=6, pause=0.4))
+    stalled = Background(lambda: upload(port, namespace, f"never-finished-{build}", pieces=3, pause=0.1))
+    wait_for(lambda: envoy.stats()["http.podward.downstream_rq_active"] == 4, what="the two watches and the two "
+             "uploads in Envoy")
 
     sigterm = time.monotonic()
     envoy.process.send_signal(signal.SIGTERM)
-    while not refused(port):
-        assert time.monotonic() - sigterm < 2, "new connections were still accepted"
-        time.sleep(0.02)
+    wait_for(lambda: refused(port), 2, "new connections refused", interval=0.02)
     refused_after = time.monotonic() - sigterm
     # The burst: one more request on each kept-alive connection, all at once.
     for connection in kept_alive:
-        connection.sendall(http1("GET", "/api/v1/namespaces/default/pods"))
+        connection.sendall(http1("GET", f"/api/v1/namespaces/{namespace}/pods"))
     burst = []
     for connection in kept_alive:
         burst.append(read_answer(connection))
         connection.close()
     burst_done = time.monotonic() - sigterm
     finished, cut_short = finishing.join(30), stalled.join(30)
-    exit_code = envoy.process.wait(timeout=render.DRAIN_SECONDS + 5)
+    exit_code = envoy.process.wait(timeout=DRAIN_SECONDS + 5)
     exited = time.monotonic() - sigterm
     kubectl_out, kubectl_err = kubectl.communicate(timeout=10)
     python_end = python_watch.join(10)
-    figures = {"drain_seconds": render.DRAIN_SECONDS, "refused_new_connections_after_s": round(refused_after, 2),
+    figures = {"drain_seconds": DRAIN_SECONDS, "refused_new_connections_after_s": round(refused_after, 2),
                "burst_of_50_answered_after_s": round(burst_done, 2),
                "upload_completed_after_s": round(finishing.ended - sigterm, 2),
                "unfinished_upload_answered_after_s": round(stalled.ended - sigterm, 2),
@@ -152,34 +156,35 @@ def test_sigterm_drains_in_flight_requests_then_stops(pod, start_envoy, apiserve
 
     # Envoy stopped accepting at once, and stopped itself once the drain was over, not before.
     assert refused_after < 1, figures
-    assert render.DRAIN_SECONDS - 0.5 < exited < render.DRAIN_SECONDS + 2 and exit_code == 0, figures
+    assert DRAIN_SECONDS - 0.5 < exited < DRAIN_SECONDS + 2 and exit_code == 0, figures
     # Every request in flight got its answer: the burst, each closing its connection.
     assert [answer and answer.status for answer in burst] == [200] * BURST, figures
     assert all(answer.headers.get("connection") == "close" for answer in burst), figures
     # The upload whose body arrived during the drain was created; the one that never finished got the
     # request_timeout's Timeout Status, both before Envoy stopped.
     assert finished.status == 201 and finished.headers["connection"] == "close", figures
-    assert apiserver.get_object("configmaps", "default", f"sent-during-the-drain-{build}") is not None
+    configmaps = f"/api/v1/namespaces/{namespace}/configmaps"
+    assert kube.admin("GET", f"{configmaps}/sent-during-the-drain-{build}").status == 200
     assert cut_short.status == 408 and cut_short.status_object()["reason"] == "Timeout", figures
-    assert apiserver.get_object("configmaps", "default", f"never-finished-{build}") is None
+    assert kube.admin("GET", f"{configmaps}/never-finished-{build}").status == 404
     # The watches lasted until Envoy stopped. client-go (kubectl) reads the end of the stream as the end of
     # the watch, not as an error (it would re-watch); the Python client, stricter about the missing last chunk,
     # raises (README, "Shutdown").
     assert kubectl.returncode == 0 and "error" not in kubectl_err.lower(), figures
-    assert python_watch.ended - sigterm > render.DRAIN_SECONDS - 0.5, figures
+    assert python_watch.ended - sigterm > DRAIN_SECONDS - 0.5, figures
 
 
 def test_the_drain_outlasts_request_timeout_and_fits_the_default_grace_period():
-    settings = render.shipped_settings()
-    assert render.DRAIN_SECONDS > settings.request_timeout_ms / 1000
-    pod = render.example_pod()
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= render.DRAIN_SECONDS + 2
-    sidecar = render.sidecar_container()
-    assert sidecar["command"][:3] == ["/bin/sh", "-c", render.ENTRYPOINT]
-    assert sidecar["command"][4:] == [settings.drain_file, str(render.DRAIN_SECONDS), render.ENVOY_PATH]
-    monitors = render.bootstrap(settings)["overload_manager"]["resource_monitors"]
-    assert {"name": render.DRAIN_MONITOR, "typed_config": {
+    settings = shipped_settings()
+    assert DRAIN_SECONDS > settings.request_timeout_ms / 1000
+    pod = example_pod()
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= DRAIN_SECONDS + 2
+    sidecar = sidecar_container()
+    assert sidecar["command"][:3] == ["/bin/sh", "-c", ENTRYPOINT]
+    assert sidecar["command"][4:] == [settings.drain_file, str(DRAIN_SECONDS), ENVOY_PATH]
+    monitors = bootstrap(settings)["overload_manager"]["resource_monitors"]
+    assert {"name": DRAIN_MONITOR, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
         "filename": settings.drain_file}} in monitors
     # Only the sidecar mounts the directory the drain file is in: the app cannot drain the sidecar.
-    assert pathlib.PurePath(settings.drain_file).parent == pathlib.PurePath(render.ADMIN_DIR)
+    assert pathlib.PurePath(settings.drain_file).parent == pathlib.PurePath(ADMIN_DIR)

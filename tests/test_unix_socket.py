@@ -12,14 +12,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 
 import kubernetes.client
 import pytest
 import urllib3
 from kubernetes import watch
 
-from harness.envoy import render
+from podward.bootstrap import bootstrap
+from podward.constants import APP_SOCKET, APP_SOCKET_MODE, READY_PATH
+from podward.settings import shipped_settings
+
+from podward.local.waiting import wait_for
 from test_attacks import listening_ports, parse_answers
 from test_real_watch import Ticker
 
@@ -72,10 +75,10 @@ def python_client_over_socket(envoy) -> kubernetes.client.ApiClient:
 
 
 def test_the_socket_and_the_port_are_one_listener():
-    [listener] = [l for l in render.bootstrap(render.shipped_settings())["static_resources"]["listeners"]
+    [listener] = [l for l in bootstrap(shipped_settings())["static_resources"]["listeners"]
                   if l["name"] == "podward"]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8001}
-    assert listener["additional_addresses"] == [{"address": {"pipe": {"path": render.APP_SOCKET, "mode": 0o660}}}]
+    assert listener["additional_addresses"] == [{"address": {"pipe": {"path": APP_SOCKET, "mode": 0o660}}}]
 
 
 @pytest.mark.envtest
@@ -133,11 +136,8 @@ def test_the_socket_answers_as_the_port_does(real_podward, real_pod):
             assert json.loads(over_socket.body)["kind"] == json.loads(over_tcp.body)["kind"] == "PodList", name
     # Both ways in are logged alike: each request twice in the access log (Envoy flushes it every second).
     expected = [code for _, code, _ in cases.values()] * 2
-    deadline = time.monotonic() + 5
-    while (logged := sorted(json.loads(line)["code"] for line in real_podward.log().splitlines()
-                            if line.startswith("{"))) != sorted(expected) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert logged == sorted(expected)
+    wait_for(lambda: sorted(json.loads(line)["code"] for line in real_podward.log().splitlines()
+                            if line.startswith("{")) == sorted(expected), what="both ways in logged alike")
 
 
 def test_the_socket_alone(pod, start_envoy, apiserver):
@@ -151,7 +151,7 @@ def test_the_socket_alone(pod, start_envoy, apiserver):
     denied = curl(envoy, "/api/v1/namespaces/default/pods/demo-0/exec", "-X", "POST")
     assert json.loads(denied.stdout)["reason"] == "Forbidden"
     # The startup probe reaches podward over the socket when there is no port.
-    probe = subprocess.run(["curl", "-s", f"http://127.0.0.1:{envoy.settings.metrics_port}{render.READY_PATH}"],
+    probe = subprocess.run(["curl", "-s", f"http://127.0.0.1:{envoy.settings.metrics_port}{READY_PATH}"],
                            capture_output=True, text=True, timeout=30)
     assert json.loads(probe.stdout)["status"] == "Success"
 
@@ -176,7 +176,7 @@ def test_the_socket_mode_admits_the_pod_s_fs_group_only(pod, start_envoy, fs_gro
     directory, group = fs_group_dir
     envoy = start_envoy(pod, app_socket=str(directory / "api.sock"))
     info = os.stat(envoy.settings.app_socket)
-    assert (oct(info.st_mode & 0o777), info.st_gid) == (oct(render.APP_SOCKET_MODE), group)
+    assert (oct(info.st_mode & 0o777), info.st_gid) == (oct(APP_SOCKET_MODE), group)
     nobody = 65534
     # In the pod's group (as every container of a pod with an fsGroup is): served.
     member = curl(envoy, "/api", "-w", "%{http_code}", "-o", "/dev/null", user=nobody, groups=[group])

@@ -16,7 +16,8 @@ import pathlib
 import secrets
 import shlex
 import subprocess
-import time
+
+from podward.local.waiting import wait_for
 
 KUBECONFIG_VARIABLE = "KUBECONFIG"
 HOW_TO_GET_ONE = ('eval "$(tests/node/up)" for the one-node cluster of ../shared/node (tests/node/down stops '
@@ -48,17 +49,6 @@ def cluster_problem() -> str | None:
 def kubectl_binary() -> str:
     """kubectl 1.37 from the .venv (./build.sh sets $KUBECTL)."""
     return os.environ.get("KUBECTL") or str(VENV_BIN / "kubectl")
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
-    """The first truthy value of condition(), polled until `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(interval)
 
 
 def timestamp(text: str) -> float:
@@ -167,8 +157,8 @@ class NodeTools:
             self.namespace)
 
     def wait_ready(self) -> None:
-        wait_until(lambda: pod_ready(self.cluster.get("pod", self.NAME, namespace=self.namespace)), 120,
-                   "the node-tools pod Ready")
+        wait_for(lambda: pod_ready(self.cluster.get("pod", self.NAME, namespace=self.namespace)), 120,
+                 "the node-tools pod Ready")
 
     def sh(self, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.cluster.exec(self.namespace, self.NAME, "tools", "sh", "-c", script, timeout=timeout)

@@ -17,17 +17,20 @@ import shlex
 import subprocess
 import time
 
-from harness import readme
-from harness.cluster import Cluster, NodeTools, container_status, kubectl_binary, pod_ready, wait_until
-from harness.envoy import REPO
+from podward import manifests
+from podward.constants import APP_SOCKET, PODWARD_READY_PATH, POLICY_CONFIGMAP, REPO
+from podward.manifests import MODULE_CONFIGMAP_FILES
+from podward.pod import SIDECAR, TOKEN_EXPIRATION_SECONDS
 
-import manifests  # noqa: E402  (envoy/, on sys.path through harness.envoy)
-import render  # noqa: E402
+from harness import readme
+from harness.cluster import Cluster, NodeTools, container_status, kubectl_binary, pod_ready
+from podward.local.waiting import wait_for
+
 
 APP_IMAGE = "curlimages/curl:8.11.1"
 BUILDS = ("wasm", "native")
 README_NAMESPACE = "team-a"
-CONFIGMAP_FILES = {build: f"dist/{render.BUILDS[build][1]}" for build in BUILDS}
+CONFIGMAP_FILES = {build: f"dist/{MODULE_CONFIGMAP_FILES[build]}" for build in BUILDS}
 COMPONENT_DIRS = {build: f"dist/{directory}" for build, directory in manifests.COMPONENTS.items()}
 OVERLAY_DIRS = {build: f"dist/{directory}" for build, directory in manifests.OVERLAY_DIRS.items()}
 ENVOY_README = REPO / "envoy" / "README.md"
@@ -80,7 +83,7 @@ class Deployed:
     pod_name: str | None = None
     selector: str | None = None
     service_account: str = "default"
-    policy_configmap: str = render.POLICY_CONFIGMAP
+    policy_configmap: str = POLICY_CONFIGMAP
     # When README's commands that create the pod began (epoch seconds).
     created: float = 0.0
     # The workload to scale down instead of deleting the pod: "deployment/NAME".
@@ -102,7 +105,7 @@ class Deployed:
             return cluster.get("pod", self.pod_name, namespace=self.namespace)
         pods = [pod for pod in cluster.pods(self.namespace, self.selector)
                 if "deletionTimestamp" not in pod["metadata"]
-                and render.SIDECAR in [c["name"] for c in pod["spec"].get("initContainers", [])]]
+                and SIDECAR in [c["name"] for c in pod["spec"].get("initContainers", [])]]
         assert len(pods) == 1, f"{self.id}: {len(pods)} pods with the sidecar"
         return pods[0]
 
@@ -113,7 +116,7 @@ class Deployed:
             except AssertionError:
                 return None
             return pod if pod_ready(pod) else None
-        return wait_until(ready, READY_TIMEOUT_S, f"{self.id}: the pod Ready", interval=0.5)
+        return wait_for(ready, READY_TIMEOUT_S, f"{self.id}: the pod Ready", interval=0.5)
 
 
 def grant_pod_reading(cluster: Cluster, namespace: str, service_account: str = "default") -> None:
@@ -134,9 +137,9 @@ class Injection:
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        run(cluster, block(INJECT, 0, "envoy/inject/injection.yaml"), "wasm", None)
+        run(cluster, block(INJECT, 0, "deploy/inject/injection.yaml"), "wasm", None)
         self.probe_namespace = self.enable("probe", "wasm")
-        wait_until(lambda: self.dry_run_token_expiration() is not None, 60, "the MutatingAdmissionPolicy in force")
+        wait_for(lambda: self.dry_run_token_expiration() is not None, 60, "the MutatingAdmissionPolicy in force")
 
     def enable(self, purpose: str, build: str, labels: dict | None = None) -> str:
         namespace = self.cluster.namespace(purpose, labels)
@@ -158,7 +161,7 @@ class Injection:
         """README's parameter change; returns once the policy applies it to new pods."""
         [command] = block(INJECT, 4, "tokenExpirationSeconds")
         run(self.cluster, [command.replace('"600"', f'"{seconds}"')], "wasm", None)
-        wait_until(lambda: self.dry_run_token_expiration() == seconds, 60, f"tokenExpirationSeconds {seconds}")
+        wait_for(lambda: self.dry_run_token_expiration() == seconds, 60, f"tokenExpirationSeconds {seconds}")
 
 
 def install_injection(cluster: Cluster) -> Injection:
@@ -187,7 +190,7 @@ SELF_REVIEW_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 def self_review_curl(over_socket: bool = False, status_only: bool = False) -> str:
     """A shell command for the app: who the API server says the app is, through podward (TCP or the socket).
     Prints the body, then the HTTP status on a line of its own; or the status alone."""
-    where = (f"--unix-socket {render.APP_SOCKET} http://localhost" if over_socket else "http://localhost:8001")
+    where = (f"--unix-socket {APP_SOCKET} http://localhost" if over_socket else "http://localhost:8001")
     output = "-o /dev/null -w '%{http_code}'" if status_only else "-w '\\n%{http_code}'"
     return (f"curl -s -m 10 {output} -X POST -H 'Content-Type: application/json' "
             f"-d {shlex.quote(SELF_REVIEW)} {where}{SELF_REVIEW_PATH}")
@@ -227,7 +230,7 @@ def until_status(request: str, status: int, limit_s: float, interval: str = "0.2
 
 def sidecar_log(cluster: Cluster, deployed: Deployed, pod: dict, previous: bool = False) -> list:
     """(time, line) of the sidecar's log, the container runtime's own timestamps."""
-    args = ["logs", "-n", deployed.namespace, pod["metadata"]["name"], "-c", render.SIDECAR, "--timestamps"]
+    args = ["logs", "-n", deployed.namespace, pod["metadata"]["name"], "-c", SIDECAR, "--timestamps"]
     text = cluster.kubectl(*args, *(["--previous"] if previous else [])).stdout
     return [(stamp, line) for stamp, _, line in (entry.partition(" ") for entry in text.splitlines())]
 
@@ -236,7 +239,7 @@ def first_ready(log: list) -> str | None:
     """When podward first answered the startup probe 200: the start time its access log line records (Envoy
     writes access logs in batches, so the line's own timestamp is later)."""
     for _, line in log:
-        if line.startswith("{") and f'"path":"{render.PODWARD_READY_PATH}"' in line and '"code":200' in line:
+        if line.startswith("{") and f'"path":"{PODWARD_READY_PATH}"' in line and '"code":200' in line:
             return json.loads(line)["time"]
     return None
 
@@ -248,11 +251,11 @@ def logged_ready(cluster: Cluster, deployed: Deployed, pod: dict) -> tuple:
         log = sidecar_log(cluster, deployed, pod)
         ready = first_ready(log)
         return (log, ready) if ready else None
-    return wait_until(found, 30, f"{deployed.id}: podward's first 200 to the startup probe in its log", 1)
+    return wait_for(found, 30, f"{deployed.id}: podward's first 200 to the startup probe in its log", 1)
 
 
 def sidecar_id(pod: dict) -> str:
-    return container_status(pod, render.SIDECAR)["containerID"]
+    return container_status(pod, SIDECAR)["containerID"]
 
 
 def now() -> float:
@@ -304,7 +307,7 @@ def deploy_overlay(cluster: Cluster, build: str, injection: Injection, workdir: 
     prefix = manifests.example_prefix(build)
     deployed = Deployed("overlay", build, namespace, selector=f"app={manifests.APP}",
                         service_account=f"{prefix}{manifests.APP}",
-                        policy_configmap=f"{prefix}{render.POLICY_CONFIGMAP}",
+                        policy_configmap=f"{prefix}{POLICY_CONFIGMAP}",
                         workload=f"deployment/{prefix}{manifests.APP}", created=now())
     commands = block(OVERLAY, 0, "apply --server-side -k dist/kustomize/overlays/example", source=ENVOY_README)
     run(cluster, [line for line in commands if " exec " not in line], build, namespace)
@@ -315,7 +318,7 @@ def deploy_pod(cluster: Cluster, build: str, injection: Injection, workdir: path
     """README's hand-written pod, applied in the namespace of the user's kubeconfig."""
     namespace = cluster.namespace(f"pod-{build}", RESTRICTED)
     deployed = Deployed("pod", build, namespace, pod_name="curl-with-ambassador", created=now())
-    commands = block(HAND_WRITTEN, 0, "-f envoy/pod.yaml")
+    commands = block(HAND_WRITTEN, 0, "-f deploy/pod.yaml")
     run(cluster, [line for line in commands if " exec " not in line], build, None,
         config=cluster.namespace_kubeconfig(namespace))
     return deployed
@@ -369,5 +372,5 @@ def start_token_rotation(cluster: Cluster, injection: Injection) -> list:
             cluster.apply(pod, namespace)
             pods.append(RotationPod(build, namespace, "loop", created))
     finally:
-        injection.set_token_expiration(render.TOKEN_EXPIRATION_SECONDS)
+        injection.set_token_expiration(TOKEN_EXPIRATION_SECONDS)
     return pods

@@ -35,8 +35,10 @@ import uuid
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness.envoy import free_port
-from harness.pki import Pki, make_pki
+from podward.local.envoy_process import free_port
+from podward.local.pki import Pki, make_pki
+from podward.local.waiting import wait_for
+
 
 ASSETS_VARIABLE = "KUBEBUILDER_ASSETS"
 BINARIES = ("kube-apiserver", "etcd")
@@ -155,17 +157,19 @@ class KubeApiServer:
                                                stderr=subprocess.STDOUT, start_new_session=True))
 
     def _wait_until_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise ApiServerFailed(f"{process.args[0]} exited with {process.returncode}:\n{self.logs()}")
-            try:
-                if self.admin("GET", "/readyz").status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise ApiServerFailed(f"kube-apiserver not ready within {START_TIMEOUT_S}s:\n{self.logs()}")
+        try:
+            wait_for(self._ready, deadline - time.monotonic(), "kube-apiserver ready", interval=0.1)
+        except AssertionError:
+            raise ApiServerFailed(f"kube-apiserver not ready within {START_TIMEOUT_S}s:\n{self.logs()}") from None
+
+    def _ready(self) -> bool:
+        for process in self.processes:
+            if process.poll() is not None:
+                raise ApiServerFailed(f"{process.args[0]} exited with {process.returncode}:\n{self.logs()}")
+        try:
+            return self.admin("GET", "/readyz").status == 200
+        except OSError:
+            return False
 
     def logs(self, tail: int = 3000) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}"

@@ -82,14 +82,21 @@ async def _read_response_unbounded(reader: asyncio.StreamReader) -> int:
     return int(status_line.split()[1])
 
 
+async def _connect(port: int, result: FloodResult):
+    """A connection to the sidecar; None, counted, if it was refused."""
+    try:
+        return await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        result.connections_refused += 1
+        await asyncio.sleep(0.05)  # deliberate: a refused client's pause before it tries again
+        return None
+
+
 async def _asker(port: int, deadline: float, numbers, result: FloodResult):
     while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            result.connections_refused += 1
-            await asyncio.sleep(0.05)
+        if not (connection := await _connect(port, result)):
             continue
+        reader, writer = connection
         try:
             while time.monotonic() < deadline:
                 writer.write(f"GET {MADE_UP_PREFIX}{next(numbers)} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
@@ -105,12 +112,9 @@ async def _asker(port: int, deadline: float, numbers, result: FloodResult):
 
 async def _slowloris(port: int, deadline: float, result: FloodResult):
     while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            result.connections_refused += 1
-            await asyncio.sleep(0.05)
+        if not (connection := await _connect(port, result)):
             continue
+        reader, writer = connection
         result.slowloris_connections += 1
         try:
             writer.write(b"GET /api HTTP/1.1\r\nHost: localhost\r\n")
@@ -270,7 +274,7 @@ def probe(host: str, port: int, seconds: float, paths: list, interval: float = 0
     while time.monotonic() < deadline:
         for path in paths:
             outcomes[path][outcome(host, port, path)] += 1
-        time.sleep(interval)
+        time.sleep(interval)  # deliberate: the scrapers' and probers' cadence
     return {path: dict(counts) for path, counts in outcomes.items()}
 
 

