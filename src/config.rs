@@ -4,7 +4,7 @@
 
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::headers::{header_name_problem, HeaderNames};
-use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET};
+use crate::policy::{Policy, PolicyConfig, DEFAULT_PRESET, SIDECAR_CONFIGMAP_ENV};
 use crate::prelude::*;
 use crate::status::Quoted;
 use serde_json::Value;
@@ -12,17 +12,6 @@ use serde_json::Value;
 /// How long a request that arrived before the first token is held, unless
 /// configured (envoy/render.py sizes Envoy's timeouts by it; constants.json).
 pub const DEFAULT_STARTUP_WAIT_MS: u64 = 5000;
-
-/// The environment variables naming the ConfigMaps the sidecar mounts (its
-/// envoy.yaml and module; its policy), and the shipped manifests' names for
-/// them where a variable is unset (constants.json). Every manifest sets them
-/// from the values its volumes mount, so a policy's `$sidecar` names what the
-/// pod really mounts; a container's environment never changes, and the app
-/// cannot reach it.
-pub const SIDECAR_CONFIGMAP_ENV: [(&str, &str); 2] = [
-    ("PODWARD_CONFIGMAP", "podward"),
-    ("PODWARD_POLICY_CONFIGMAP", "podward-policy"),
-];
 
 /// The validated configuration the filter runs with.
 #[derive(Debug, Clone)]
@@ -42,7 +31,7 @@ pub struct Config {
     /// What `$sidecar` means in the policy (see [`SIDECAR_CONFIGMAP_ENV`]).
     pub sidecar_configmaps: Vec<String>,
     /// Derived from the fields above: the names of the app's headers that
-    /// never go upstream ([`crate::filter::dropped_headers`]).
+    /// never go upstream ([`dropped_headers`]).
     pub dropped_headers: HeaderNames,
 }
 
@@ -297,7 +286,7 @@ impl Config {
             sidecar_configmaps,
             dropped_headers: HeaderNames::default(),
         };
-        config.dropped_headers = crate::filter::dropped_headers(&config);
+        config.dropped_headers = dropped_headers(&config);
         config.check_files_are_mapped(json)?;
         Ok(config)
     }
@@ -584,6 +573,32 @@ fn check_file_path(field: &str, path: &str) -> Result<(), FieldError> {
             ),
         ))
     }
+}
+
+/// The forwarding headers the API server records as the request's source in
+/// the audit log: never the app's to set.
+const FORWARDING_HEADERS: &[&[u8]] = &[b"x-forwarded-for", b"x-real-ip", b"forwarded"];
+
+/// The names of the app's headers that never go upstream under `config`:
+/// podward sets them, or the app may not send them (besides
+/// `x-envoy-*` and, unless allowed, impersonation).
+fn dropped_headers(config: &Config) -> HeaderNames {
+    let replaced = (config.token.client_authorization == ClientAuthorization::Replace)
+        .then_some(&b"authorization"[..]);
+    let user_agent = config.user_agent.then_some(&b"user-agent"[..]);
+    // Every configured identity header, whether or not podward has a value
+    // for it: the app cannot fill one in.
+    let identity = config.identity_headers.iter().map(|h| h.header.as_bytes());
+    let mut dropped = HeaderNames::default();
+    let names = FORWARDING_HEADERS
+        .iter()
+        .copied()
+        .chain(replaced)
+        .chain(user_agent);
+    for name in names.chain(identity) {
+        dropped.insert(name);
+    }
+    dropped
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! calls each host (proxy-wasm, a native module, a test's mock) provides.
 
 use crate::config::{AccessRecord, ClientAuthorization, Config};
-use crate::headers::{HeaderList, HeaderNames};
+use crate::headers::HeaderList;
 use crate::host::RequestHost;
 use crate::identity::Identity;
 use crate::metrics::{Counter, Counts, Refusal, RequestSeries};
@@ -21,28 +21,6 @@ use alloc::sync::Arc;
 pub struct Prepared {
     pub identity: Arc<Identity>,
     pub policy: Arc<Policy>,
-}
-
-/// The names of the app's headers that never go upstream under `config`:
-/// podward sets them, or the app may not send them (besides
-/// [`UNTRUSTED_PREFIXES`] and, unless allowed, impersonation).
-pub fn dropped_headers(config: &Config) -> HeaderNames {
-    let replaced = (config.token.client_authorization == ClientAuthorization::Replace)
-        .then_some(&b"authorization"[..]);
-    let user_agent = config.user_agent.then_some(&b"user-agent"[..]);
-    // Every configured identity header, whether or not podward has a value
-    // for it: the app cannot fill one in.
-    let identity = config.identity_headers.iter().map(|h| h.header.as_bytes());
-    let mut dropped = HeaderNames::default();
-    let names = UNTRUSTED_NAMES
-        .iter()
-        .copied()
-        .chain(replaced)
-        .chain(user_agent);
-    for name in names.chain(identity) {
-        dropped.insert(name);
-    }
-    dropped
 }
 
 /// What the request path decided.
@@ -67,11 +45,9 @@ pub struct Rewrite<'r> {
 }
 
 /// Headers the app may not send upstream under any configuration: Envoy's
-/// own controls (`x-envoy-*` steer retries, timeouts and logging), and the
-/// forwarding headers the API server records as the request's source in the
-/// audit log.
+/// own controls (`x-envoy-*` steer retries, timeouts and logging), and (in
+/// [`Config::dropped_headers`]) the forwarding headers.
 const UNTRUSTED_PREFIXES: &[&[u8]] = &[b"x-envoy-"];
-const UNTRUSTED_NAMES: &[&[u8]] = &[b"x-forwarded-for", b"x-real-ip", b"forwarded"];
 const IMPERSONATE_PREFIX: &[u8] = b"impersonate-";
 
 /// One change a host makes to the app's headers.

@@ -96,7 +96,7 @@ mod shared_constants {
             .iter()
             .map(|(variable, name)| (variable.as_str(), name.as_str().unwrap()))
             .collect();
-        assert_eq!(names, crate::config::SIDECAR_CONFIGMAP_ENV);
+        assert_eq!(names, crate::policy::SIDECAR_CONFIGMAP_ENV);
     }
 
     #[test]

@@ -25,7 +25,6 @@
 //! [`DEFAULT_PRESET`] is enforced in its place: trying out a policy never loosens
 //! the shipped default, and enforcing it is one edit (deleting `dryRun`).
 
-use crate::config::SIDECAR_CONFIGMAP_ENV;
 use crate::fields::{field_error, parse_json, FieldError, Object};
 use crate::prelude::*;
 use crate::request_info::{RequestInfo, RESOURCE_VERBS};
@@ -468,6 +467,17 @@ impl Policy {
         (&self.rules, self.default_effect, &self.default_rule)
     }
 }
+
+/// The environment variables naming the ConfigMaps the sidecar mounts (its
+/// envoy.yaml and module; its policy), and the shipped manifests' names for
+/// them where a variable is unset (constants.json). Every manifest sets them
+/// from the values its volumes mount, so a policy's `$sidecar` names what the
+/// pod really mounts; a container's environment never changes, and the app
+/// cannot reach it.
+pub const SIDECAR_CONFIGMAP_ENV: [(&str, &str); 2] = [
+    ("PODWARD_CONFIGMAP", "podward"),
+    ("PODWARD_POLICY_CONFIGMAP", "podward-policy"),
+];
 
 const SELF_NAMESPACE: &str = "$self";
 /// In `resourceNames`: the sidecar's own ConfigMaps.
