@@ -326,8 +326,8 @@ def test_the_apps_first_call_succeeds_right_after_pod_creation(cluster, build):
     so its very first call succeeds. Three pods one after the other, timed from `kubectl apply`."""
     namespace = cluster.namespace(f"first-call-{build}", e2e.RESTRICTED)
     cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", str(REPO / e2e.CONFIGMAP_FILES[build]),
-                    "-f", str(REPO / "envoy" / POLICY_CONFIGMAP_FILE))
-    pod = yaml.safe_load((REPO / "envoy" / "pod.yaml").read_text())
+                    "-f", str(REPO / "deploy" / POLICY_CONFIGMAP_FILE))
+    pod = yaml.safe_load((REPO / "deploy" / "pod.yaml").read_text())
     next(c for c in pod["spec"]["containers"] if c["name"] == "main")["command"] = ["sh", "-c", FIRST_CALL]
     figures = []
     for number in range(3):

@@ -52,7 +52,18 @@ def webs(cluster, injection) -> dict:
         e2e.grant_pod_reading(cluster, namespace)
     for each in deployed.values():
         each.ready_pod(cluster)
+        # The Deployment's first pod (before the label: no sidecar) outlives the rollout by its grace period;
+        # `kubectl logs deployment/web`, README's command, would pick it, the pod Ready longest.
+        wait_for(lambda: only_injected_pods(cluster, each), e2e.READY_TIMEOUT_S,
+                 f"{each.id}: the pod from before the label gone", 1)
     return deployed
+
+
+def only_injected_pods(cluster, deployed) -> bool:
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", deployed.namespace, "-l", deployed.selector,
+                                      "-o", "json").stdout)["items"]
+    return bool(pods) and all(any(c["name"] == SIDECAR for c in pod["spec"].get("initContainers", []))
+                              for pod in pods)
 
 
 def traffic(namespace: str, pod: str) -> str:
