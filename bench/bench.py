@@ -167,6 +167,7 @@ def main() -> None:
         data["flood"] = phases.flood(run)
         data["rotation"] = phases.rotation_runs(run)
         data["memory"] = phases.memory_variants(run)
+        data["api_connections"] = phases.api_connections(work)
         data["elapsed_s"] = time.monotonic() - started
         data["quiet_wait_s"] = quiet.waited_s
         layout.results.parent.mkdir(parents=True, exist_ok=True)
