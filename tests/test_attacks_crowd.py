@@ -22,6 +22,7 @@ from conftest import request, served_again
 from harness.crowd import Crowd
 from podward.bootstrap import MAX_API_CONNECTIONS
 from podward.constants import STARTUP_WAIT_MS
+from podward.local.waiting import wait_for
 from harness.figures import record_figures
 from podward.local.kubelet import LocalPod
 
@@ -112,10 +113,7 @@ def test_a_crowd_held_at_start_is_answered_without_restarting_the_vm(start_envoy
     kinds = [MIXES[mix][n % len(MIXES[mix])] for n in range(CROWD)]
     started = time.monotonic()
     crowd = Crowd(envoy.settings.listen_port, [KINDS[kind] for kind in kinds])
-    deadline = time.monotonic() + 30
-    while envoy.stats()["http.podward.downstream_rq_active"] < CROWD:
-        assert time.monotonic() < deadline, "the crowd was not held"
-        time.sleep(0.05)
+    wait_for(lambda: envoy.stats()["http.podward.downstream_rq_active"] >= CROWD, 30, "the crowd held")
     held_s = time.monotonic() - started
     legitimate = None
     if mix != "given-up":
