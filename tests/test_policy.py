@@ -103,7 +103,12 @@ def test_denials_and_requests_are_counted_and_logged(podward, apiserver):
     request(podward, "GET", "/api/v1/namespaces/default/pods/demo-0")
     request(podward, "POST", EXEC_PATH)
     request(podward, "GET", "/version", headers={"Host": "evil.example"})
-    metrics = podward.settled_prometheus(lambda text: 'reason="host_not_accepted"} 1' in text)
+    # Each request is counted when its stream ends, which can come after the next request's local reply:
+    # wait for every series asserted below, not only the last reply's.
+    counted = ['podward_requests_total{verb="list",', 'podward_requests_total{verb="get",',
+               'podward_requests_total{verb="create",', 'podward_policy_denied_total{',
+               'reason="policy_denied"}', 'reason="host_not_accepted"}']
+    metrics = podward.settled_prometheus(lambda text: all(series in text for series in counted))
 
     def value(series: str) -> float:
         match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
