@@ -188,6 +188,9 @@ class Testbed:
         return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
     def envoy_config(self, config: Configuration, settings: Settings) -> dict:
+        if config.filters is not None:
+            # A baseline's filters replace podward, and the route's identity headers go with it.
+            settings = dataclasses.replace(settings, route_adds_env_headers=False)
         config_document = bootstrap(settings)
         if config.filters is not None:
             manager = self.app_manager(config_document)

@@ -177,7 +177,9 @@ def method_section(results: Results) -> list[str]:
         "- A: wrk sends the token itself (the upstream checks it for every configuration). B and C0 send the same "
         "14 header values podward sends (learnt from podward through the echo location). Every Envoy configuration "
         "is podward.bootstrap.bootstrap() with the app listener's HTTP filters replaced; all keep its JSON access log "
-        "(stdout → /dev/null).",
+        "(stdout → /dev/null). The wasm sidecar's route adds the 11 identity headers read from environment "
+        "variables (route_adds_env_headers), as shipped; a baseline's filters replace podward and those route "
+        "adds too.",
         f"- Shared machine: the measured processes run at nice {placement['nice']}; before each measured run the "
         f"bench waits until other processes use < {placement['quiet_cores']} cores for a second (budget "
         f"{placement['quiet_budget_s']:.0f} s per run; waited {data.get('quiet_wait_s', 0):.0f} s).",

@@ -148,7 +148,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         admin_socket=args.admin_socket, plugin_config=plugin_config,
         # A bootstrap for the sidecar's entrypoint drains through its file, unless the container has no shell
         # to run it; a local run has no entrypoint.
-        drain=args.command != "run" and not args.no_drain)
+        drain=args.command != "run" and not args.no_drain,
+        # A sidecar's environment has the manifest's Downward API variables; a local run's is the shell's.
+        **({"route_adds_env_headers": False} if args.command == "run" else {}))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -158,13 +158,17 @@ def _bounded_http(settings: Settings, not_found: str, unreachable: str = "podwar
     }
 
 
-def _connection_manager(stat_prefix: str, routes: list, http_filters: list, **extra) -> dict:
+def _connection_manager(stat_prefix: str, routes: list, http_filters: list, headers_to_add: list = (),
+                        **extra) -> dict:
+    virtual_host = {"name": stat_prefix, "domains": ["*"], "routes": routes}
+    if headers_to_add:
+        virtual_host["request_headers_to_add"] = list(headers_to_add)
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": _typed(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             stat_prefix=stat_prefix,
-            route_config={"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}]},
+            route_config={"virtual_hosts": [virtual_host]},
             http_filters=[*http_filters, _router()],
             **extra,
         ),
@@ -222,11 +226,20 @@ def api_routes() -> list:
     ]
 
 
+def env_headers_to_add(settings: Settings) -> list:
+    """The identity headers Envoy adds to every forwarded request from its environment, the same variables
+    the filter would read (route_adds_env_headers). Only if absent: a value that needs encoding podward adds
+    itself, encoded, so that both ways send the same bytes. An empty value is not sent, as podward sends none."""
+    return [{"header": {"key": header, "value": f"%ENVIRONMENT({variable})%"}, "append_action": "ADD_IF_ABSENT"}
+            for header, variable in settings.route_env_headers.items()]
+
+
 def _app_listener(settings: Settings) -> dict:
     manager = _connection_manager(
         "podward",
         api_routes(),
         [podward_filter(settings)],
+        headers_to_add=env_headers_to_add(settings),
         codec_type="AUTO",
         # Paths are normalised before the filter classifies them, so that
         # `..`, `//` and `%2F` tricks cannot slip past a deny rule.

@@ -87,6 +87,10 @@ RESOURCE_ENV = {
     "MEMORY_LIMIT": ("limits.memory", "1"),
 }
 ENV_KEYS = [*POD_FIELD_ENV, *RESOURCE_ENV, CONFIGMAP_ENV, POLICY_CONFIGMAP_ENV]
+# The identity headers podward sends from those variables by default (src/config.rs DEFAULT_ENV_HEADERS), and
+# the plugin configuration's field that has Envoy's route add them instead (src/config.rs ROUTE_ADDS_ENV_HEADERS).
+ENV_HEADERS = SHARED["env_headers"]
+ROUTE_ADDS_ENV_HEADERS = "route_adds_env_headers"
 
 # Tag keys podward folds into its metric names (src/metrics.rs TAG_KEYS); each
 # gets a regex that lifts `key=.=value;.;` out of the name into a tag.

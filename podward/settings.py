@@ -8,9 +8,9 @@ import dataclasses
 import json
 import pathlib
 
-from podward.constants import (ADMIN_SOCKET, API_SERVER_NAME, APP_SOCKET, DRAIN_FILE_NAME, METRICS_PORT,
-                               PODINFO_DIR, PODWARD_DIR, POLICY_DIR, REQUEST_TIMEOUT_MARGIN_MS, SERVICE_ACCOUNT_DIR,
-                               SHIPPED_PLUGIN_CONFIG, STARTUP_WAIT_MS)
+from podward.constants import (ADMIN_SOCKET, API_SERVER_NAME, APP_SOCKET, DRAIN_FILE_NAME, ENV_HEADERS,
+                               METRICS_PORT, PODINFO_DIR, PODWARD_DIR, POLICY_DIR, REQUEST_TIMEOUT_MARGIN_MS,
+                               ROUTE_ADDS_ENV_HEADERS, SERVICE_ACCOUNT_DIR, SHIPPED_PLUGIN_CONFIG, STARTUP_WAIT_MS)
 
 # The API server's protocol for requests other than upgrades (Settings.upstream_protocol).
 UPSTREAM_PROTOCOLS = ("auto", "http1", "h2")
@@ -47,12 +47,23 @@ class Settings:
     # Requests other than upgrades: "auto", HTTP/2 where the API server offers it by ALPN, else HTTP/1.1;
     # "http1", one connection per request in flight (before issue 19); "h2", HTTP/2 only.
     upstream_protocol: str = "auto"
+    # Envoy's route adds the identity headers podward reads from environment variables (route_env_headers),
+    # and podward does not. Only where the sidecar's environment sets every variable (the manifests' Downward
+    # API), as Envoy sends `-` for an unset one; podward refuses its configuration then, naming the field.
+    # None: each build's cheaper way, the route for wasm (whose host calls cost more than Envoy's own adds),
+    # podward for native.
+    route_adds_env_headers: bool | None = None
 
     def __post_init__(self):
         if self.listen_port is None and self.app_socket is None:
             raise ValueError("the app needs a way in: a TCP port, a Unix socket or both")
         if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
             raise ValueError(f"upstream_protocol {self.upstream_protocol!r}: one of {', '.join(UPSTREAM_PROTOCOLS)}")
+        if self.route_adds_env_headers is None:
+            self.route_adds_env_headers = self.build == "wasm"
+        if ROUTE_ADDS_ENV_HEADERS in self.plugin_config:
+            raise ValueError(f"{ROUTE_ADDS_ENV_HEADERS} comes with the route's headers: set "
+                             f"Settings.route_adds_env_headers, not the plugin configuration's")
 
     @property
     def native(self) -> bool:
@@ -77,7 +88,20 @@ class Settings:
         """podward's JSON configuration: the same for both builds."""
         config = json.loads(json.dumps(self.plugin_config))
         config.setdefault("file_source", {})["directories"] = self.file_directories
+        if self.route_adds_env_headers:
+            config[ROUTE_ADDS_ENV_HEADERS] = True
         return json.dumps(config, sort_keys=True)
+
+    @property
+    def route_env_headers(self) -> dict:
+        """{header: environment variable} that Envoy's route adds (route_adds_env_headers): podward's `env`
+        identity headers, the configured ones or else the defaults."""
+        if not self.route_adds_env_headers:
+            return {}
+        configured = self.plugin_config.get("identity_headers")
+        if configured is None:
+            return dict(ENV_HEADERS)
+        return {item["header"].lower(): item["env"] for item in configured if "env" in item}
 
     @property
     def request_timeout_ms(self) -> int:

@@ -21,6 +21,9 @@ pub struct Config {
     pub startup_wait_ms: u64,
     pub token: TokenSettings,
     pub identity_headers: Vec<IdentityHeader>,
+    /// Envoy's route adds each `env` identity header itself
+    /// ([`ROUTE_ADDS_ENV_HEADERS`]).
+    pub route_adds_env_headers: bool,
     pub user_agent: bool,
     /// Which requests get podward's record in the access log.
     pub access_record: AccessRecord,
@@ -143,9 +146,16 @@ pub enum FileFormat {
     Text,
 }
 
+/// The field that says Envoy's route adds every `env` identity header as
+/// `%ENVIRONMENT(VAR)%`, so that a request does not pay a host call for each
+/// value that never changes in a pod's life (podward's bootstrap sets it for
+/// the wasm build, whose host calls cost more than Envoy's own adds). Envoy
+/// sends an unset variable as `-`, so every such variable must be set.
+pub const ROUTE_ADDS_ENV_HEADERS: &str = "route_adds_env_headers";
+
 /// (header, environment variable) pairs sent by default, named after the
-/// Downward API fields the sidecar manifest maps them from.
-const DEFAULT_ENV_HEADERS: &[(&str, &str)] = &[
+/// Downward API fields the sidecar manifest maps them from (constants.json).
+pub const DEFAULT_ENV_HEADERS: &[(&str, &str)] = &[
     ("x-pod-name", "POD_NAME"),
     ("x-pod-namespace", "POD_NAMESPACE"),
     ("x-pod-uid", "POD_UID"),
@@ -213,10 +223,37 @@ impl Config {
                 }
             })
             .collect();
-        if json.iter().all(u8::is_ascii_whitespace) {
-            return Config::read(&Value::Object(serde_json::Map::new()), sidecar_configmaps);
+        let config = if json.iter().all(u8::is_ascii_whitespace) {
+            Config::read(&Value::Object(serde_json::Map::new()), sidecar_configmaps)?
+        } else {
+            Config::read(&parse_json(json)?, sidecar_configmaps)?
+        };
+        config.check_route_variables(env)?;
+        Ok(config)
+    }
+
+    /// Where Envoy's route adds the `env` headers, a variable it cannot read
+    /// would go upstream as `-` where podward leaves the header out.
+    fn check_route_variables(&self, env: &[(String, String)]) -> Result<(), FieldError> {
+        if !self.route_adds_env_headers {
+            return Ok(());
         }
-        Config::read(&parse_json(json)?, sidecar_configmaps)
+        for header in &self.identity_headers {
+            let HeaderSource::Env(variable) = &header.source else {
+                continue;
+            };
+            if !env.iter().any(|(name, _)| name == variable) {
+                return Err(field_error(
+                    ROUTE_ADDS_ENV_HEADERS,
+                    format!(
+                        "environment variable {variable} is not set, so Envoy's route would send \
+                         `-` as {}; set it, or leave the field out to have podward add the header",
+                        header.header
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn read(json: &Value, sidecar_configmaps: Vec<String>) -> Result<Config, FieldError> {
@@ -229,6 +266,7 @@ impl Config {
             Some(items) => read_identity_headers(items)?,
             None => default_identity_headers(&file_source),
         };
+        let route_adds_env_headers = top.boolean(ROUTE_ADDS_ENV_HEADERS)?.unwrap_or(false);
         let user_agent = top.boolean("user_agent")?.unwrap_or(true);
         let access_record = top
             .choice(
@@ -277,6 +315,7 @@ impl Config {
             startup_wait_ms,
             token,
             identity_headers,
+            route_adds_env_headers,
             user_agent,
             access_record,
             accept_hosts,
@@ -695,6 +734,25 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.field, "identity_headers[0].file");
+    }
+
+    #[test]
+    fn the_route_adds_env_headers_only_when_every_variable_is_set() {
+        let env = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|name| (name.to_string(), String::new()))
+                .collect()
+        };
+        let all: Vec<&str> = DEFAULT_ENV_HEADERS.iter().map(|(_, v)| *v).collect();
+        let json = br#"{"route_adds_env_headers": true}"#;
+        let config = Config::parse_in(json, &env(&all)).unwrap();
+        assert!(config.route_adds_env_headers);
+        assert!(!Config::parse(b"").unwrap().route_adds_env_headers);
+        let error = Config::parse_in(json, &env(&all[1..])).unwrap_err();
+        assert_eq!(error.field, ROUTE_ADDS_ENV_HEADERS);
+        assert!(error.problem.contains("POD_NAME is not set"), "{error}");
+        assert!(error.problem.contains("x-pod-name"), "{error}");
     }
 
     #[test]

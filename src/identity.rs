@@ -12,7 +12,8 @@ use crate::token::Token;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub token: Token,
-    /// (lower-case name, encoded value), in configuration order.
+    /// (lower-case name, encoded value), in configuration order: those
+    /// podward adds itself.
     pub headers: Vec<(String, String)>,
     /// Appended to `User-Agent` so audit logs name the pod.
     pub user_agent_suffix: Option<String>,
@@ -40,6 +41,7 @@ pub fn build(config: &Config, token: Token, sources: &impl Sources) -> (Identity
     let mut omissions = Vec::new();
     for spec in &config.identity_headers {
         match header_value(&spec.source, sources) {
+            Ok(value) if added_by_route(config, &spec.source, &value, sources) => {}
             Ok(value) => headers.push((spec.header.clone(), value)),
             Err(reason) => omissions.push(Omission {
                 header: spec.header.clone(),
@@ -62,6 +64,21 @@ pub fn build(config: &Config, token: Token, sources: &impl Sources) -> (Identity
         namespace,
     };
     (identity, omissions)
+}
+
+/// Whether Envoy's route sends this header with the very bytes podward would:
+/// an `env` header whose value needs no encoding. podward adds the others
+/// itself, and the route (`ADD_IF_ABSENT`) leaves them alone.
+fn added_by_route(
+    config: &Config,
+    source: &HeaderSource,
+    value: &str,
+    sources: &impl Sources,
+) -> bool {
+    let HeaderSource::Env(variable) = source else {
+        return false;
+    };
+    config.route_adds_env_headers && sources.env(variable).as_deref() == Some(value)
 }
 
 fn header_value(source: &HeaderSource, sources: &impl Sources) -> Result<String, String> {
@@ -239,6 +256,38 @@ pub(crate) mod tests {
                     "file /podinfo/broken: line 1: value is not enclosed in double quotes"
                 ),
                 ("x-unset", "environment variable UNSET is not set"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_route_adds_the_env_headers_it_sends_as_podward_would() {
+        let mut sources = standard_pod();
+        sources.env.insert("TEAM".into(), "front end".into());
+        sources.env.insert("EMPTY".into(), String::new());
+        let env: Vec<(String, String)> = sources.env.clone().into_iter().collect();
+        let config = Config::parse_in(
+            br#"{"route_adds_env_headers": true, "user_agent": false, "identity_headers": [
+                {"header": "x-pod-name", "env": "POD_NAME"},
+                {"header": "x-team", "env": "TEAM"},
+                {"header": "x-empty", "env": "EMPTY"},
+                {"header": "x-pod-labels", "file": "/podinfo/labels"}]}"#,
+            &env,
+        )
+        .unwrap();
+        let (identity, omissions) = build(&config, Token::parse(b"t").unwrap(), &sources);
+        assert_eq!(omissions, []);
+        // Envoy would send the space raw, and an empty value not at all.
+        let sent: Vec<(&str, &str)> = identity
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("x-team", "front%20end"),
+                ("x-pod-labels", "app=web,tier=front%20end")
             ]
         );
     }

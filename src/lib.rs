@@ -82,6 +82,15 @@ mod shared_constants {
     }
 
     #[test]
+    fn the_env_headers_are_the_shared_ones() {
+        let headers: serde_json::Map<_, _> = crate::config::DEFAULT_ENV_HEADERS
+            .iter()
+            .map(|(header, variable)| (header.to_string(), json!(variable)))
+            .collect();
+        assert_eq!(shared()["env_headers"], Value::Object(headers));
+    }
+
+    #[test]
     fn the_file_cluster_is_the_shared_one() {
         let config = crate::config::Config::parse(b"").unwrap();
         assert_eq!(shared()["files_cluster"], json!(config.file_source.cluster));

@@ -24,7 +24,7 @@ import pytest
 
 from podward.bootstrap import (API_CLUSTER, API_CONNECT_TIMEOUT, HTTP2_LIMITS, MAX_API_CONNECTIONS,
                                MAX_DOWNSTREAM_CONNECTIONS, UPGRADE_CLUSTER)
-from podward.constants import METRICS_PATH, READY_PATH
+from podward.constants import ENV_HEADERS, METRICS_PATH, READY_PATH
 from podward.local.envoy_process import Envoy, local_settings
 from podward.local.kubelet import LocalPod
 
@@ -488,8 +488,9 @@ def test_an_identity_header_whose_file_is_missing_cannot_be_spoofed(pod, start_e
 
 def test_an_identity_header_whose_variable_is_missing_cannot_be_spoofed(pod, tmp_path, pki, apiserver,
                                                                         podward_build):
+    """Where podward adds the environment's headers itself, it leaves out the one it has no value for."""
     env = {name: value for name, value in pod.env.items() if name != "POD_UID"}
-    settings = local_settings(pod, apiserver.port, pki.ca_cert, build=podward_build)
+    settings = local_settings(pod, apiserver.port, pki.ca_cert, build=podward_build, route_adds_env_headers=False)
     envoy = Envoy(settings, tmp_path / "no-uid", env=env).start()
     try:
         [answer] = exchange(envoy.settings.listen_port, http1("GET", "/api", {"X-Pod-Uid": "forged"}))
@@ -497,6 +498,43 @@ def test_an_identity_header_whose_variable_is_missing_cannot_be_spoofed(pod, tmp
         envoy.stop()
     assert answer.status == 200
     assert apiserver.requests[-1].header("x-pod-uid") is None
+
+
+def test_a_route_that_would_send_a_missing_variable_stops_envoy_and_names_it(pod, tmp_path, pki, apiserver,
+                                                                             podward_build):
+    """Envoy's route would send `-` for the variable it cannot read, so podward refuses to start that way."""
+    env = {name: value for name, value in pod.env.items() if name != "POD_UID"}
+    settings = local_settings(pod, apiserver.port, pki.ca_cert, build=podward_build, route_adds_env_headers=True)
+    envoy = Envoy(settings, tmp_path / "no-uid", env=env)
+    assert envoy.run_to_exit() != 0
+    errors = [line for line in envoy.log().splitlines() if "invalid podward config" in line]
+    assert errors, envoy.log()[-3000:]
+    assert "field `route_adds_env_headers`" in errors[0] and "POD_UID is not set" in errors[0]
+
+
+@pytest.mark.parametrize("node_name, sent", [("node one/\u00fc", ["node%20one/%C3%BC"]), ("", [])],
+                         ids=["needs-encoding", "empty"])
+def test_the_route_and_podward_send_the_same_identity_headers_once(pod, tmp_path, pki, apiserver, podward_build,
+                                                                   node_name, sent):
+    """Whichever adds the environment's headers, Envoy's route or podward, the API server gets the same bytes
+    once, and never the app's: a value that needs encoding podward sends encoded, an empty one nobody."""
+    env = {**pod.env, "NODE_NAME": node_name}
+    spoofed = {"X-Pod-Node-Name": "forged", "X-Pod-Name": "forged"}
+    received = {}
+    for route in (True, False):
+        settings = local_settings(pod, apiserver.port, pki.ca_cert, build=podward_build,
+                                  route_adds_env_headers=route)
+        envoy = Envoy(settings, tmp_path / f"route-{route}", env=env).start()
+        try:
+            [answer] = exchange(envoy.settings.listen_port, http1("GET", "/api", spoofed))
+        finally:
+            envoy.stop()
+        assert answer.status == 200
+        forwarded = apiserver.requests[-1]
+        received[route] = {name: forwarded.header_values(name) for name in ENV_HEADERS}
+    assert received[True] == received[False]
+    assert received[True]["x-pod-name"] == [pod.env["POD_NAME"]]
+    assert received[True]["x-pod-node-name"] == sent
 
 
 # === 7. x-envoy-*: the app's control headers are not obeyed ========================================================

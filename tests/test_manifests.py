@@ -20,8 +20,9 @@ import yaml
 
 from podward import manifests
 from podward.bootstrap import bootstrap
-from podward.constants import (ADMIN_DIR, BUILT_MODULES, ENV_KEYS, METRIC_TAG_KEYS, PODINFO_DIR, PODWARD_DIR,
-                               POLICY_CONFIGMAP, POLICY_DIR, POLICY_KEY, REPO, SERVICE_ACCOUNT_DIR, SOCKET_DIR)
+from podward.constants import (ADMIN_DIR, BUILT_MODULES, ENV_HEADERS, ENV_KEYS, METRIC_TAG_KEYS, PODINFO_DIR,
+                               PODWARD_DIR, POLICY_CONFIGMAP, POLICY_DIR, POLICY_KEY, REPO, ROUTE_ADDS_ENV_HEADERS,
+                               SERVICE_ACCOUNT_DIR, SOCKET_DIR)
 from podward.deployables import CONFIGMAP_LIMIT, SIDECAR_FILES, deploy_files
 from podward.documents import to_yaml
 from podward.local.envoy_process import ENVOY_BINARY, WASM
@@ -149,7 +150,8 @@ def shipped_bootstraps() -> dict:
         # Not shipped as a bootstrap, but the WasmPlugin's pluginConfig must be
         # one the filter accepts: validate mode runs the plugin's on_configure.
         "istio/wasmplugin.yaml pluginConfig": to_yaml(bootstrap(
-            Settings(plugin_config=manifests.wasm_plugin(WASM.read_bytes())["spec"]["pluginConfig"]))),
+            Settings(plugin_config=manifests.wasm_plugin(WASM.read_bytes())["spec"]["pluginConfig"],
+                     route_adds_env_headers=False))),
     }
 
 
@@ -177,7 +179,7 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     # plugin's on_configure, or the dynamic module's config hook), so the pod's
     # absolute paths, which exist only in a pod, are rewritten to a copy of
     # that layout: the test PKI's CA and the built modules. Nothing else in the
-    # config changes.
+    # config changes. Envoy runs with the Downward API variables the manifest has the kubelet set.
     config = shipped_bootstraps()[shipped]
     # Longest first: /var/run/podward-admin before /var/run/podward.
     for in_pod, local in sorted(in_pod_paths(tmp_path / "pod", pki.ca_cert).items(), key=lambda p: -len(p[0])):
@@ -187,7 +189,8 @@ def test_shipped_envoy_config_passes_envoy_validate(shipped, tmp_path, pki):
     path.write_text(config)
     result = subprocess.run([str(ENVOY_BINARY), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                 **{variable: "1" for variable in ENV_HEADERS.values()}})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"configuration '{path}' OK" in result.stdout + result.stderr
 
@@ -428,6 +431,9 @@ def test_wasm_plugin_names_the_built_module_and_the_sidecar_s_environment():
     assert spec["sha256"] == module_digest()
     assert spec["url"] == f"file://{Settings().wasm_path}"
     assert [e["name"] for e in spec["vmConfig"]["env"]] == ENV_KEYS
+    # Istio's routes add no identity header: the module adds them all, from the variables it is handed.
+    assert ROUTE_ADDS_ENV_HEADERS not in spec["pluginConfig"]
+    assert set(ENV_HEADERS.values()) <= set(ENV_KEYS)
     # Outbound only, on the API host's port only: nothing else gets the token.
     assert spec["match"] == [{"mode": "CLIENT", "ports": [{"number": manifests.ISTIO_API_PORT}]}]
     assert spec["pluginConfig"]["accept_hosts"] == [manifests.ISTIO_API_HOST]
