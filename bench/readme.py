@@ -39,7 +39,9 @@ def times(value: float | None) -> str:
 def mib_text(kb: float | None, signed: bool = False) -> str:
     if kb is None:
         return NOT_MEASURED
-    return f"{mib(kb):+.1f} MiB" if signed else f"{mib(kb):.1f} MiB"
+    # A difference that rounds to nothing reads +0.0, whichever side of zero it fell.
+    value = round(mib(kb), 1) + 0.0
+    return f"{value:+.1f} MiB" if signed else f"{value:.1f} MiB"
 
 
 def difference_kb(results: Results, a: str, b: str, field: str) -> float | None:

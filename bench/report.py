@@ -280,16 +280,19 @@ def connections_section(results: Results) -> list[str]:
     rows, estimates = [], []
     for build, figures in sorted(measured["builds"].items()):
         per_connection = figures.get("apiserver_go_memory_per_connection_bytes")
+        # The difference of two heaps: at or below zero, the connections cost less than that noise.
+        resolved = per_connection is not None and per_connection > 0
         for key, what in (("podward", f"podward ({build}), HTTP/2 by ALPN (shipped)"),
                           ("podward_http1", f"podward ({build}), HTTP/1.1 upstream (before issue 19)"),
                           ("kubectl_proxy", f"kubectl proxy (client-go, HTTP/2), beside the {build} run")):
             held = figures[key]["connections"]
             fleet = held * FLEET_PODS
-            memory = "—" if per_connection is None else f"{fleet * per_connection / 2**30:.2f}"
+            memory = f"{fleet * per_connection / 2**30:.2f}" if resolved else "—"
             rows.append([what, str(held), f"{figures[key]['apiserver_go_memory_delta_bytes'] / 2**20:.1f}",
                          f"{fleet:,}", memory])
         if per_connection is not None:
-            estimates.append(f"{build}: {per_connection / 1024:.0f} KiB")
+            noise = "" if resolved else ", below the measurement's noise: no estimate"
+            estimates.append(f"{build}: {per_connection / 1024:.0f} KiB{noise}")
     any_build = next(iter(measured["builds"].values()))["podward"]
     verdict = "passed" if measured["passed"] else "**failed**"
     return [

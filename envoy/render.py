@@ -136,21 +136,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
     module = {"native_path" if args.build == "native" else "wasm_path": args.module} if args.module else {}
     host, port = args.api_server
     token_dir = args.token_dir
-    return Settings(
-        build=args.build, **module, **directories,
-        service_account_dir=token_dir,
-        podinfo_dir=args.podinfo_dir,
-        api_address=host, api_port=port, api_sni=args.api_san,
-        ca_file=args.ca_file or f"{token_dir}/ca.crt",
-        listen_address=args.listen_address, listen_port=None if args.no_tcp else args.listen_port,
-        app_socket=None if args.no_unix_socket else args.unix_socket,
-        metrics_address=args.metrics_address, metrics_port=args.metrics_port,
-        admin_socket=args.admin_socket, plugin_config=plugin_config,
-        # A bootstrap for the sidecar's entrypoint drains through its file, unless the container has no shell
-        # to run it; a local run has no entrypoint.
-        drain=args.command != "run" and not args.no_drain,
-        # A sidecar's environment has the manifest's Downward API variables; a local run's is the shell's.
-        **({"route_adds_env_headers": False} if args.command == "run" else {}))
+    try:
+        return Settings(
+            build=args.build, **module, **directories,
+            service_account_dir=token_dir,
+            podinfo_dir=args.podinfo_dir,
+            api_address=host, api_port=port, api_sni=args.api_san,
+            ca_file=args.ca_file or f"{token_dir}/ca.crt",
+            listen_address=args.listen_address, listen_port=None if args.no_tcp else args.listen_port,
+            app_socket=None if args.no_unix_socket else args.unix_socket,
+            metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+            admin_socket=args.admin_socket, plugin_config=plugin_config,
+            # A bootstrap for the sidecar's entrypoint drains through its file, unless the container has no shell
+            # to run it; a local run has no entrypoint.
+            drain=args.command != "run" and not args.no_drain,
+            # A sidecar's environment has the manifest's Downward API variables; a local run's is the shell's.
+            **({"route_adds_env_headers": False} if args.command == "run" else {}))
+    except ValueError as refused:
+        raise SystemExit(f"render.py: {refused}") from None
 
 
 def run(args: argparse.Namespace) -> int:

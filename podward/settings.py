@@ -62,8 +62,8 @@ class Settings:
         if self.route_adds_env_headers is None:
             self.route_adds_env_headers = self.build == "wasm"
         if ROUTE_ADDS_ENV_HEADERS in self.plugin_config:
-            raise ValueError(f"{ROUTE_ADDS_ENV_HEADERS} comes with the route's headers: set "
-                             f"Settings.route_adds_env_headers, not the plugin configuration's")
+            raise ValueError(f"{ROUTE_ADDS_ENV_HEADERS} is the bootstrap's to set, with the route's headers "
+                             "(the wasm build's), not the plugin configuration's")
 
     @property
     def native(self) -> bool:

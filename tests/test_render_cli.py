@@ -97,6 +97,7 @@ def test_configmap_carries_that_bootstrap_and_the_built_module(build):
     (("--no-tcp", "--no-unix-socket"), "no way in"),
     (("--api-server", "https://host/path"), "want HOST[:PORT]"),
     (("--policy-file", "/p.json", "--plugin-config", '{"policy": {"preset": "read-only"}}'), "has a `policy`"),
+    (("--plugin-config", '{"route_adds_env_headers": true}'), "is the bootstrap's to set"),
 ])
 def test_config_refuses_settings_that_cannot_work(args, message):
     result = render_py("config", *args)
