@@ -141,8 +141,9 @@ def test_kubectl_exec_falls_back_to_spdy_where_only_create_is_allowed(pod, start
     assert (ran.returncode, ran.stdout) == (0, "over spdy\n"), ran.stderr
     assert [(s.kind, s.transport) for s in apiserver.sessions] == [("exec", "spdy")]
     assert [r.method for r in apiserver.requests if "/exec" in r.path] == ["POST"]
-    # The upgrade that ran is counted under its 101 Switching Protocols.
-    text = envoy.settled_prometheus(lambda text: 'resource="pods/exec",code="1xx"} 1' in text)
+    # The refused WebSocket try is counted under its 403, the upgrade that ran under its 101 Switching Protocols.
+    text = envoy.settled_prometheus(lambda text: all(f'resource="pods/exec",code="{code}"}} 1' in text
+                                                     for code in ("4xx", "1xx")))
     exec_series = {line.split("{")[1].split("}")[0] for line in text.splitlines()
                    if line.startswith("podward_requests_total{") and 'resource="pods/exec"' in line
                    and not line.endswith(" 0")}
