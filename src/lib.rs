@@ -62,6 +62,16 @@ mod shared_constants {
         serde_json::from_str(include_str!("../constants.json")).unwrap()
     }
 
+    /// A table of name-value pairs as constants.json writes it: one JSON object.
+    fn as_object(pairs: &[(&str, &str)]) -> Value {
+        Value::Object(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), json!(value)))
+                .collect(),
+        )
+    }
+
     #[test]
     fn the_startup_wait_is_the_shared_one() {
         let config = crate::config::Config::parse(b"").unwrap();
@@ -74,20 +84,18 @@ mod shared_constants {
 
     #[test]
     fn the_file_directories_are_the_shared_ones() {
-        let directories: serde_json::Map<_, _> = crate::config::DEFAULT_DIRECTORIES
-            .iter()
-            .map(|(prefix, directory)| (prefix.to_string(), json!(directory)))
-            .collect();
-        assert_eq!(shared()["directories"], Value::Object(directories));
+        assert_eq!(
+            shared()["directories"],
+            as_object(crate::config::DEFAULT_DIRECTORIES)
+        );
     }
 
     #[test]
     fn the_env_headers_are_the_shared_ones() {
-        let headers: serde_json::Map<_, _> = crate::config::DEFAULT_ENV_HEADERS
-            .iter()
-            .map(|(header, variable)| (header.to_string(), json!(variable)))
-            .collect();
-        assert_eq!(shared()["env_headers"], Value::Object(headers));
+        assert_eq!(
+            shared()["env_headers"],
+            as_object(crate::config::DEFAULT_ENV_HEADERS)
+        );
     }
 
     #[test]
